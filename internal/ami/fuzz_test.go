@@ -1,0 +1,127 @@
+package ami
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"testing/iotest"
+)
+
+// addSeeds adds the literal frames and pieces of every fixture transcript,
+// cut at message boundaries and in the middle of messages.
+func addSeeds(f *testing.F) {
+	for _, s := range []string{
+		splitCorpus,
+		crlf(frameDialBegin), crlf(frameInvalidPassword), crlf(framePeerStatus), crlf(frameVarSet),
+		"Asterisk Call Manager/9.0.0\r\nResponse: Success\r\nMessage: Authentication accepted\r\n\r\n",
+		"Event: Dial\nSubEvent: Begin\nChannel: SIP/200-00000001\nUniqueID: 1.2\nDialstring: x\n\n",
+		"Event: ContactStatus\r\nURI: sip:[2001:db8::1]:5060\r\nEndpointName: 301\r\n\r\n",
+		"Response: Follows\r\nPrivilege: Command\r\nx\r\n\r\n--END COMMAND--\r\n\r\n",
+		"Event: A\r\n" + strings.Repeat("K: v\r\n", 40) + "\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	for _, name := range []string{"attack-mixed.ami", "after-rotation.ami", "hangup-events.ami", "pjsip-bruteforce.ami"} {
+		data := readFixture(f, name)
+		for i, off := 0, 0; i < 6 && off < len(data); i++ {
+			end := min(off+1500+i*300, len(data))
+			f.Add(data[off:end])
+			off = end + 7919 // skip ahead, landing anywhere
+		}
+	}
+}
+
+var fuzzOptions = []ReaderOptions{{}, {MaxMessageBytes: 128, BufferSize: 16}}
+
+func FuzzReader(f *testing.F) {
+	addSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, opts := range fuzzOptions {
+			r := NewReader(bytes.NewReader(data), opts)
+			want := readAll(t, r)
+			st := r.Stats()
+			if n := int64(len(want) - 1); st.Messages+st.Malformed+st.Oversized != n {
+				t.Fatalf("stats %+v for %d results", st, len(want))
+			}
+			if st.Bytes != int64(len(data)) {
+				t.Fatalf("consumed %d of %d bytes", st.Bytes, len(data))
+			}
+			limit := r.max
+			for _, res := range want {
+				if res.desc != "" && res.desc[0] == '!' {
+					continue
+				}
+				if len(res.raw) > limit || !strings.HasSuffix(res.raw, "\n") {
+					t.Fatalf("raw message of %d bytes (cap %d): %q", len(res.raw), limit, res.raw)
+				}
+				// A good message read again on its own is the same.
+				again := readAll(t, NewReader(strings.NewReader(res.raw), opts))
+				if len(again) != 2 || again[0] != res || again[1].desc != "!EOF" {
+					t.Fatalf("re-reading %q gave %v", res.raw, again)
+				}
+			}
+			got := readAll(t, NewReader(iotest.OneByteReader(bytes.NewReader(data)), opts))
+			if !equalResults(got, want) {
+				t.Fatalf("one byte at a time:\n%v\nat once:\n%v", got, want)
+			}
+			// The message buffer never grows past the cap.
+			var m Message
+			r = NewReader(bytes.NewReader(data), opts)
+			for {
+				err := r.Next(&m)
+				if cap(m.buf) > 2*limit+64 {
+					t.Fatalf("message buffer grew to %d bytes (cap %d)", cap(m.buf), limit)
+				}
+				var me *MessageError
+				if err != nil && !errors.As(err, &me) {
+					break
+				}
+			}
+		}
+	})
+}
+
+func FuzzDecode(f *testing.F) {
+	addSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := NewReader(bytes.NewReader(data), ReaderOptions{})
+		var (
+			m       Message
+			ev, ev2 Event
+		)
+		for {
+			err := r.Next(&m)
+			var me *MessageError
+			if errors.As(err, &me) {
+				continue
+			}
+			if err != nil {
+				return
+			}
+			ok := Decode(&m, &ev)
+			if ok2 := Decode(&m, &ev2); ok2 != ok || ev != ev2 {
+				t.Fatalf("Decode not repeatable: %+v vs %+v", ev, ev2)
+			}
+			if !ok {
+				if ev != (Event{}) {
+					t.Fatalf("rejected message left %+v", ev)
+				}
+				continue
+			}
+			if ev.Kind == KindUnknown || ev.Kind > KindFullyBooted {
+				t.Fatalf("Decode returned true with kind %v", ev.Kind)
+			}
+			switch ev.Kind {
+			case KindNewchannel, KindHangup, KindDialBegin, KindDialEnd:
+				if ev.Channel != m.Get("Channel") || ev.Uniqueid != m.Get("Uniqueid") {
+					t.Fatalf("channel %q uniqueid %q from %q", ev.Channel, ev.Uniqueid, m.Raw())
+				}
+			case KindSecurity:
+				if ev.AccountID != m.Get("AccountID") || (!ev.RemoteAddr.IsValid() && ev.RemotePort != 0) {
+					t.Fatalf("security %+v from %q", ev, m.Raw())
+				}
+			}
+		}
+	})
+}
