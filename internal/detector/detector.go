@@ -1,0 +1,899 @@
+// Package detector keeps sliding windows of calls and security events per
+// extension and per source address, driven by event time, and says what it
+// saw as Alerts. It decides nothing about what to do: that is the policy's job.
+//
+// A Detector is not safe for concurrent use: one goroutine feeds it events.
+package detector
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/astguard/astguard/internal/ami"
+)
+
+const (
+	maxSourcesPerExt  = 8   // addresses remembered per extension
+	maxCallsPerExt    = 512 // live calls tracked per extension (more are counted, not named)
+	maxDestsPerExt    = 16  // destinations tracked for prefix guessing
+	maxSample         = 8   // dialled numbers / accounts kept for an alert
+	maxSessions       = 4   // recent PJSIP SessionIDs kept per address for dedupe
+	sessionDedupe     = 2 * time.Second
+	maxCallIndex      = 1 << 17 // live originated calls indexed by Uniqueid
+	maxChallenged     = 4096    // challenged names remembered before their state exists
+	evictScan         = 64      // stalest keys examined to find an idle one
+	sweepEvery        = time.Second
+	dialledAccountLen = 7 // a chan_sip AccountID this long and all digits is a dialled number
+)
+
+// Stats counts what the detector did.
+type Stats struct {
+	Events     uint64 // events processed
+	Alerts     uint64 // alerts raised
+	Extensions int    // extensions tracked now
+	Addresses  int    // addresses tracked now
+	Evicted    uint64 // keys evicted because a cap was reached
+	Expired    uint64 // keys dropped after idle_expiry
+	Untracked  uint64 // new keys not tracked: the cap was full of incidents in progress
+}
+
+type extKey struct {
+	tech ami.Tech
+	name string
+}
+
+type liveCall struct {
+	uniqueid string
+	channel  string
+	number   string // empty until known (Originate: from the DialBegin)
+}
+
+type source struct {
+	addr    netip.Addr
+	seen    int64
+	trusted bool // seen by Asterisk (SuccessfulAuth, PeerStatus), not client-supplied
+}
+
+type prefixSeen struct {
+	prefix string
+	t      int64
+}
+
+type destEntry struct {
+	dest     string
+	last     int64
+	prefixes []prefixSeen
+}
+
+// alertLog remembers the last alert of each rule and severity for cool-down.
+type alertLog [numRules][2]int64
+
+type extState struct {
+	link[extState]
+	key      extKey
+	lastSeen int64
+	incident int64 // an incident is in progress until this time
+	alerts   alertLog
+	// authed: seen authenticating (SuccessfulAuth, PeerStatus Registered,
+	// a challenge naming it). Trunks and IP-authenticated peers never are.
+	authed bool
+
+	burst, rate    ring
+	intl, highRisk ring
+	probes         ring
+	calls          []liveCall
+	dests          []destEntry
+	sources        []source
+	numbers        sample
+}
+
+func (e *extState) lk() *link[extState] { return &e.link }
+
+type addrState struct {
+	link[addrState]
+	addr     netip.Addr
+	lastSeen int64
+	incident int64
+	alerts   alertLog
+
+	auth     ring
+	probes   ring
+	sessions [maxSessions]struct {
+		id string
+		t  int64
+	}
+	nextSession int
+	accounts    sample
+	numbers     sample
+}
+
+func (a *addrState) lk() *link[addrState] { return &a.link }
+
+// sample keeps the newest distinct strings, at most maxSample.
+type sample struct {
+	v    []string
+	next int
+}
+
+func (s *sample) add(v string) {
+	if v == "" || slices.Contains(s.v, v) {
+		return
+	}
+	if len(s.v) < maxSample {
+		s.v = append(s.v, strings.Clone(v))
+		return
+	}
+	s.v[s.next] = strings.Clone(v)
+	s.next = (s.next + 1) % maxSample
+}
+
+// list returns a copy, oldest first.
+func (s *sample) list() []string {
+	if len(s.v) == 0 {
+		return nil
+	}
+	out := make([]string, 0, len(s.v))
+	out = append(out, s.v[s.next:]...)
+	return append(out, s.v[:s.next]...)
+}
+
+// Detector is the sliding-window state of all extensions and addresses.
+type Detector struct {
+	cfg   Config
+	plan  plan
+	exts  map[extKey]*extState
+	addrs map[netip.Addr]*addrState
+	extQ  lru[extState, *extState]
+	addrQ lru[addrState, *addrState]
+	calls map[string]*extState // live originated calls by Uniqueid
+	// challenged remembers names challenged before their state exists.
+	challenged map[extKey]struct{}
+
+	allowExt  map[extKey]bool
+	allowName map[string]bool
+
+	now       int64
+	lastSweep int64
+	stats     Stats
+
+	// per-event scratch
+	ev  *ami.Event
+	out []Alert
+}
+
+// New returns a detector with the given configuration. The configuration is
+// assumed valid (the config package validates it).
+func New(cfg Config) *Detector {
+	d := &Detector{
+		cfg:        cfg,
+		plan:       newPlan(&cfg),
+		exts:       make(map[extKey]*extState),
+		addrs:      make(map[netip.Addr]*addrState),
+		calls:      make(map[string]*extState),
+		challenged: make(map[extKey]struct{}),
+		allowExt:   make(map[extKey]bool),
+		allowName:  make(map[string]bool),
+	}
+	for _, a := range cfg.AllowExtensions {
+		if tech, name, ok := strings.Cut(a, "/"); ok {
+			if t, ok := ami.ParseTech(tech); ok {
+				d.allowExt[extKey{t, name}] = true
+				continue
+			}
+		}
+		d.allowName[a] = true
+	}
+	return d
+}
+
+// Stats returns counters and the number of keys tracked now.
+func (d *Detector) Stats() Stats {
+	s := d.stats
+	s.Extensions = len(d.exts)
+	s.Addresses = len(d.addrs)
+	return s
+}
+
+// Process feeds one event and appends the alerts it raised to out. Events
+// must come in stream order; time is taken from ev.Time and never goes
+// backwards (an older time counts as the newest seen).
+func (d *Detector) Process(ev *ami.Event, out []Alert) []Alert {
+	d.stats.Events++
+	if t := ev.Time.UnixNano(); !ev.Time.IsZero() && t > d.now {
+		d.now = t
+	}
+	if d.now-d.lastSweep >= int64(sweepEvery) {
+		d.sweep()
+		d.lastSweep = d.now
+	}
+	d.ev, d.out = ev, out
+	switch ev.Kind {
+	case ami.KindNewchannel:
+		d.newChannel(ev)
+	case ami.KindDialBegin:
+		d.dialBegin(ev)
+	case ami.KindHangup:
+		d.hangup(ev)
+	case ami.KindSecurity:
+		d.security(ev)
+	case ami.KindPeerStatus:
+		d.peerStatus(ev)
+	case ami.KindContactStatus:
+		d.contactStatus(ev)
+	}
+	out = d.out
+	d.ev, d.out = nil, nil
+	return out
+}
+
+// LiveChannels appends the names of the live channels the extension
+// originated (as tracked from events) to dst.
+func (d *Detector) LiveChannels(tech ami.Tech, name string, dst []string) []string {
+	e := d.exts[extKey{tech, name}]
+	if e == nil {
+		return dst
+	}
+	for _, c := range e.calls {
+		dst = append(dst, c.channel)
+	}
+	return dst
+}
+
+// Sources returns the known addresses of an extension, as in alerts.
+func (d *Detector) Sources(tech ami.Tech, name string) []netip.Addr {
+	e := d.exts[extKey{tech, name}]
+	if e == nil {
+		return nil
+	}
+	return e.sourceList()
+}
+
+func (d *Detector) extAllowed(k extKey) bool {
+	return d.allowName[k.name] || d.allowExt[k]
+}
+
+func (d *Detector) addrAllowed(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range d.cfg.AllowNetworks {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// ext returns the state of k, creating it (and evicting if at the cap); nil
+// when the cap is full of keys with incidents in progress.
+func (d *Detector) ext(k extKey) *extState {
+	if e := d.exts[k]; e != nil {
+		e.lastSeen = d.now
+		d.extQ.touch(e)
+		return e
+	}
+	if len(d.exts) >= d.cfg.MaxExtensions {
+		victim := d.extQ.back
+		for i := 0; victim != nil && i < evictScan; i++ {
+			if victim.incident <= d.now {
+				break
+			}
+			victim = d.extQ.prevOf(victim)
+		}
+		if victim == nil || victim.incident > d.now {
+			d.stats.Untracked++
+			return nil
+		}
+		d.dropExt(victim)
+		d.stats.Evicted++
+	}
+	k.name = strings.Clone(k.name)
+	e := &extState{key: k, lastSeen: d.now}
+	if _, ok := d.challenged[k]; ok || k.tech == ami.TechLocal {
+		// Local channels are made by the PBX itself (Originate, call
+		// files): whoever asked for them authenticated elsewhere.
+		e.authed = true
+		delete(d.challenged, k)
+	}
+	d.exts[k] = e
+	d.extQ.pushFront(e)
+	return e
+}
+
+func (d *Detector) dropExt(e *extState) {
+	for _, c := range e.calls {
+		if d.calls[c.uniqueid] == e {
+			delete(d.calls, c.uniqueid)
+		}
+	}
+	d.extQ.remove(e)
+	delete(d.exts, e.key)
+}
+
+func (d *Detector) addr(a netip.Addr) *addrState {
+	if s := d.addrs[a]; s != nil {
+		s.lastSeen = d.now
+		d.addrQ.touch(s)
+		return s
+	}
+	if len(d.addrs) >= d.cfg.MaxAddresses {
+		victim := d.addrQ.back
+		for i := 0; victim != nil && i < evictScan; i++ {
+			if victim.incident <= d.now {
+				break
+			}
+			victim = d.addrQ.prevOf(victim)
+		}
+		if victim == nil || victim.incident > d.now {
+			d.stats.Untracked++
+			return nil
+		}
+		d.addrQ.remove(victim)
+		delete(d.addrs, victim.addr)
+		d.stats.Evicted++
+	}
+	s := &addrState{addr: a, lastSeen: d.now}
+	d.addrs[a] = s
+	d.addrQ.pushFront(s)
+	return s
+}
+
+// sweep drops keys idle for longer than IdleExpiry, stalest first, keeping
+// those with an incident in progress or (extensions) live calls.
+func (d *Detector) sweep() {
+	if d.cfg.IdleExpiry <= 0 {
+		return
+	}
+	cut := d.now - int64(d.cfg.IdleExpiry)
+	for e := d.extQ.back; e != nil && e.lastSeen < cut; {
+		prev := d.extQ.prevOf(e)
+		if e.incident <= d.now && len(e.calls) == 0 {
+			d.dropExt(e)
+			d.stats.Expired++
+		}
+		e = prev
+	}
+	for a := d.addrQ.back; a != nil && a.lastSeen < cut; {
+		prev := d.addrQ.prevOf(a)
+		if a.incident <= d.now {
+			d.addrQ.remove(a)
+			delete(d.addrs, a.addr)
+			d.stats.Expired++
+		}
+		a = prev
+	}
+}
+
+// ---- calls ----
+
+func (d *Detector) newChannel(ev *ami.Event) {
+	if ev.Uniqueid == "" || ev.Uniqueid != ev.Linkedid {
+		return // a leg created toward someone, not a call this channel originated
+	}
+	cn, ok := ami.ParseChannel(ev.Channel)
+	if !ok {
+		return
+	}
+	k := extKey{cn.Tech, cn.Name}
+	if d.extAllowed(k) {
+		return
+	}
+	number := ""
+	if IsDialled(ev.Exten) {
+		number = ev.Exten
+		if d.plan.allowed(number) {
+			return
+		}
+	}
+	e := d.ext(k)
+	if e == nil {
+		return
+	}
+	if len(e.calls) < maxCallsPerExt {
+		uid := strings.Clone(ev.Uniqueid)
+		e.calls = append(e.calls, liveCall{uniqueid: uid, channel: strings.Clone(ev.Channel), number: number})
+		if len(d.calls) < maxCallIndex {
+			d.calls[uid] = e
+		}
+	}
+	cfg := &d.cfg
+	e.burst.add(d.now, ringSize(cfg.CallRateBurst))
+	e.rate.add(d.now, ringSize(cfg.CallRate))
+	if number != "" {
+		e.numbers.add(number)
+	}
+	d.checkExt(e, RuleCallRate, cfg.CallRateBurst, e.burst.since(d.now-int64(cfg.CallRateBurst.Window)), "calls started")
+	d.checkExt(e, RuleCallRate, cfg.CallRate, e.rate.since(d.now-int64(cfg.CallRate.Window)), "calls started")
+	d.checkExt(e, RuleConcurrent, cfg.Concurrent, len(e.calls), "live calls")
+	if number != "" {
+		d.dialled(e, number)
+	}
+}
+
+// dialled runs the number rules for one call of e.
+func (d *Detector) dialled(e *extState, number string) {
+	cfg := &d.cfg
+	if intl, risky, _ := d.plan.international(number); intl {
+		e.intl.add(d.now, ringSize(cfg.International))
+		d.checkExt(e, RuleInternational, cfg.International, e.intl.since(d.now-int64(cfg.International.Window)), "international calls")
+		if risky {
+			e.highRisk.add(d.now, ringSize(cfg.HighRisk))
+			d.checkExt(e, RuleInternational, cfg.HighRisk, e.highRisk.since(d.now-int64(cfg.HighRisk.Window)), "calls to high-risk countries")
+		}
+	}
+	if prefix, dest, ok := d.plan.split(number); ok && cfg.PrefixGuess.Window > 0 {
+		n := e.notePrefix(prefix, dest, d.now, int64(cfg.PrefixGuess.Window), ringSize(cfg.PrefixGuess))
+		d.checkExt(e, RulePrefixGuess, cfg.PrefixGuess, n, "distinct prefixes for one destination")
+	}
+}
+
+// notePrefix records that dest was dialled behind prefix and returns how many
+// distinct prefixes it was dialled behind within the window.
+func (e *extState) notePrefix(prefix, dest string, now, window int64, size int) int {
+	if size <= 0 {
+		return 0
+	}
+	cut := now - window
+	var de *destEntry
+	for i := range e.dests {
+		if e.dests[i].dest == dest {
+			de = &e.dests[i]
+			break
+		}
+	}
+	if de == nil {
+		if len(e.dests) < maxDestsPerExt {
+			e.dests = append(e.dests, destEntry{})
+			de = &e.dests[len(e.dests)-1]
+		} else {
+			de = &e.dests[0]
+			for i := range e.dests {
+				if e.dests[i].last < de.last {
+					de = &e.dests[i]
+				}
+			}
+		}
+		de.dest = strings.Clone(dest)
+		de.prefixes = de.prefixes[:0]
+	}
+	de.last = now
+	// drop prefixes out of the window, refresh or add this one
+	ps := de.prefixes[:0]
+	found := false
+	for _, p := range de.prefixes {
+		if p.t < cut {
+			continue
+		}
+		if p.prefix == prefix {
+			p.t = now
+			found = true
+		}
+		ps = append(ps, p)
+	}
+	if !found {
+		if len(ps) >= size {
+			oldest := 0
+			for i := range ps {
+				if ps[i].t < ps[oldest].t {
+					oldest = i
+				}
+			}
+			ps = slices.Delete(ps, oldest, oldest+1)
+		}
+		ps = append(ps, prefixSeen{prefix: strings.Clone(prefix), t: now})
+	}
+	de.prefixes = ps
+	return len(ps)
+}
+
+func (d *Detector) dialBegin(ev *ami.Event) {
+	// Only a call whose number was not known at Newchannel (Originate, call
+	// files, Local channels) learns it here, from the linked call.
+	e := d.calls[ev.Linkedid]
+	if e == nil {
+		return
+	}
+	for i := range e.calls {
+		c := &e.calls[i]
+		if c.uniqueid != ev.Linkedid {
+			continue
+		}
+		if c.number != "" {
+			return
+		}
+		num := dialNumber(ev)
+		if num == "" || d.plan.allowed(num) {
+			return
+		}
+		c.number = strings.Clone(num)
+		e.numbers.add(num)
+		d.dialled(e, c.number)
+		return
+	}
+}
+
+// dialNumber finds the dialled number in a DialBegin: the outbound leg's
+// Exten, else the last part of the dial string (SIP/carrier/0044..., carrier/0044...,
+// PJSIP/0044...@carrier).
+func dialNumber(ev *ami.Event) string {
+	if IsDialled(ev.DestExten) {
+		return ev.DestExten
+	}
+	s := ev.DialString
+	if i := strings.LastIndexByte(s, '/'); i >= 0 {
+		s = s[i+1:]
+	}
+	if i := strings.IndexByte(s, '@'); i >= 0 {
+		s = s[:i]
+	}
+	if IsDialled(s) {
+		return s
+	}
+	return ""
+}
+
+func (d *Detector) hangup(ev *ami.Event) {
+	if ev.Uniqueid == "" || ev.Uniqueid != ev.Linkedid {
+		return
+	}
+	e := d.calls[ev.Uniqueid]
+	if e != nil {
+		delete(d.calls, ev.Uniqueid)
+	} else if cn, ok := ami.ParseChannel(ev.Channel); ok {
+		e = d.exts[extKey{cn.Tech, cn.Name}] // a call the index had no room for
+	}
+	if e == nil {
+		return
+	}
+	for i := range e.calls {
+		if e.calls[i].uniqueid == ev.Uniqueid {
+			e.calls = slices.Delete(e.calls, i, i+1)
+			break
+		}
+	}
+	switch ev.Cause {
+	case 1, 3, 28: // unallocated number, no route to destination, invalid number format
+		e.lastSeen = d.now
+		e.probes.add(d.now, ringSize(d.cfg.FailedProbes))
+		d.checkExt(e, RuleFailedProbes, d.cfg.FailedProbes, e.probes.since(d.now-int64(d.cfg.FailedProbes.Window)), "unroutable calls")
+	}
+}
+
+// ---- security ----
+
+func serviceTech(s string) (ami.Tech, bool) {
+	switch s {
+	case "SIP":
+		return ami.TechSIP, true
+	case "PJSIP":
+		return ami.TechPJSIP, true
+	case "IAX2":
+		return ami.TechIAX2, true
+	}
+	return ami.ParseTech(s)
+}
+
+func (d *Detector) security(ev *ami.Event) {
+	switch ev.Security {
+	case ami.SecSuccessfulAuth:
+		tech, ok := serviceTech(ev.Service)
+		if !ok || !ev.RemoteAddr.IsValid() || !ami.ValidName(ev.AccountID) {
+			return // AMI logins included: not an extension
+		}
+		k := extKey{tech, ev.AccountID}
+		if d.extAllowed(k) {
+			return
+		}
+		if e := d.ext(k); e != nil {
+			d.learnSource(e, ev.RemoteAddr, true)
+		}
+	case ami.SecChallengeSent:
+		d.challenge(ev)
+	case ami.SecFailedACL:
+		if ev.ACLName == "no_extension_match" {
+			d.failedProbe(ev)
+			return
+		}
+		d.authFailure(ev)
+	case ami.SecInvalidPassword, ami.SecChallengeResponseFailed, ami.SecInvalidAccountID:
+		d.authFailure(ev)
+	}
+}
+
+// challenge notes that Asterisk asked the named endpoint to authenticate:
+// it is an extension with a secret, not a trunk. chan_sip names an INVITE's
+// sender by its From URI (sip:200@pbx), a REGISTER's by the user.
+func (d *Detector) challenge(ev *ami.Event) {
+	tech, ok := serviceTech(ev.Service)
+	if !ok {
+		return
+	}
+	name := ev.AccountID
+	if rest, ok := strings.CutPrefix(name, "sip:"); ok {
+		name, _, _ = strings.Cut(rest, "@")
+	}
+	if !ami.ValidName(name) {
+		return
+	}
+	k := extKey{tech, name}
+	if e := d.exts[k]; e != nil {
+		e.authed = true
+		return
+	}
+	if len(d.challenged) >= maxChallenged {
+		clear(d.challenged)
+	}
+	d.challenged[extKey{tech, strings.Clone(name)}] = struct{}{}
+}
+
+func (d *Detector) failedProbe(ev *ami.Event) {
+	if !ev.RemoteAddr.IsValid() || d.addrAllowed(ev.RemoteAddr) {
+		return
+	}
+	a := d.addr(ev.RemoteAddr.Unmap())
+	if a == nil {
+		return
+	}
+	if IsDialled(ev.AccountID) {
+		a.numbers.add(ev.AccountID)
+	}
+	a.probes.add(d.now, ringSize(d.cfg.FailedProbes))
+	d.checkAddr(a, RuleFailedProbes, d.cfg.FailedProbes, a.probes.since(d.now-int64(d.cfg.FailedProbes.Window)), "unroutable attempts")
+}
+
+// dialledAccount reports whether a chan_sip AccountID is the dialled number of
+// an INVITE (chan_sip puts the Request-URI user there) rather than a user name.
+func dialledAccount(ev *ami.Event) bool {
+	if ev.Service != "SIP" || !IsDialled(ev.AccountID) {
+		return false
+	}
+	return ev.AccountID[0] == '+' || len(ev.AccountID) >= dialledAccountLen
+}
+
+func (d *Detector) authFailure(ev *ami.Event) {
+	if !ev.RemoteAddr.IsValid() || d.addrAllowed(ev.RemoteAddr) {
+		return
+	}
+	a := d.addr(ev.RemoteAddr.Unmap())
+	if a == nil {
+		return
+	}
+	if dialledAccount(ev) {
+		a.numbers.add(ev.AccountID)
+	} else if ev.AccountID != "<unknown>" && ami.ValidName(ev.AccountID) {
+		a.accounts.add(ev.AccountID)
+	}
+	// PJSIP raises several events for one request under its Call-ID;
+	// chan_sip's SessionID is a reused memory address, never a key.
+	if ev.Service == "PJSIP" && ev.SessionID != "" {
+		for i := range a.sessions {
+			s := &a.sessions[i]
+			if s.id == ev.SessionID && d.now-s.t < int64(sessionDedupe) {
+				return
+			}
+		}
+		s := &a.sessions[a.nextSession]
+		s.id, s.t = strings.Clone(ev.SessionID), d.now
+		a.nextSession = (a.nextSession + 1) % maxSessions
+	}
+	a.auth.add(d.now, ringSize(d.cfg.AuthFailures))
+	d.checkAddr(a, RuleAuthFailures, d.cfg.AuthFailures, a.auth.since(d.now-int64(d.cfg.AuthFailures.Window)), "failed authentications")
+}
+
+// ---- address hints ----
+
+func (d *Detector) peerStatus(ev *ami.Event) {
+	if ev.Status != "Registered" && ev.Status != "Reachable" {
+		return
+	}
+	cn, ok := peerName(ev.Peer)
+	if !ok || !ev.Addr.IsValid() || d.extAllowed(cn) {
+		return
+	}
+	if e := d.ext(cn); e != nil {
+		d.learnSource(e, ev.Addr, true)
+	}
+}
+
+func (d *Detector) contactStatus(ev *ami.Event) {
+	if ev.Status == "Removed" || ev.Status == "Unreachable" || !ev.Addr.IsValid() || !ami.ValidName(ev.Peer) {
+		return
+	}
+	k := extKey{ami.TechPJSIP, ev.Peer}
+	if d.extAllowed(k) {
+		return
+	}
+	if e := d.ext(k); e != nil {
+		d.learnSource(e, ev.Addr, false)
+	}
+}
+
+// peerName splits "SIP/200" into its key.
+func peerName(p string) (extKey, bool) {
+	tech, name, ok := strings.Cut(p, "/")
+	if !ok || !ami.ValidName(name) {
+		return extKey{}, false
+	}
+	t, ok := ami.ParseTech(tech)
+	if !ok {
+		return extKey{}, false
+	}
+	return extKey{t, name}, true
+}
+
+// learnSource records an address of e. A trusted (Asterisk-observed) address
+// the extension has not used before raises new_source, except the very
+// first, which is learned.
+func (d *Detector) learnSource(e *extState, addr netip.Addr, trusted bool) {
+	addr = addr.Unmap()
+	if trusted {
+		e.authed = true
+	}
+	idx, otherTrusted := -1, false
+	for i, s := range e.sources {
+		if s.addr == addr {
+			idx = i
+		} else if s.trusted {
+			otherTrusted = true
+		}
+	}
+	if idx >= 0 {
+		s := &e.sources[idx]
+		s.seen = d.now
+		if trusted && !s.trusted {
+			s.trusted = true
+			if otherTrusted {
+				d.newSource(e, addr)
+			}
+		}
+		return
+	}
+	if trusted && otherTrusted {
+		d.newSource(e, addr)
+	}
+	ns := source{addr: addr, seen: d.now, trusted: trusted}
+	if len(e.sources) < maxSourcesPerExt {
+		e.sources = append(e.sources, ns)
+		return
+	}
+	// replace the stalest untrusted, else the stalest
+	victim := -1
+	for i, s := range e.sources {
+		if victim < 0 || (!s.trusted && e.sources[victim].trusted) ||
+			(s.trusted == e.sources[victim].trusted && s.seen < e.sources[victim].seen) {
+			victim = i
+		}
+	}
+	e.sources[victim] = ns
+}
+
+func (d *Detector) newSource(e *extState, addr netip.Addr) {
+	if !d.cfg.NewSource {
+		return
+	}
+	al := d.extAlert(e, RuleNewSource, Warning, 1, 0, "authenticated from an address it has not used before")
+	al.Sources = append([]netip.Addr{addr}, slices.DeleteFunc(al.Sources, func(a netip.Addr) bool { return a == addr })...)
+	d.emit(al)
+}
+
+// sourceList orders the known addresses: trusted first, newest first.
+func (e *extState) sourceList() []netip.Addr {
+	if len(e.sources) == 0 {
+		return nil
+	}
+	ss := slices.Clone(e.sources)
+	slices.SortStableFunc(ss, func(a, b source) int {
+		if a.trusted != b.trusted {
+			if a.trusted {
+				return -1
+			}
+			return 1
+		}
+		switch {
+		case a.seen > b.seen:
+			return -1
+		case a.seen < b.seen:
+			return 1
+		}
+		return 0
+	})
+	out := make([]netip.Addr, len(ss))
+	for i, s := range ss {
+		out[i] = s.addr
+	}
+	return out
+}
+
+// ---- alerts ----
+
+// level says which severity count reaches, or 0.
+func level(t Threshold, count int) Severity {
+	switch {
+	case t.Critical > 0 && count >= t.Critical:
+		return Critical
+	case t.Warning > 0 && count >= t.Warning:
+		return Warning
+	}
+	return 0
+}
+
+// allow applies the cool-down: one alert per rule, key and severity per
+// Cooldown, and no warning while a critical of the same rule is cooling down.
+func (d *Detector) allow(log *alertLog, r Rule, sev Severity) bool {
+	cd := int64(d.cfg.Cooldown)
+	last := &log[r][sev-1]
+	if *last != 0 && d.now-*last < cd {
+		return false
+	}
+	if sev == Warning {
+		if c := log[r][Critical-1]; c != 0 && d.now-c < cd {
+			return false
+		}
+	}
+	*last = d.now
+	if *last == 0 {
+		*last = 1
+	}
+	return true
+}
+
+func (d *Detector) checkExt(e *extState, r Rule, t Threshold, count int, what string) {
+	sev := level(t, count)
+	if sev == 0 || !d.allow(&e.alerts, r, sev) {
+		return
+	}
+	a := d.extAlert(e, r, sev, count, t.Window, what)
+	if sev == Critical && !e.authed && !d.cfg.UnauthenticatedCritical {
+		// Still said once per cool-down (it took the critical's turn), but
+		// as a warning: nothing acts on it.
+		a.Severity, a.Note = Warning, unauthNote
+	}
+	d.emit(a)
+}
+
+const unauthNote = "capped at warning: this endpoint was never seen authenticating (a trunk or an IP-authenticated peer?); list trunks in allow.extensions"
+
+func (d *Detector) extAlert(e *extState, r Rule, sev Severity, count int, window time.Duration, what string) Alert {
+	e.incident = max(e.incident, d.now+int64(d.cfg.Cooldown))
+	return Alert{
+		Time:      d.ev.Time,
+		Seq:       d.ev.Seq,
+		Rule:      r,
+		Severity:  sev,
+		Tech:      e.key.tech,
+		Extension: e.key.name,
+		Sources:   e.sourceList(),
+		Count:     count,
+		Window:    window,
+		Numbers:   e.numbers.list(),
+		Reason:    what,
+	}
+}
+
+func (d *Detector) checkAddr(a *addrState, r Rule, t Threshold, count int, what string) {
+	sev := level(t, count)
+	if sev == 0 || !d.allow(&a.alerts, r, sev) {
+		return
+	}
+	a.incident = max(a.incident, d.now+int64(d.cfg.Cooldown))
+	d.emit(Alert{
+		Time:     d.ev.Time,
+		Seq:      d.ev.Seq,
+		Rule:     r,
+		Severity: sev,
+		IP:       a.addr,
+		Accounts: a.accounts.list(),
+		Count:    count,
+		Window:   t.Window,
+		Numbers:  a.numbers.list(),
+		Reason:   what,
+	})
+}
+
+func (d *Detector) emit(a Alert) {
+	if a.Time.IsZero() && d.now != 0 {
+		a.Time = time.Unix(0, d.now).UTC()
+	}
+	d.stats.Alerts++
+	d.out = append(d.out, a)
+}

@@ -1,0 +1,297 @@
+package detector_test
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/detector"
+)
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+// feed is a tiny driver for typed events at chosen times.
+type feed struct {
+	d      *detector.Detector
+	seq    int
+	uid    int
+	alerts []detector.Alert
+}
+
+func newFeed(cfg detector.Config) *feed { return &feed{d: detector.New(cfg)} }
+
+func (f *feed) send(at time.Duration, ev ami.Event) {
+	f.seq++
+	ev.Seq, ev.Time = f.seq, t0.Add(at)
+	f.alerts = f.d.Process(&ev, f.alerts)
+}
+
+// call starts a call of SIP/ext to number, challenged first as chan_sip
+// does for every INVITE of an extension; it returns the Uniqueid.
+func (f *feed) call(at time.Duration, ext, number string) string {
+	f.send(at, ami.Event{Kind: ami.KindSecurity, Security: ami.SecChallengeSent, Service: "SIP",
+		AccountID: "sip:" + ext + "@192.0.2.254", RemoteAddr: netip.MustParseAddr("192.0.2.200"), RemotePort: 5060})
+	return f.trunkCall(at, ext, number)
+}
+
+// trunkCall starts a call of SIP/ext with no authentication, as a trunk's
+// (or an IP-authenticated peer's) incoming call.
+func (f *feed) trunkCall(at time.Duration, ext, number string) string {
+	f.uid++
+	uid := fmt.Sprintf("1795610000.%d", f.uid)
+	f.send(at, ami.Event{Kind: ami.KindNewchannel, Channel: fmt.Sprintf("SIP/%s-%08x", ext, f.uid),
+		Uniqueid: uid, Linkedid: uid, Exten: number})
+	return uid
+}
+
+func (f *feed) hangup(at time.Duration, ext, uid string, cause int) {
+	f.send(at, ami.Event{Kind: ami.KindHangup, Channel: "SIP/" + ext + "-00000001", Uniqueid: uid, Linkedid: uid, Cause: cause})
+}
+
+func (f *feed) authFail(at time.Duration, ip, account string) {
+	f.send(at, ami.Event{Kind: ami.KindSecurity, Security: ami.SecInvalidPassword, Service: "SIP",
+		AccountID: account, SessionID: "0x1", RemoteAddr: netip.MustParseAddr(ip), RemotePort: 5060})
+}
+
+func (f *feed) count(rule detector.Rule, sev detector.Severity) int {
+	n := 0
+	for _, a := range f.alerts {
+		if a.Rule == rule && a.Severity == sev {
+			n++
+		}
+	}
+	return n
+}
+
+func TestCallRateOneCriticalPerCooldown(t *testing.T) {
+	f := newFeed(detector.Default())
+	for i := range 40 { // 10 calls/s for 4 s
+		f.call(time.Duration(i)*100*time.Millisecond, "200", "02079460123")
+	}
+	if n := f.count(detector.RuleCallRate, detector.Critical); n != 1 {
+		t.Fatalf("%d critical call_rate alerts, want 1 per cool-down", n)
+	}
+	// After the cool-down the same burst alerts again.
+	for i := range 10 {
+		f.call(6*time.Minute+time.Duration(i)*100*time.Millisecond, "200", "02079460123")
+	}
+	if n := f.count(detector.RuleCallRate, detector.Critical); n != 2 {
+		t.Fatalf("%d critical call_rate alerts after the cool-down, want 2", n)
+	}
+}
+
+func TestConcurrentCountsLiveOriginatedCalls(t *testing.T) {
+	cfg := detector.Default()
+	cfg.CallRateBurst = detector.Threshold{} // isolate the rule
+	f := newFeed(cfg)
+	var uids []string
+	for i := range 7 {
+		uids = append(uids, f.call(time.Duration(i)*10*time.Second, "210", "02079460123"))
+	}
+	if n := f.count(detector.RuleConcurrent, detector.Critical); n != 0 {
+		t.Fatalf("critical at 7 live calls")
+	}
+	if got := len(f.d.LiveChannels(ami.TechSIP, "210", nil)); got != 7 {
+		t.Fatalf("LiveChannels = %d, want 7", got)
+	}
+	for _, u := range uids {
+		f.hangup(2*time.Minute, "210", u, 16)
+	}
+	if got := len(f.d.LiveChannels(ami.TechSIP, "210", nil)); got != 0 {
+		t.Fatalf("LiveChannels after hang-ups = %d, want 0", got)
+	}
+	for i := range 8 {
+		f.call(3*time.Minute+time.Duration(i)*10*time.Second, "210", "02079460123")
+	}
+	if n := f.count(detector.RuleConcurrent, detector.Critical); n != 1 {
+		t.Fatalf("%d critical concurrent alerts at 8 live calls, want 1", n)
+	}
+}
+
+func TestFailedProbesFromHangupCauses(t *testing.T) {
+	f := newFeed(detector.Default())
+	for i, cause := range []int{1, 3, 28, 16, 1, 1} {
+		at := time.Duration(i) * 5 * time.Second
+		uid := f.call(at, "205", fmt.Sprintf("0044207946%04d", i))
+		f.hangup(at+time.Second, "205", uid, cause)
+	}
+	if n := f.count(detector.RuleFailedProbes, detector.Critical); n != 1 {
+		t.Fatalf("%d critical failed_probes, want 1 (5 unroutable of 6)", n)
+	}
+}
+
+func TestInternationalHighRiskAndOutsideLine(t *testing.T) {
+	cfg := detector.Default()
+	cfg.OutsideLine = "9"
+	f := newFeed(cfg)
+	// 9 + 00 + 53 (Cuba): three calls a few minutes apart.
+	for i := range 3 {
+		f.call(time.Duration(i)*3*time.Minute, "206", "900537123456")
+	}
+	a := f.alerts
+	if f.count(detector.RuleInternational, detector.Critical) != 1 {
+		t.Fatalf("want one critical international alert for 3 high-risk calls, got %v", a)
+	}
+	if a[len(a)-1].Numbers[0] != "900537123456" {
+		t.Errorf("numbers = %v", a[len(a)-1].Numbers)
+	}
+	// National numbers starting with 9 are not international.
+	g := newFeed(cfg)
+	for i := range 30 {
+		uid := g.call(time.Duration(i)*20*time.Second, "207", "902079460123")
+		g.hangup(time.Duration(i)*20*time.Second+15*time.Second, "207", uid, 16)
+	}
+	if len(g.alerts) != 0 {
+		t.Errorf("national calls raised %v", g.alerts)
+	}
+}
+
+func TestAllowLists(t *testing.T) {
+	cfg := detector.Default()
+	cfg.AllowExtensions = []string{"carrier", "PJSIP/trunk"}
+	cfg.AllowNetworks = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	cfg.AllowDestinations = []string{"112"}
+	f := newFeed(cfg)
+	for i := range 20 {
+		at := time.Duration(i) * 50 * time.Millisecond
+		f.call(at, "carrier", "02079460123")
+		f.call(at, "208", "112")
+		f.authFail(at, "10.1.2.3", "200")
+	}
+	if len(f.alerts) != 0 {
+		t.Fatalf("allow-listed traffic raised %v", f.alerts)
+	}
+	// The same traffic from others is caught.
+	for i := range 20 {
+		at := time.Second + time.Duration(i)*50*time.Millisecond
+		f.call(at, "209", "02079460123")
+		f.authFail(at, "192.0.2.1", "200")
+	}
+	if f.count(detector.RuleCallRate, detector.Critical) != 1 || f.count(detector.RuleAuthFailures, detector.Critical) != 1 {
+		t.Fatalf("want a call_rate and an auth_failures critical, got %v", f.alerts)
+	}
+}
+
+// An attacker flooding from many addresses cannot grow the state past the
+// caps, and cannot push out a key whose incident is in progress.
+func TestBoundedStateKeepsIncidents(t *testing.T) {
+	cfg := detector.Default()
+	cfg.MaxAddresses = 100
+	cfg.MaxExtensions = 10
+	f := newFeed(cfg)
+	for i := range 5 { // a real attack first: an incident in progress
+		f.authFail(time.Duration(i)*time.Millisecond, "198.51.100.1", "200")
+	}
+	for i := range 20 {
+		f.call(time.Duration(i)*50*time.Millisecond, "200", "0044207946000"+fmt.Sprint(i%10))
+	}
+	if f.count(detector.RuleAuthFailures, detector.Critical) != 1 || f.count(detector.RuleCallRate, detector.Critical) != 1 {
+		t.Fatalf("setup: %v", f.alerts)
+	}
+	for i := range 10000 {
+		ip := netip.AddrFrom4([4]byte{203, 0, byte(i >> 8), byte(i)})
+		f.authFail(time.Second+time.Duration(i)*time.Microsecond, ip.String(), "admin")
+		f.call(time.Second+time.Duration(i)*time.Microsecond, fmt.Sprintf("x%d", i), "")
+	}
+	st := f.d.Stats()
+	if st.Addresses > 100 || st.Extensions > 10 {
+		t.Fatalf("state grew past the caps: %+v", st)
+	}
+	if st.Evicted == 0 {
+		t.Fatalf("nothing evicted: %+v", st)
+	}
+	// The incident keys survived: their live calls and sources are still known.
+	if n := len(f.d.LiveChannels(ami.TechSIP, "200", nil)); n != 20 {
+		t.Errorf("SIP/200 lost its live calls under the flood: %d", n)
+	}
+	// And the attacker's address keeps counting inside the same incident:
+	// after the cool-down it alerts again.
+	for i := range 5 {
+		f.authFail(6*time.Minute+time.Duration(i)*time.Millisecond, "198.51.100.1", "200")
+	}
+	if f.count(detector.RuleAuthFailures, detector.Critical) != 2 {
+		t.Errorf("attacker's state lost under the flood")
+	}
+}
+
+func TestIdleKeysExpire(t *testing.T) {
+	f := newFeed(detector.Default())
+	for i := range 50 {
+		f.authFail(0, fmt.Sprintf("192.0.2.%d", i), "200")
+	}
+	if st := f.d.Stats(); st.Addresses != 50 {
+		t.Fatalf("addresses = %d", st.Addresses)
+	}
+	f.authFail(2*time.Hour, "198.51.100.9", "200")
+	if st := f.d.Stats(); st.Addresses != 1 || st.Expired != 50 {
+		t.Fatalf("after idle_expiry: %+v", st)
+	}
+}
+
+func TestNewSourceLearnsFirstAddress(t *testing.T) {
+	f := newFeed(detector.Default())
+	auth := func(at time.Duration, ip string) {
+		f.send(at, ami.Event{Kind: ami.KindSecurity, Security: ami.SecSuccessfulAuth, Service: "PJSIP",
+			AccountID: "300", RemoteAddr: netip.MustParseAddr(ip), RemotePort: 5060})
+	}
+	auth(0, "192.0.2.1")
+	auth(time.Minute, "192.0.2.1")
+	if len(f.alerts) != 0 {
+		t.Fatalf("first address alerted: %v", f.alerts)
+	}
+	auth(2*time.Minute, "203.0.113.9")
+	if len(f.alerts) != 1 || f.alerts[0].Rule != detector.RuleNewSource || f.alerts[0].Severity != detector.Warning {
+		t.Fatalf("want one new_source warning, got %v", f.alerts)
+	}
+	if got := f.alerts[0].Sources; len(got) != 2 || got[0].String() != "203.0.113.9" {
+		t.Errorf("sources = %v, want the new address first", got)
+	}
+	// AMI logins are not extensions.
+	f.send(3*time.Minute, ami.Event{Kind: ami.KindSecurity, Security: ami.SecSuccessfulAuth, Service: "AMI",
+		AccountID: "guard", RemoteAddr: netip.MustParseAddr("127.0.0.1")})
+	if st := f.d.Stats(); st.Extensions != 1 {
+		t.Errorf("extensions = %d, want 1", st.Extensions)
+	}
+}
+
+func TestTimeNeverGoesBackwards(t *testing.T) {
+	f := newFeed(detector.Default())
+	// Five failures, the later ones stamped earlier (clock skew between
+	// TimeReceived and EventTV): they still count in one window.
+	for i := range 5 {
+		f.authFail(time.Duration(-i)*time.Hour, "192.0.2.7", "200")
+	}
+	if f.count(detector.RuleAuthFailures, detector.Critical) != 1 {
+		t.Fatalf("got %v", f.alerts)
+	}
+}
+
+func TestUnauthenticatedCappedAtWarning(t *testing.T) {
+	f := newFeed(detector.Default())
+	for i := range 20 { // a busy inbound trunk: 20 calls in 2 s
+		f.trunkCall(time.Duration(i)*100*time.Millisecond, "carrier", "02079460100")
+	}
+	if f.count(detector.RuleCallRate, detector.Critical) != 0 || f.count(detector.RuleCallRate, detector.Warning) != 2 {
+		t.Fatalf("want a warning and a capped warning, got %v", f.alerts)
+	}
+	capped := 0
+	for _, a := range f.alerts {
+		if a.Note != "" {
+			capped++
+		}
+	}
+	if capped == 0 {
+		t.Errorf("no alert says it was capped: %v", f.alerts)
+	}
+	cfg := detector.Default()
+	cfg.UnauthenticatedCritical = true
+	g := newFeed(cfg)
+	for i := range 20 {
+		g.trunkCall(time.Duration(i)*100*time.Millisecond, "carrier", "02079460100")
+	}
+	if g.count(detector.RuleCallRate, detector.Critical) != 1 {
+		t.Fatalf("unauthenticated_critical: want a critical, got %v", g.alerts)
+	}
+}
