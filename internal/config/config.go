@@ -1,0 +1,448 @@
+// Package config reads astguard's TOML configuration.
+//
+// Decoding is strict: keys are matched exactly (case-sensitively), an unknown
+// key or a value of the wrong type is an error that names the key, and
+// Validate reports every problem at once, one per line. Error texts are
+// sentences that start with the dotted key they are about, e.g.
+//
+//	detector.prefix_guess.window must be > 0
+//
+// The values of Default are those of config.toml.example.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	AMI AMI `toml:"ami"`
+	Log Log `toml:"log"`
+	// Detection is the [detector] table (named so because the method
+	// Detector converts it to the detector's own struct).
+	Detection Detection `toml:"detector"`
+	Allow     Allow     `toml:"allow"`
+}
+
+// AMI is the [ami] table: how to reach the Asterisk Manager Interface.
+type AMI struct {
+	Address  string `toml:"address"`
+	Username string `toml:"username"`
+	// Secret is the manager.conf secret. Load replaces it with the value of
+	// SecretEnv or the first line of SecretFile when those are set.
+	Secret     Secret `toml:"secret"`
+	SecretFile string `toml:"secret_file"`
+}
+
+// Log is the [log] table.
+type Log struct {
+	Level string `toml:"level"` // debug, info, warn or error
+}
+
+// Detection is the [detector] table.
+type Detection struct {
+	Cooldown      Duration `toml:"cooldown"`
+	MaxExtensions int      `toml:"max_extensions"`
+	MaxAddresses  int      `toml:"max_addresses"`
+	IdleExpiry    Duration `toml:"idle_expiry"`
+	// UnauthenticatedCritical lets endpoints never seen authenticating
+	// (trunks, IP-authenticated peers) raise critical alerts.
+	UnauthenticatedCritical bool          `toml:"unauthenticated_critical"`
+	CallRate                CallRate      `toml:"call_rate"`
+	Concurrent              Levels        `toml:"concurrent"`
+	PrefixGuess             PrefixGuess   `toml:"prefix_guess"`
+	International           International `toml:"international"`
+	FailedProbes            Threshold     `toml:"failed_probes"`
+	AuthFailures            Threshold     `toml:"auth_failures"`
+	NewSource               NewSource     `toml:"new_source"`
+}
+
+// Levels are a rule's warning and critical levels; 0 disables a severity.
+type Levels struct {
+	Warning  int `toml:"warning"`
+	Critical int `toml:"critical"`
+}
+
+// Threshold is a rule's levels over a sliding window.
+type Threshold struct {
+	Window   Duration `toml:"window"`
+	Warning  int      `toml:"warning"`
+	Critical int      `toml:"critical"`
+}
+
+// CallRate is [detector.call_rate]: a short burst window and a long window.
+type CallRate struct {
+	BurstWindow   Duration `toml:"burst_window"`
+	BurstWarning  int      `toml:"burst_warning"`
+	BurstCritical int      `toml:"burst_critical"`
+	Window        Duration `toml:"window"`
+	Warning       int      `toml:"warning"`
+	Critical      int      `toml:"critical"`
+}
+
+// PrefixGuess is [detector.prefix_guess].
+type PrefixGuess struct {
+	Digits   int      `toml:"digits"`
+	Window   Duration `toml:"window"`
+	Warning  int      `toml:"warning"`
+	Critical int      `toml:"critical"`
+}
+
+// International is [detector.international]. The high-risk levels share
+// Window with the international levels.
+type International struct {
+	AccessCodes       []string `toml:"access_codes"`
+	OutsideLine       string   `toml:"outside_line"`
+	Window            Duration `toml:"window"`
+	Warning           int      `toml:"warning"`
+	Critical          int      `toml:"critical"`
+	HighRiskCountries []string `toml:"high_risk_countries"`
+	HighRiskWarning   int      `toml:"high_risk_warning"`
+	HighRiskCritical  int      `toml:"high_risk_critical"`
+}
+
+// NewSource is [detector.new_source].
+type NewSource struct {
+	Enabled bool `toml:"enabled"`
+}
+
+// Allow is the [allow] table: what the detector never counts.
+type Allow struct {
+	Extensions   []string `toml:"extensions"`
+	Networks     []string `toml:"networks"`
+	Destinations []string `toml:"destinations"`
+}
+
+// SecretEnv is the environment variable that, when set and not empty,
+// overrides ami.secret and ami.secret_file.
+const SecretEnv = "ASTGUARD_AMI_SECRET"
+
+// defaultHighRiskCountries are international revenue share fraud hot spots.
+var defaultHighRiskCountries = []string{
+	"53", "216", "218", "220", "221", "222", "223", "224", "225", "226",
+	"227", "228", "229", "231", "232", "234", "235", "236", "237", "238",
+	"239", "240", "241", "242", "243", "245", "247", "248", "249", "252",
+	"253", "255", "256", "257", "261", "263", "269", "290", "371", "372",
+	"375", "381", "423", "670", "672", "673", "674", "675", "676", "677",
+	"678", "679", "680", "681", "682", "683", "685", "686", "687", "688",
+	"689", "690", "691", "692", "870", "881", "882", "883", "979", "1268",
+	"1284", "1473", "1649", "1664", "1758", "1767", "1784", "1809", "1829", "1849",
+	"1868", "1869", "1876",
+}
+
+// Default returns a new Config holding the values of config.toml.example.
+func Default() *Config {
+	return &Config{
+		AMI: AMI{Address: "127.0.0.1:5038", Username: "guard"},
+		Log: Log{Level: "info"},
+		Detection: Detection{
+			Cooldown:      Duration(5 * time.Minute),
+			MaxExtensions: 100000,
+			MaxAddresses:  100000,
+			IdleExpiry:    Duration(time.Hour),
+			CallRate: CallRate{
+				BurstWindow: Duration(time.Second), BurstWarning: 3, BurstCritical: 5,
+				Window: Duration(time.Minute), Warning: 30, Critical: 60,
+			},
+			Concurrent:  Levels{Warning: 4, Critical: 8},
+			PrefixGuess: PrefixGuess{Digits: 8, Window: Duration(10 * time.Minute), Warning: 2, Critical: 3},
+			International: International{
+				AccessCodes:       []string{"00", "011", "+"},
+				Window:            Duration(10 * time.Minute),
+				Warning:           10,
+				Critical:          20,
+				HighRiskCountries: append([]string(nil), defaultHighRiskCountries...),
+				HighRiskWarning:   1,
+				HighRiskCritical:  3,
+			},
+			FailedProbes: Threshold{Window: Duration(time.Minute), Warning: 3, Critical: 5},
+			AuthFailures: Threshold{Window: Duration(time.Minute), Warning: 3, Critical: 5},
+			NewSource:    NewSource{Enabled: true},
+		},
+		// Empty, not nil: decoding `key = []` yields an empty slice, and the
+		// example file must decode to exactly Default().
+		Allow: Allow{Extensions: []string{}, Networks: []string{}, Destinations: []string{}},
+	}
+}
+
+// Load reads the file at path, decodes it over Default(), resolves the AMI
+// secret (SecretEnv, then ami.secret_file, then ami.secret; a relative
+// secret_file is taken relative to the directory of path) and validates the
+// result. An empty secret is not an error here; see RequireSecret.
+// On error the Config is nil and the error lists every problem, one per line.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := decode(data)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	if err := c.resolveSecret(filepath.Dir(path)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Parse decodes data over Default() and validates the result. It does no
+// I/O: it neither reads ami.secret_file nor looks at SecretEnv (Load does).
+// On error the Config is nil and the error lists every problem, one per line.
+func Parse(data []byte) (*Config, error) {
+	c, err := decode(data)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// decode is Parse without Validate. A syntax error comes back alone, with
+// its position; otherwise every unknown key and every value of the wrong
+// type is reported, in file order, before anything is validated.
+func decode(data []byte) (*Config, error) {
+	s := string(data)
+	var raw map[string]any
+	md, err := toml.Decode(s, &raw)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, newSyntaxError(pe, s)
+		}
+		return nil, err
+	}
+	if err := checkKeys(md, raw); err != nil {
+		return nil, err
+	}
+	c := Default()
+	md, err = toml.Decode(s, c)
+	if err != nil {
+		return nil, err // not reached: checkKeys accepted every value
+	}
+	var errs []error
+	for _, k := range md.Undecoded() { // not reached either: checkKeys rejected unknown keys
+		errs = append(errs, fmt.Errorf("unknown key %s", k))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// syntaxError is a TOML syntax error. Its text is one line with the
+// position; errors.As(err, new(toml.ParseError)) gives the toml error, whose
+// ErrorWithPosition shows the offending line.
+type syntaxError struct {
+	line, col int
+	pe        toml.ParseError
+}
+
+// newSyntaxError takes the position from the error's byte offset: toml's
+// Line is one too far when the error is at a line end. The column counts
+// characters, as editors do, from 1.
+func newSyntaxError(pe toml.ParseError, input string) *syntaxError {
+	start := min(max(pe.Position.Start, 0), len(input))
+	before := input[:start]
+	lineStart := strings.LastIndexByte(before, '\n') + 1
+	return &syntaxError{
+		line: strings.Count(before, "\n") + 1,
+		col:  utf8.RuneCountInString(before[lineStart:]) + 1,
+		pe:   pe,
+	}
+}
+
+func (e *syntaxError) Error() string {
+	return fmt.Sprintf("syntax error at line %d, column %d: %s", e.line, e.col, e.pe.Message)
+}
+
+func (e *syntaxError) Unwrap() error { return e.pe }
+
+// kind is what a key of Config holds, as TOML sees it.
+type kind int
+
+const (
+	kindTable kind = iota
+	kindString
+	kindInt
+	kindBool
+	kindDuration
+	kindStrings
+)
+
+var expected = [...]string{
+	kindTable:    "a table",
+	kindString:   "a string",
+	kindInt:      "an integer",
+	kindBool:     "true or false",
+	kindDuration: "a duration",
+	kindStrings:  "a list of strings",
+}
+
+// schema maps every dotted key of Config to its kind.
+var schema = buildSchema(reflect.TypeFor[Config]())
+
+func buildSchema(t reflect.Type) map[string]kind {
+	m := make(map[string]kind)
+	var walk func(prefix string, t reflect.Type)
+	walk = func(prefix string, t reflect.Type) {
+		for i := range t.NumField() {
+			f := t.Field(i)
+			key := prefix + f.Tag.Get("toml")
+			switch {
+			case f.Type == reflect.TypeFor[Duration]():
+				m[key] = kindDuration
+			case f.Type.Kind() == reflect.Struct:
+				m[key] = kindTable
+				walk(key+".", f.Type)
+			case f.Type.Kind() == reflect.String:
+				m[key] = kindString
+			case f.Type.Kind() == reflect.Int:
+				m[key] = kindInt
+			case f.Type.Kind() == reflect.Bool:
+				m[key] = kindBool
+			case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.String:
+				m[key] = kindStrings
+			default:
+				panic("config: no TOML kind for field " + key)
+			}
+		}
+	}
+	walk("", t)
+	return m
+}
+
+// checkKeys reports, in file order, every key that Config does not have and
+// every value of the wrong type. An unknown key is reported by its shortest
+// unknown prefix: [detector.foo] with bar = 1 inside gives only
+// "unknown key detector.foo".
+func checkKeys(md toml.MetaData, raw map[string]any) error {
+	var errs []error
+	checked := make(map[string]bool) // dotted names already looked at
+	bad := make(map[string]bool)     // dotted names already reported
+	for _, k := range md.Keys() {
+		for i := 1; i <= len(k); i++ {
+			name := k[:i].String()
+			if bad[name] {
+				break
+			}
+			kd, ok := schema[name]
+			if !ok {
+				errs = append(errs, fmt.Errorf("unknown key %s", name))
+				bad[name] = true
+				break
+			}
+			if !checked[name] {
+				checked[name] = true
+				if err := checkValue(name, kd, lookup(raw, k[:i])); err != nil {
+					errs = append(errs, err)
+					bad[name] = true
+					break
+				}
+			}
+			if kd != kindTable {
+				break // keys below a valid leaf cannot exist
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// lookup returns the value at path in raw, or nil.
+func lookup(raw map[string]any, path []string) any {
+	var v any = raw
+	for _, p := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[p]
+	}
+	return v
+}
+
+// checkValue says whether v, decoded by toml, fits a key of kind kd.
+func checkValue(key string, kd kind, v any) error {
+	switch kd {
+	case kindTable:
+		if _, ok := v.(map[string]any); ok {
+			return nil
+		}
+	case kindString:
+		if _, ok := v.(string); ok {
+			return nil
+		}
+	case kindInt:
+		if n, ok := v.(int64); ok {
+			if int64(int(n)) != n {
+				return fmt.Errorf("%s: %d is too large", key, n)
+			}
+			return nil
+		}
+	case kindBool:
+		if _, ok := v.(bool); ok {
+			return nil
+		}
+	case kindDuration:
+		switch x := v.(type) {
+		case string:
+			var d Duration
+			if err := d.UnmarshalText([]byte(x)); err != nil {
+				return fmt.Errorf("%s: %w", key, err)
+			}
+			return nil
+		case int64, float64:
+			return fmt.Errorf("%s: %v %s", key, x, notDuration)
+		}
+	case kindStrings:
+		if a, ok := v.([]any); ok {
+			for i, e := range a {
+				if _, ok := e.(string); !ok {
+					return fmt.Errorf("%s must be a list of strings, but item %d is %s", key, i+1, typeName(e))
+				}
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("%s must be %s, not %s", key, expected[kd], typeName(v))
+}
+
+// typeName names the type of a value decoded by toml, with its article.
+func typeName(v any) string {
+	switch v.(type) {
+	case string:
+		return "a string"
+	case int64:
+		return "an integer"
+	case float64:
+		return "a float"
+	case bool:
+		return "a boolean"
+	case time.Time:
+		return "a date-time"
+	case map[string]any:
+		return "a table"
+	case []map[string]any:
+		return "an array of tables"
+	case []any:
+		return "an array"
+	}
+	return "an unsupported value"
+}

@@ -1,0 +1,222 @@
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const (
+	inlineSecret = "inline-Zq7"
+	fileSecret   = "file-Xw9"
+	envSecret    = "env-Vb3"
+)
+
+// loadWith writes a config with the given [ami] secret lines and loads it.
+func loadWith(t *testing.T, amiLines string) (*Config, error) {
+	t.Helper()
+	dir := t.TempDir()
+	p := writeFile(t, dir, "astguard.toml", "[ami]\n"+amiLines+"\n")
+	return Load(p)
+}
+
+func TestSecretPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	sf := writeFile(t, dir, "ami.secret", fileSecret+"\r\n")
+	both := fmt.Sprintf("secret = %q\nsecret_file = %q", inlineSecret, sf)
+
+	for _, tc := range []struct {
+		name, env, ami, want string
+	}{
+		{"env over file and inline", envSecret, both, envSecret},
+		{"file over inline", "", both, fileSecret},
+		{"inline alone", "", fmt.Sprintf("secret = %q", inlineSecret), inlineSecret},
+		{"env over inline", envSecret, fmt.Sprintf("secret = %q", inlineSecret), envSecret},
+		{"env alone", envSecret, "", envSecret},
+		// The file is not read when the environment gives the secret.
+		{"env with missing file", envSecret, `secret_file = "/nonexistent/ami.secret"`, envSecret},
+		{"none", "", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(SecretEnv, tc.env)
+			c, err := loadWith(t, tc.ami)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.AMI.Secret.Reveal(); got != tc.want {
+				t.Errorf("secret = %q, want %q", got, tc.want)
+			}
+			if err := c.RequireSecret(); (err == nil) != (tc.want != "") {
+				t.Errorf("RequireSecret() = %v with secret %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestSecretFile(t *testing.T) {
+	t.Setenv(SecretEnv, "")
+	for _, tc := range []struct {
+		name, content, want string
+	}{
+		{"LF", "s3cret\n", "s3cret"},
+		{"CRLF", "s3cret\r\n", "s3cret"},
+		{"no line end", "s3cret", "s3cret"},
+		{"first line only", "s3cret\nsecond line\n", "s3cret"},
+		{"spaces kept", " s3 cret \n", " s3 cret "},
+		{"empty file", "", ""},
+		{"longest line", strings.Repeat("x", maxSecretLine) + "\n", strings.Repeat("x", maxSecretLine)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeFile(t, dir, "ami.secret", tc.content)
+			// A relative secret_file is relative to the config file.
+			p := writeFile(t, dir, "astguard.toml", "[ami]\nsecret = \"inline\"\nsecret_file = \"ami.secret\"\n")
+			c, err := Load(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.AMI.Secret.Reveal(); got != tc.want {
+				t.Errorf("secret = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestSecretErrors(t *testing.T) {
+	dir := t.TempDir()
+	cr := writeFile(t, dir, "cr.secret", "s3c\rret\n")
+	long := writeFile(t, dir, "long.secret", strings.Repeat("x", maxSecretLine+1))
+	for _, tc := range []struct {
+		name, env, ami, want string
+	}{
+		{"missing file", "", `secret_file = "/nope"`, "ami.secret_file: open /nope: no such file or directory"},
+		{"directory", "", fmt.Sprintf("secret_file = %q", dir), "ami.secret_file: read " + dir + ": is a directory"},
+		{"CR inside the file's first line", "", fmt.Sprintf("secret_file = %q", cr), "ami.secret_file: the secret must not contain CR or LF"},
+		{"first line too long", "", fmt.Sprintf("secret_file = %q", long),
+			fmt.Sprintf("ami.secret_file: %s: the first line is longer than 4096 bytes", long)},
+		{"LF in env", "s3c\nret", "", SecretEnv + " must not contain CR or LF"},
+		{"CR in env", "s3cret\r", "", SecretEnv + " must not contain CR or LF"},
+		{"CR inline", "", `secret = "s3cret\r"`, "ami.secret must not contain CR or LF"},
+		{"with other problems", "", "secret_file = \"/nope\"\nusername = \"\"",
+			"ami.secret_file: open /nope: no such file or directory\nami.username must not be empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(SecretEnv, tc.env)
+			c, err := loadWith(t, tc.ami)
+			if err == nil || err.Error() != tc.want {
+				t.Errorf("error\n got: %v\nwant: %s", err, tc.want)
+			}
+			if c != nil {
+				t.Error("Load returned a Config with its error")
+			}
+		})
+	}
+}
+
+func TestRequireSecret(t *testing.T) {
+	c := Default()
+	want := "ami.secret is empty: set ami.secret, ami.secret_file or ASTGUARD_AMI_SECRET"
+	if err := c.RequireSecret(); err == nil || err.Error() != want {
+		t.Errorf("RequireSecret() = %v, want %s", err, want)
+	}
+	c.AMI.Secret = "x"
+	if err := c.RequireSecret(); err != nil {
+		t.Errorf("RequireSecret() with a secret = %v", err)
+	}
+}
+
+// Parse does no I/O and ignores the environment.
+func TestParseIgnoresEnvAndFile(t *testing.T) {
+	t.Setenv(SecretEnv, envSecret)
+	c, err := Parse([]byte(fmt.Sprintf("[ami]\nsecret = %q\nsecret_file = \"/nope\"\n", inlineSecret)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.AMI.Secret.Reveal(); got != inlineSecret {
+		t.Errorf("secret = %q, want %q", got, inlineSecret)
+	}
+}
+
+func TestSecretRedacted(t *testing.T) {
+	dir := t.TempDir()
+	sf := writeFile(t, dir, "ami.secret", fileSecret+"\n")
+	t.Setenv(SecretEnv, "")
+	c, err := loadWith(t, fmt.Sprintf("secret_file = %q", sf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AMI.Secret.Reveal() != fileSecret {
+		t.Fatalf("secret not loaded: %q", c.AMI.Secret.Reveal())
+	}
+	s := c.AMI.Secret
+	js, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jsSecret, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, err := s.MarshalText()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var slogBuf, slogJSON strings.Builder
+	slog.New(slog.NewTextHandler(&slogBuf, nil)).Info("config", "cfg", c, "secret", s)
+	slog.New(slog.NewJSONHandler(&slogJSON, nil)).Info("config", "cfg", c, "secret", s)
+
+	for name, out := range map[string]string{
+		"%v %+v %#v %s": fmt.Sprintf("%v %+v %#v %s", c, c, s, s),
+		"%#v config":    fmt.Sprintf("%#v %+v %v", c, *c, c.AMI),
+		"other verbs":   fmt.Sprintf("%q %x %X %d %10s %-5v %t", s, s, s, s, s, s, s),
+		"String":        s.String() + s.GoString(),
+		"MarshalText":   string(text),
+		"json config":   string(js),
+		"json secret":   string(jsSecret),
+		"slog text":     slogBuf.String(),
+		"slog json":     slogJSON.String(),
+	} {
+		if strings.Contains(out, fileSecret) {
+			t.Errorf("%s leaks the secret: %s", name, out)
+		}
+		if !strings.Contains(out, "[redacted]") {
+			t.Errorf("%s does not say [redacted]: %s", name, out)
+		}
+	}
+	if string(jsSecret) != `"[redacted]"` {
+		t.Errorf("json.Marshal(secret) = %s", jsSecret)
+	}
+	if !strings.Contains(string(js), `"Secret":"[redacted]"`) || !strings.Contains(string(js), `"Cooldown":"5m"`) {
+		t.Errorf("json.Marshal(cfg) = %s", js)
+	}
+}
+
+func TestLoadRelativeSecretFileFromOtherDir(t *testing.T) {
+	t.Setenv(SecretEnv, "")
+	dir := t.TempDir()
+	writeFile(t, dir, "ami.secret", fileSecret+"\n")
+	p := writeFile(t, dir, "astguard.toml", "[ami]\nsecret_file = \"ami.secret\"\n")
+	t.Chdir(t.TempDir()) // the working directory has no ami.secret
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AMI.Secret.Reveal() != fileSecret {
+		t.Errorf("secret = %q, want %q", c.AMI.Secret.Reveal(), fileSecret)
+	}
+	// An absolute path is used as is.
+	abs, err := filepath.Abs(filepath.Join(dir, "ami.secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(fmt.Sprintf("[ami]\nsecret_file = %q\n", abs)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = Load(p); err != nil || c.AMI.Secret.Reveal() != fileSecret {
+		t.Errorf("absolute secret_file: %v, %q", err, c.AMI.Secret.Reveal())
+	}
+}

@@ -1,0 +1,248 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+// Each case is decoded over the defaults, so it holds only what it changes.
+// want is the whole error text, word for word.
+var badConfigs = []struct {
+	name, toml, want string
+}{
+	// [ami]
+	{"address without port", `ami.address = "localhost"`, `ami.address: "localhost" must be host:port`},
+	{"address empty", `ami.address = ""`, `ami.address: "" must be host:port`},
+	{"address without host", `ami.address = ":5038"`, `ami.address: ":5038" must be host:port`},
+	{"address with space", `ami.address = "my host:5038"`, `ami.address: "my host:5038" must be host:port`},
+	{"address port name", `ami.address = "localhost:ami"`, `ami.address: "localhost:ami": the port must be a number from 1 to 65535`},
+	{"address port 0", `ami.address = "[::1]:0"`, `ami.address: "[::1]:0": the port must be a number from 1 to 65535`},
+	{"address port too big", `ami.address = "10.0.0.1:65536"`, `ami.address: "10.0.0.1:65536": the port must be a number from 1 to 65535`},
+	{"username empty", `ami.username = ""`, `ami.username must not be empty`},
+	{"username LF", `ami.username = "guard\nAction: Originate"`, `ami.username must not contain control characters`},
+	{"username CR", `ami.username = "guard\r"`, `ami.username must not contain control characters`},
+	{"username DEL", `ami.username = "gu\u007fard"`, `ami.username must not contain control characters`},
+	{"secret LF", `ami.secret = "s3cret\nAction: Logoff"`, `ami.secret must not contain CR or LF`},
+	{"secret CR", `ami.secret = "s3cret\r"`, `ami.secret must not contain CR or LF`},
+
+	// [log]
+	{"log level", `log.level = "loud"`, `log.level: "loud" is not one of debug, info, warn, error`},
+	{"log level case", `log.level = "INFO"`, `log.level: "INFO" is not one of debug, info, warn, error`},
+
+	// [detector]
+	{"cooldown 0", `detector.cooldown = "0s"`, `detector.cooldown must be > 0`},
+	{"cooldown negative", `detector.cooldown = "-5m"`, `detector.cooldown must be > 0`},
+	{"max_extensions 0", `detector.max_extensions = 0`, `detector.max_extensions must be >= 1`},
+	{"max_addresses negative", `detector.max_addresses = -1`, `detector.max_addresses must be >= 1`},
+	{"idle_expiry 0", `detector.idle_expiry = "0s"`, `detector.idle_expiry must be > 0`},
+	{"idle_expiry below a window", `detector.idle_expiry = "5m"`,
+		`detector.idle_expiry (5m) must not be shorter than detector.prefix_guess.window (10m)`},
+	{"idle_expiry below the longest window", "detector.idle_expiry = \"30m\"\n[detector.failed_probes]\nwindow = \"1h30m\"",
+		`detector.idle_expiry (30m) must not be shorter than detector.failed_probes.window (1h30m)`},
+
+	// [detector.call_rate]
+	{"burst_window 0", `detector.call_rate.burst_window = "0s"`, `detector.call_rate.burst_window must be > 0`},
+	{"burst_warning negative", `detector.call_rate.burst_warning = -1`, `detector.call_rate.burst_warning must be >= 0`},
+	{"burst_critical negative", `detector.call_rate.burst_critical = -1`, `detector.call_rate.burst_critical must be >= 0`},
+	{"burst warning above critical", `detector.call_rate.burst_warning = 9`,
+		`detector.call_rate.burst_warning (9) must be below detector.call_rate.burst_critical (5)`},
+	{"call_rate window", `detector.call_rate.window = "-1m"`, `detector.call_rate.window must be > 0`},
+	{"call_rate warning negative", `detector.call_rate.warning = -30`, `detector.call_rate.warning must be >= 0`},
+	{"call_rate critical negative", `detector.call_rate.critical = -60`, `detector.call_rate.critical must be >= 0`},
+	{"call_rate warning equals critical", `detector.call_rate.warning = 60`,
+		`detector.call_rate.warning (60) must be below detector.call_rate.critical (60)`},
+
+	// [detector.concurrent]
+	{"concurrent warning negative", `detector.concurrent.warning = -4`, `detector.concurrent.warning must be >= 0`},
+	{"concurrent critical negative", `detector.concurrent.critical = -8`, `detector.concurrent.critical must be >= 0`},
+	{"concurrent order", "[detector.concurrent]\nwarning = 8\ncritical = 4",
+		`detector.concurrent.warning (8) must be below detector.concurrent.critical (4)`},
+
+	// [detector.prefix_guess]
+	{"digits too few", `detector.prefix_guess.digits = 3`, `detector.prefix_guess.digits must be between 4 and 15`},
+	{"digits too many", `detector.prefix_guess.digits = 16`, `detector.prefix_guess.digits must be between 4 and 15`},
+	{"prefix_guess window", `detector.prefix_guess.window = "0s"`, `detector.prefix_guess.window must be > 0`},
+	{"prefix_guess warning negative", `detector.prefix_guess.warning = -2`, `detector.prefix_guess.warning must be >= 0`},
+	{"prefix_guess critical negative", `detector.prefix_guess.critical = -3`, `detector.prefix_guess.critical must be >= 0`},
+	{"prefix_guess order", `detector.prefix_guess.warning = 4`,
+		`detector.prefix_guess.warning (4) must be below detector.prefix_guess.critical (3)`},
+
+	// [detector.international]
+	{"access code hex", `detector.international.access_codes = ["00", "0x1"]`,
+		`detector.international.access_codes: "0x1" is not a dialling code (digits, optionally after a leading +)`},
+	{"access code empty", `detector.international.access_codes = [""]`,
+		`detector.international.access_codes: "" is not a dialling code (digits, optionally after a leading +)`},
+	{"access code plus inside", `detector.international.access_codes = ["0+0"]`,
+		`detector.international.access_codes: "0+0" is not a dialling code (digits, optionally after a leading +)`},
+	{"access codes none", `detector.international.access_codes = []`,
+		`detector.international.access_codes must not be empty while the international levels are not all 0`},
+	{"outside line", `detector.international.outside_line = "9a"`,
+		`detector.international.outside_line: "9a" is not an outside-line prefix (digits only)`},
+	{"international window", `detector.international.window = "0s"`, `detector.international.window must be > 0`},
+	{"international warning negative", `detector.international.warning = -1`, `detector.international.warning must be >= 0`},
+	{"international critical negative", `detector.international.critical = -1`, `detector.international.critical must be >= 0`},
+	{"international order", `detector.international.warning = 25`,
+		`detector.international.warning (25) must be below detector.international.critical (20)`},
+	{"high risk letters", `detector.international.high_risk_countries = ["53", "12a"]`,
+		`detector.international.high_risk_countries: "12a" is not a country code (1 to 6 digits)`},
+	{"high risk empty", `detector.international.high_risk_countries = [""]`,
+		`detector.international.high_risk_countries: "" is not a country code (1 to 6 digits)`},
+	{"high risk too long", `detector.international.high_risk_countries = ["1234567"]`,
+		`detector.international.high_risk_countries: "1234567" is not a country code (1 to 6 digits)`},
+	{"high risk plus", `detector.international.high_risk_countries = ["+53"]`,
+		`detector.international.high_risk_countries: "+53" is not a country code (1 to 6 digits)`},
+	{"high_risk_warning negative", `detector.international.high_risk_warning = -1`,
+		`detector.international.high_risk_warning must be >= 0`},
+	{"high_risk_critical negative", `detector.international.high_risk_critical = -1`,
+		`detector.international.high_risk_critical must be >= 0`},
+	{"high risk order", `detector.international.high_risk_warning = 3`,
+		`detector.international.high_risk_warning (3) must be below detector.international.high_risk_critical (3)`},
+
+	// [detector.failed_probes] and [detector.auth_failures]
+	{"failed_probes window", `detector.failed_probes.window = "0s"`, `detector.failed_probes.window must be > 0`},
+	{"failed_probes warning negative", `detector.failed_probes.warning = -3`, `detector.failed_probes.warning must be >= 0`},
+	{"failed_probes critical negative", `detector.failed_probes.critical = -5`, `detector.failed_probes.critical must be >= 0`},
+	{"failed_probes order", `detector.failed_probes.warning = 6`,
+		`detector.failed_probes.warning (6) must be below detector.failed_probes.critical (5)`},
+	{"auth_failures window", `detector.auth_failures.window = "-1s"`, `detector.auth_failures.window must be > 0`},
+	{"auth_failures warning negative", `detector.auth_failures.warning = -1`, `detector.auth_failures.warning must be >= 0`},
+	{"auth_failures critical negative", `detector.auth_failures.critical = -1`, `detector.auth_failures.critical must be >= 0`},
+	{"auth_failures order", "[detector.auth_failures]\nwarning = 7\ncritical = 5",
+		`detector.auth_failures.warning (7) must be below detector.auth_failures.critical (5)`},
+
+	// [allow]
+	{"extension with space", `allow.extensions = ["bad name"]`, `allow.extensions: "bad name" is not an extension name`},
+	{"extension empty", `allow.extensions = [""]`, `allow.extensions: "" is not an extension name`},
+	{"extension two slashes", `allow.extensions = ["SIP/a/b"]`, `allow.extensions: "SIP/a/b" is not an extension name`},
+	{"extension no tech", `allow.extensions = ["/trunk"]`, `allow.extensions: "/trunk" is not an extension name`},
+	{"extension no name", `allow.extensions = ["SIP/"]`, `allow.extensions: "SIP/" is not an extension name`},
+	{"extension non-ASCII", `allow.extensions = ["trünk"]`, `allow.extensions: "trünk" is not an extension name`},
+	{"extension tab", `allow.extensions = ["a\tb"]`, `allow.extensions: "a\tb" is not an extension name`},
+	{"network bits", `allow.networks = ["10.0.0.0/33"]`, `allow.networks: "10.0.0.0/33" is not an IP address or CIDR network`},
+	{"network name", `allow.networks = ["localhost"]`, `allow.networks: "localhost" is not an IP address or CIDR network`},
+	{"network zone", `allow.networks = ["fe80::1%eth0"]`, `allow.networks: "fe80::1%eth0" is not an IP address or CIDR network`},
+	{"network empty", `allow.networks = [""]`, `allow.networks: "" is not an IP address or CIDR network`},
+	{"destination letters", `allow.destinations = ["11a"]`,
+		`allow.destinations: "11a" is not a dialled prefix (digits, optionally after a leading +)`},
+	{"destination empty", `allow.destinations = [""]`,
+		`allow.destinations: "" is not a dialled prefix (digits, optionally after a leading +)`},
+	{"destination plus only", `allow.destinations = ["+"]`,
+		`allow.destinations: "+" is not a dialled prefix (digits, optionally after a leading +)`},
+
+	// Unknown keys.
+	{"unknown top-level key", `foo = 1`, `unknown key foo`},
+	{"unknown top-level table", "[foo]\nbar = 1", `unknown key foo`},
+	{"unknown nested key", "[detector]\nfoo = 1", `unknown key detector.foo`},
+	{"unknown nested table", "[detector.foo]\nbar = 1\nbaz = 2", `unknown key detector.foo`},
+	{"unknown dotted key", `detector.call_rate.x.y = 1`, `unknown key detector.call_rate.x`},
+	{"unknown key in inline table", `ami = {address = "127.0.0.1:5038", port = 5038}`, `unknown key ami.port`},
+	{"unknown array of tables", "[[allow.rule]]\nx = 1\n[[allow.rule]]\nx = 2", `unknown key allow.rule`},
+	{"unknown key is case-sensitive", "[AMI]\naddress = \"127.0.0.1:5038\"", `unknown key AMI`},
+	{"unknown nested key is case-sensitive", "[ami]\nAddress = \"127.0.0.1:5038\"", `unknown key ami.Address`},
+	{"unknown quoted key", `detector."call rate" = 1`, `unknown key detector."call rate"`},
+	{"several unknown keys in file order", "zzz = 1\n[ami]\nport = 1\n[detector.foo]\nx = 1\n[[detector.call_rate.rules]]\n[allow]\naaa = []",
+		"unknown key zzz\nunknown key ami.port\nunknown key detector.foo\nunknown key detector.call_rate.rules\nunknown key allow.aaa"},
+
+	// Wrong types.
+	{"duration as integer", `detector.prefix_guess.window = 600`,
+		`detector.prefix_guess.window: 600 is not a duration (a quoted string like "60s", "10m" or "1h")`},
+	{"duration zero integer", `detector.cooldown = 0`,
+		`detector.cooldown: 0 is not a duration (a quoted string like "60s", "10m" or "1h")`},
+	{"duration as float", `detector.cooldown = 1.5`,
+		`detector.cooldown: 1.5 is not a duration (a quoted string like "60s", "10m" or "1h")`},
+	{"duration bad string", `detector.idle_expiry = "1 day"`,
+		`detector.idle_expiry: "1 day" is not a duration (a quoted string like "60s", "10m" or "1h")`},
+	{"duration without unit", `detector.call_rate.window = "60"`,
+		`detector.call_rate.window: "60" is not a duration (a quoted string like "60s", "10m" or "1h")`},
+	{"duration as boolean", `detector.cooldown = true`, `detector.cooldown must be a duration, not a boolean`},
+	{"duration as table", "[detector.cooldown]\nminutes = 5", `detector.cooldown must be a duration, not a table`},
+	{"integer as string", `detector.call_rate.warning = "30"`, `detector.call_rate.warning must be an integer, not a string`},
+	{"integer as float", `detector.max_addresses = 1e5`, `detector.max_addresses must be an integer, not a float`},
+	{"string as integer", `ami.username = 1000`, `ami.username must be a string, not an integer`},
+	{"string as date", `ami.secret = 2024-01-01`, `ami.secret must be a string, not a date-time`},
+	{"bool as string", `detector.new_source.enabled = "yes"`, `detector.new_source.enabled must be true or false, not a string`},
+	{"list as string", `allow.networks = "192.0.2.0/24"`, `allow.networks must be a list of strings, not a string`},
+	{"list item not a string", `detector.international.access_codes = ["00", 11]`,
+		`detector.international.access_codes must be a list of strings, but item 2 is an integer`},
+	{"list of inline tables", `allow.networks = [{net = "192.0.2.0/24"}]`,
+		`allow.networks must be a list of strings, but item 1 is a table`},
+	{"list as array of tables", "[[allow.networks]]\nnet = \"192.0.2.0/24\"", `allow.networks must be a list of strings, not an array of tables`},
+	{"leaf with dotted keys below", `allow.networks.v4 = "192.0.2.0/24"`, `allow.networks must be a list of strings, not a table`},
+	{"table as value", `detector = 5`, `detector must be a table, not an integer`},
+	{"table as array of tables", "[[ami]]\naddress = \"127.0.0.1:5038\"", `ami must be a table, not an array of tables`},
+	{"types and unknown keys together", "[ami]\nusername = 5\nfoo = 1\n[detector]\ncooldown = 300",
+		"ami.username must be a string, not an integer\nunknown key ami.foo\n" +
+			`detector.cooldown: 300 is not a duration (a quoted string like "60s", "10m" or "1h")`},
+
+	// Validate reports every problem, in the order of the example file.
+	{"every problem at once", `
+[ami]
+address = "localhost"
+username = ""
+[log]
+level = "loud"
+[detector.prefix_guess]
+digits = 3
+window = "0s"
+[allow]
+networks = ["10.0.0.0/33", "192.0.2.1"]
+extensions = ["bad name"]
+`, strings.Join([]string{
+		`ami.address: "localhost" must be host:port`,
+		`ami.username must not be empty`,
+		`log.level: "loud" is not one of debug, info, warn, error`,
+		`detector.prefix_guess.digits must be between 4 and 15`,
+		`detector.prefix_guess.window must be > 0`,
+		`allow.extensions: "bad name" is not an extension name`,
+		`allow.networks: "10.0.0.0/33" is not an IP address or CIDR network`,
+	}, "\n")},
+}
+
+func TestBadConfigs(t *testing.T) {
+	for _, tc := range badConfigs {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(tc.toml))
+			if err == nil {
+				t.Fatalf("Parse succeeded, want error %q", tc.want)
+			}
+			if err.Error() != tc.want {
+				t.Errorf("error\n got: %s\nwant: %s", err, tc.want)
+			}
+			if c != nil {
+				t.Errorf("Parse returned a Config with its error")
+			}
+		})
+	}
+}
+
+func TestGoodValues(t *testing.T) {
+	for _, s := range []string{
+		`ami.address = "[2001:db8::1]:5038"`,
+		`ami.address = "pbx.example.net:5038"`,
+		`ami.username = "guard user"`,
+		`ami.secret = "p@ss w\tord"`,
+		`log.level = "debug"`,
+		`log.level = "warn"`,
+		`log.level = "error"`,
+		`detector.call_rate.burst_warning = 0`, // warning disabled: no order check
+		"[detector.concurrent]\nwarning = 8\ncritical = 0",
+		"[detector.concurrent]\nwarning = 0\ncritical = 0",
+		`detector.prefix_guess.digits = 4`,
+		`detector.prefix_guess.digits = 15`,
+		"[detector.international]\naccess_codes = []\nwarning = 0\ncritical = 0\nhigh_risk_warning = 0\nhigh_risk_critical = 0",
+		`detector.international.access_codes = ["+", "0011", "810"]`,
+		`detector.international.outside_line = "9"`,
+		`detector.international.high_risk_countries = ["1", "123456"]`,
+		// A disabled rule's window does not bound idle_expiry.
+		"detector.idle_expiry = \"1m\"\n[detector.prefix_guess]\nwarning = 0\ncritical = 0\n[detector.international]\nwarning = 0\ncritical = 0\nhigh_risk_warning = 0\nhigh_risk_critical = 0",
+		`allow.extensions = ["carrier", "SIP/trunk1", "PJSIP/trunk-1", "IAX2/gw_2"]`,
+		`allow.networks = ["192.0.2.0/24", "2001:db8::1", "0.0.0.0/0", "10.1.2.3/8"]`,
+		`allow.destinations = ["112", "911", "+4930"]`,
+		`ami = {address = "127.0.0.1:5038", username = "guard"}`,
+		"",
+	} {
+		if _, err := Parse([]byte(s)); err != nil {
+			t.Errorf("Parse(%q): %v", s, err)
+		}
+	}
+}
