@@ -1,0 +1,139 @@
+// Command guard is astguard, a real-time toll-fraud guard for Asterisk.
+//
+//	guard replay [--config FILE] TRANSCRIPT...   detect fraud in recorded AMI traffic
+//	guard check-config [--config FILE]           validate a configuration file
+//	guard version
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/astguard/astguard/internal/alert"
+	"github.com/astguard/astguard/internal/config"
+	"github.com/astguard/astguard/internal/detector"
+	"github.com/astguard/astguard/internal/replay"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+const usage = `usage:
+  guard replay [--config FILE] TRANSCRIPT...   print the alerts found in recorded AMI traffic (JSON lines)
+  guard check-config [--config FILE]           validate a configuration file (exit 0 or 1)
+  guard version
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "replay":
+		return cmdReplay(args[1:], stdout, stderr)
+	case "check-config":
+		return cmdCheckConfig(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "astguard", version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "guard: unknown command %q\n%s", args[0], usage)
+	return 2
+}
+
+func newLogger(w io.Writer, level string) zerolog.Logger {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil || level == "" {
+		lvl = zerolog.InfoLevel
+	}
+	zerolog.TimeFieldFormat = time.RFC3339Nano
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+}
+
+// loadConfig reads path, or returns the defaults when path is empty.
+func loadConfig(path string) (*config.Config, error) {
+	if path == "" {
+		return config.Default(), nil
+	}
+	return config.Load(path)
+}
+
+func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (TOML); without it the defaults are checked")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "check-config: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if _, err := loadConfig(*path); err != nil {
+		fmt.Fprintf(stderr, "config is invalid:\n%v\n", err)
+		return 1
+	}
+	name := *path
+	if name == "" {
+		name = "defaults"
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", name)
+	return 0
+}
+
+func cmdReplay(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (TOML); without it the defaults apply")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprint(stderr, "replay: name at least one transcript\n", usage)
+		return 2
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "config is invalid:\n%v\n", err)
+		return 1
+	}
+	log := newLogger(stderr, cfg.Log.Level).With().Str("component", "replay").Logger()
+	dcfg := cfg.Detector()
+	enc := json.NewEncoder(stdout)
+	enc.SetEscapeHTML(false)
+	status := 0
+	for _, file := range fs.Args() {
+		var werr error
+		res, err := replay.File(file, dcfg, func(a *detector.Alert) {
+			if werr == nil {
+				werr = enc.Encode(alert.FromAlert(a, file))
+			}
+		})
+		if werr != nil {
+			log.Error().Err(werr).Msg("cannot write alerts")
+			return 1
+		}
+		if err != nil {
+			log.Error().Err(err).Str("file", file).Int("messages", res.Messages).Msg("replay failed")
+			status = 1
+			continue
+		}
+		log.Info().Str("file", file).Int("messages", res.Messages).Int("events", res.Events).
+			Int("malformed", res.Malformed).Int("alerts", res.Alerts).
+			Int("extensions", res.Detector.Extensions).Int("addresses", res.Detector.Addresses).
+			Msg("replayed")
+	}
+	return status
+}
