@@ -276,14 +276,8 @@ func parsePort(b []byte) (uint16, bool) {
 	if len(b) == 0 || len(b) > 5 {
 		return 0, false
 	}
-	n := 0
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int(c-'0')
-	}
-	if n > 65535 {
+	n, ok := atoi(b)
+	if !ok || n > 65535 {
 		return 0, false
 	}
 	return uint16(n), true

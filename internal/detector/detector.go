@@ -273,14 +273,8 @@ func (d *Detector) ext(k extKey) *extState {
 		return e
 	}
 	if len(d.exts) >= d.cfg.MaxExtensions {
-		victim := d.extQ.back
-		for i := 0; victim != nil && i < evictScan; i++ {
-			if victim.incident <= d.now {
-				break
-			}
-			victim = d.extQ.prevOf(victim)
-		}
-		if victim == nil || victim.incident > d.now {
+		victim := d.extQ.stalestIdle(evictScan, func(e *extState) bool { return e.incident > d.now })
+		if victim == nil {
 			d.stats.Untracked++
 			return nil
 		}
@@ -317,14 +311,8 @@ func (d *Detector) addr(a netip.Addr) *addrState {
 		return s
 	}
 	if len(d.addrs) >= d.cfg.MaxAddresses {
-		victim := d.addrQ.back
-		for i := 0; victim != nil && i < evictScan; i++ {
-			if victim.incident <= d.now {
-				break
-			}
-			victim = d.addrQ.prevOf(victim)
-		}
-		if victim == nil || victim.incident > d.now {
+		victim := d.addrQ.stalestIdle(evictScan, func(a *addrState) bool { return a.incident > d.now })
+		if victim == nil {
 			d.stats.Untracked++
 			return nil
 		}

@@ -57,3 +57,16 @@ func (l *lru[T, P]) touch(e *T) {
 
 // prevOf returns the next fresher element than e (towards the front).
 func (l *lru[T, P]) prevOf(e *T) *T { return P(e).lk().prev }
+
+// stalestIdle returns the stalest element among the scan stalest for which
+// busy is false, or nil.
+func (l *lru[T, P]) stalestIdle(scan int, busy func(*T) bool) *T {
+	e := l.back
+	for i := 0; e != nil && i < scan; i++ {
+		if !busy(e) {
+			return e
+		}
+		e = l.prevOf(e)
+	}
+	return nil
+}
