@@ -25,13 +25,24 @@ import (
 
 // Config is the whole configuration file.
 type Config struct {
-	AMI AMI `toml:"ami"`
-	Log Log `toml:"log"`
+	// Mode is ModeObserve (log what would be done, do nothing) or
+	// ModeEnforce (act).
+	Mode string `toml:"mode"`
+	AMI  AMI    `toml:"ami"`
+	Log  Log    `toml:"log"`
 	// Detection is the [detector] table (named so because the method
 	// Detector converts it to the detector's own struct).
 	Detection Detection `toml:"detector"`
 	Allow     Allow     `toml:"allow"`
+	Response  Response  `toml:"response"`
+	Policy    Policy    `toml:"policy"`
 }
+
+// The values of Config.Mode.
+const (
+	ModeObserve = "observe" // log what would be done and do nothing
+	ModeEnforce = "enforce" // act
+)
 
 // AMI is the [ami] table: how to reach the Asterisk Manager Interface.
 type AMI struct {
@@ -41,6 +52,14 @@ type AMI struct {
 	// SecretEnv or the first line of SecretFile when those are set.
 	Secret     Secret `toml:"secret"`
 	SecretFile string `toml:"secret_file"`
+	// ReconnectInterval is the pause between reconnect attempts; a failed
+	// login waits as long.
+	ReconnectInterval Duration `toml:"reconnect_interval"`
+	// ActionTimeout is how long an action may wait for its reply.
+	ActionTimeout Duration `toml:"action_timeout"`
+	// QueueSize is how many events are buffered between the AMI reader and
+	// the detector.
+	QueueSize int `toml:"queue_size"`
 }
 
 // Log is the [log] table.
@@ -122,6 +141,65 @@ type Allow struct {
 	Destinations []string `toml:"destinations"`
 }
 
+// Response is the [response] table: how the guard acts on alerts.
+type Response struct {
+	BanDuration Duration `toml:"ban_duration"` // how long block_ip drops an address
+	Firewall    string   `toml:"firewall"`     // FirewallIPTables or FirewallDryRun
+	Chain       string   `toml:"chain"`        // the guard's own iptables chain
+	IPv6        bool     `toml:"ipv6"`         // also manage ip6tables
+	// StateFile, SecretsFile and AdminSocket are absolute paths.
+	StateFile   string `toml:"state_file"`   // the bans, kept across restarts
+	SecretsFile string `toml:"secrets_file"` // new SIP secrets, one JSON line each
+	AdminSocket string `toml:"admin_socket"` // Unix socket of `guard bans` and `guard unblock`
+	// NeverBlock are addresses and CIDR networks never blocked, besides
+	// allow.networks; see Config.NeverBlock.
+	NeverBlock []string `toml:"never_block"`
+	// ProtectPreviousSources is how long after a rotation the extension's
+	// earlier addresses are not blocked; 0 disables the protection.
+	ProtectPreviousSources Duration `toml:"protect_previous_sources"`
+	HangupCause            int      `toml:"hangup_cause"`  // Q.850 cause sent with Hangup
+	RetryMax               int      `toml:"retry_max"`     // attempts per failed action
+	RetryBackoff           Duration `toml:"retry_backoff"` // first pause between attempts, doubled each time
+}
+
+// The values of Response.Firewall.
+const (
+	FirewallIPTables = "iptables" // iptables (and ip6tables when IPv6 is set)
+	FirewallDryRun   = "dry-run"  // log the rules, change nothing
+)
+
+// Policy is the [policy] table: for each rule, the actions taken on its
+// warning and critical alerts. Look them up with Actions.
+type Policy struct {
+	CallRate      RulePolicy `toml:"call_rate"`
+	Concurrent    RulePolicy `toml:"concurrent"`
+	PrefixGuess   RulePolicy `toml:"prefix_guess"`
+	International RulePolicy `toml:"international"`
+	FailedProbes  RulePolicy `toml:"failed_probes"`
+	AuthFailures  RulePolicy `toml:"auth_failures"`
+	NewSource     RulePolicy `toml:"new_source"`
+}
+
+// RulePolicy is one rule's [policy.<rule>] table. Each list holds distinct
+// actions (ActionAlert, ActionHangup, ActionRotateSecret, ActionBlockIP);
+// an empty list takes no action, and the alert is only logged at debug
+// level.
+type RulePolicy struct {
+	Warning  []string `toml:"warning"`
+	Critical []string `toml:"critical"`
+}
+
+// The actions of a RulePolicy.
+const (
+	ActionAlert        = "alert"         // log the alert
+	ActionHangup       = "hangup"        // hang up the extension's calls
+	ActionRotateSecret = "rotate_secret" // give the extension a new SIP secret
+	ActionBlockIP      = "block_ip"      // drop the source addresses in the firewall
+)
+
+// actions are the valid actions, in the order error texts list them.
+var actions = []string{ActionAlert, ActionHangup, ActionRotateSecret, ActionBlockIP}
+
 // SecretEnv is the environment variable that, when set and not empty,
 // overrides ami.secret and ami.secret_file.
 const SecretEnv = "ASTGUARD_AMI_SECRET"
@@ -141,8 +219,26 @@ var defaultHighRiskCountries = []string{
 
 // Default returns a new Config holding the values of config.toml.example.
 func Default() *Config {
+	// act is what a rule with hangup, rotate_secret and block_ip does when
+	// critical; probe is what an address rule does.
+	act := func() RulePolicy {
+		return RulePolicy{
+			Warning:  []string{ActionAlert},
+			Critical: []string{ActionAlert, ActionHangup, ActionRotateSecret, ActionBlockIP},
+		}
+	}
+	probe := func() RulePolicy {
+		return RulePolicy{Warning: []string{ActionAlert}, Critical: []string{ActionAlert, ActionBlockIP}}
+	}
 	return &Config{
-		AMI: AMI{Address: "127.0.0.1:5038", Username: "guard"},
+		Mode: ModeObserve,
+		AMI: AMI{
+			Address:           "127.0.0.1:5038",
+			Username:          "guard",
+			ReconnectInterval: Duration(2 * time.Second),
+			ActionTimeout:     Duration(3 * time.Second),
+			QueueSize:         65536,
+		},
 		Log: Log{Level: "info"},
 		Detection: Detection{
 			Cooldown:      Duration(5 * time.Minute),
@@ -171,6 +267,29 @@ func Default() *Config {
 		// Empty, not nil: decoding `key = []` yields an empty slice, and the
 		// example file must decode to exactly Default().
 		Allow: Allow{Extensions: []string{}, Networks: []string{}, Destinations: []string{}},
+		Response: Response{
+			BanDuration:            Duration(24 * time.Hour),
+			Firewall:               FirewallIPTables,
+			Chain:                  "ASTGUARD",
+			IPv6:                   true,
+			StateFile:              "/var/lib/astguard/bans.json",
+			SecretsFile:            "/var/lib/astguard/secrets.jsonl",
+			AdminSocket:            "/run/astguard/admin.sock",
+			NeverBlock:             []string{},
+			ProtectPreviousSources: Duration(24 * time.Hour),
+			HangupCause:            21,
+			RetryMax:               5,
+			RetryBackoff:           Duration(200 * time.Millisecond),
+		},
+		Policy: Policy{
+			CallRate:      act(),
+			Concurrent:    act(),
+			PrefixGuess:   act(),
+			International: act(),
+			FailedProbes:  probe(),
+			AuthFailures:  probe(),
+			NewSource:     RulePolicy{Warning: []string{ActionAlert}, Critical: []string{ActionAlert}},
+		},
 	}
 }
 

@@ -78,6 +78,111 @@ func TestDefaultIsFresh(t *testing.T) {
 	if b.Detection.International.HighRiskCountries[0] != "53" || b.Detection.International.AccessCodes[0] != "00" {
 		t.Error("Default() shares slices between calls")
 	}
+	a.Policy.CallRate.Critical[1] = "x"
+	a.Policy.FailedProbes.Critical[1] = "x"
+	if b.Policy.CallRate.Critical[1] != ActionHangup || b.Policy.Concurrent.Critical[1] != ActionHangup ||
+		b.Policy.FailedProbes.Critical[1] != ActionBlockIP || b.Policy.AuthFailures.Critical[1] != ActionBlockIP {
+		t.Error("Default() shares policy lists between calls or rules")
+	}
+	a.Response.NeverBlock = append(a.Response.NeverBlock, "192.0.2.1")
+	if len(b.Response.NeverBlock) != 0 {
+		t.Error("Default() shares response.never_block between calls")
+	}
+}
+
+func TestPolicyActions(t *testing.T) {
+	c, err := Parse([]byte(`
+[policy.call_rate]
+warning = []
+critical = ["block_ip", "alert"]
+[policy.new_source]
+critical = ["alert", "rotate_secret"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := []string{"alert", "hangup", "rotate_secret", "block_ip"}
+	for _, tc := range []struct {
+		rule, severity string
+		want           []string
+	}{
+		{"call_rate", "warning", []string{}},
+		{"call_rate", "critical", []string{"block_ip", "alert"}},
+		{"concurrent", "warning", []string{"alert"}},
+		{"concurrent", "critical", all},
+		{"prefix_guess", "critical", all},
+		{"international", "warning", []string{"alert"}},
+		{"international", "critical", all},
+		{"failed_probes", "warning", []string{"alert"}},
+		{"failed_probes", "critical", []string{"alert", "block_ip"}},
+		{"auth_failures", "critical", []string{"alert", "block_ip"}},
+		{"new_source", "warning", []string{"alert"}},
+		{"new_source", "critical", []string{"alert", "rotate_secret"}},
+		// Unknown names give nil.
+		{"high_risk", "critical", nil},
+		{"unknown", "warning", nil},
+		{"", "critical", nil},
+		{"call_rate", "info", nil},
+		{"call_rate", "Critical", nil},
+		{"call_rate", "unknown", nil},
+	} {
+		got := c.Policy.Actions(tc.rule, tc.severity)
+		if !slices.Equal(got, tc.want) || (got == nil) != (tc.want == nil) {
+			t.Errorf("Actions(%q, %q) = %#v, want %#v", tc.rule, tc.severity, got, tc.want)
+		}
+	}
+	// The slice is a copy.
+	got := c.Policy.Actions("call_rate", "critical")
+	got[0] = "x"
+	if c.Policy.CallRate.Critical[0] != ActionBlockIP {
+		t.Error("Actions shares its slice with the Config")
+	}
+}
+
+// Every detector rule has a policy, under the rule's own name, for both
+// severities.
+func TestPolicyCoversDetectorRules(t *testing.T) {
+	p := Default().Policy
+	var names []string
+	for r := detector.Rule(1); r.String() != "unknown"; r++ {
+		names = append(names, r.String())
+		for _, sev := range []detector.Severity{detector.Warning, detector.Critical} {
+			if p.Actions(r.String(), sev.String()) == nil {
+				t.Errorf("no policy for %s %s", r, sev)
+			}
+		}
+	}
+	if !slices.Equal(names, policyRules) {
+		t.Errorf("detector rules %v, policy rules %v", names, policyRules)
+	}
+}
+
+func TestNeverBlock(t *testing.T) {
+	pfx := netip.MustParsePrefix
+	c, err := Parse([]byte(`
+[allow]
+networks = ["192.0.2.0/24", "2001:db8::1"]
+[response]
+never_block = ["198.51.100.7", "10.1.2.3/8", "::ffff:203.0.113.9", "192.0.2.0/24"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Prefix{
+		pfx("198.51.100.7/32"), pfx("10.0.0.0/8"), pfx("203.0.113.9/32"), pfx("192.0.2.0/24"),
+		pfx("192.0.2.0/24"), pfx("2001:db8::1/128"),
+	}
+	got := c.NeverBlock()
+	if !slices.Equal(got, want) {
+		t.Errorf("NeverBlock()\n got %v\nwant %v", got, want)
+	}
+	got[0] = pfx("0.0.0.0/0")
+	if again := c.NeverBlock(); again[0] != want[0] {
+		t.Error("NeverBlock shares its slice")
+	}
+	if got := Default().NeverBlock(); len(got) != 0 {
+		t.Errorf("Default().NeverBlock() = %v, want none", got)
+	}
 }
 
 func TestParseOverridesOnlyWhatIsSet(t *testing.T) {
@@ -289,6 +394,10 @@ func TestSchemaKinds(t *testing.T) {
 		"ami": kindTable, "ami.secret": kindString, "detector.cooldown": kindDuration,
 		"detector.max_extensions": kindInt, "detector.new_source.enabled": kindBool,
 		"allow.networks": kindStrings, "detector.international.high_risk_countries": kindStrings,
+		"mode": kindString, "ami.reconnect_interval": kindDuration, "ami.queue_size": kindInt,
+		"response": kindTable, "response.ban_duration": kindDuration, "response.ipv6": kindBool,
+		"response.never_block": kindStrings, "response.hangup_cause": kindInt,
+		"policy": kindTable, "policy.call_rate": kindTable, "policy.new_source.critical": kindStrings,
 	} {
 		if got, ok := schema[key]; !ok || got != want {
 			t.Errorf("schema[%s] = %v, %v; want %v", key, got, ok, want)

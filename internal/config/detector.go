@@ -14,12 +14,7 @@ import (
 // copies.
 func (c *Config) Detector() detector.Config {
 	d := &c.Detection
-	nets := make([]netip.Prefix, 0, len(c.Allow.Networks))
-	for _, s := range c.Allow.Networks {
-		if p, ok := parseNetwork(s); ok {
-			nets = append(nets, p)
-		}
-	}
+	nets := appendNetworks(make([]netip.Prefix, 0, len(c.Allow.Networks)), c.Allow.Networks)
 	in := d.International
 	return detector.Config{
 		CallRateBurst: threshold(d.CallRate.BurstWindow, d.CallRate.BurstWarning, d.CallRate.BurstCritical),

@@ -36,6 +36,15 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("bad network %v", p)
 			}
 		}
+		nb := c.NeverBlock()
+		if len(nb) != len(c.Response.NeverBlock)+len(c.Allow.Networks) {
+			t.Fatalf("NeverBlock() kept %d of %d networks", len(nb), len(c.Response.NeverBlock)+len(c.Allow.Networks))
+		}
+		for _, p := range nb {
+			if !p.IsValid() || p != p.Masked() {
+				t.Fatalf("bad never_block network %v", p)
+			}
+		}
 		// Parsing is deterministic.
 		again, err := Parse(data)
 		if err != nil || !reflect.DeepEqual(c, again) {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -49,6 +51,12 @@ func (p *problems) threshold(key string, t Threshold) {
 func (c *Config) Validate() error {
 	var p problems
 
+	switch c.Mode {
+	case ModeObserve, ModeEnforce:
+	default:
+		p.add("mode: %q is not one of %s, %s", c.Mode, ModeObserve, ModeEnforce)
+	}
+
 	// [ami]
 	if !validAddress(c.AMI.Address) {
 		p.add("ami.address: %q must be host:port", c.AMI.Address)
@@ -63,6 +71,11 @@ func (c *Config) Validate() error {
 	}
 	if strings.ContainsAny(string(c.AMI.Secret), "\r\n") {
 		p.add("ami.secret must not contain CR or LF")
+	}
+	p.positive("ami.reconnect_interval", c.AMI.ReconnectInterval)
+	p.positive("ami.action_timeout", c.AMI.ActionTimeout)
+	if c.AMI.QueueSize < minQueueSize || c.AMI.QueueSize > maxQueueSize {
+		p.add("ami.queue_size must be between %d and %d", minQueueSize, maxQueueSize)
 	}
 
 	// [log]
@@ -148,7 +161,127 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	c.Response.validate(&p)
+	c.Policy.validate(&p)
+
 	return errors.Join(p...)
+}
+
+// Bounds of ami.queue_size.
+const (
+	minQueueSize = 1 << 10
+	maxQueueSize = 1 << 24
+)
+
+// maxChain is the longest iptables chain name (XT_EXTENSION_MAXNAMELEN
+// less its NUL).
+const maxChain = 28
+
+// reservedChains are the built-in chains and verdicts, which iptables does
+// not let a user chain be named after (and which the guard, flushing its
+// own chain, must never take for its own).
+var reservedChains = []string{"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING", "ACCEPT", "DROP", "QUEUE", "RETURN"}
+
+// maxSocketPath is the longest path of a Unix socket on Linux: sun_path
+// holds 108 bytes including the terminating NUL.
+const maxSocketPath = 107
+
+// validate checks the [response] table.
+func (r *Response) validate(p *problems) {
+	p.positive("response.ban_duration", r.BanDuration)
+	switch r.Firewall {
+	case FirewallIPTables, FirewallDryRun:
+	default:
+		p.add("response.firewall: %q is not one of %s, %s", r.Firewall, FirewallIPTables, FirewallDryRun)
+	}
+	switch {
+	case !validChain(r.Chain):
+		p.add("response.chain: %q must be 1 to %d letters, digits, _ or -", r.Chain, maxChain)
+	case r.Chain[0] == '-':
+		p.add("response.chain: %q must not start with -", r.Chain)
+	case slices.Contains(reservedChains, r.Chain):
+		p.add("response.chain: %q is a built-in chain or verdict of iptables", r.Chain)
+	}
+
+	paths := []struct{ key, path string }{
+		{"response.state_file", r.StateFile},
+		{"response.secrets_file", r.SecretsFile},
+		{"response.admin_socket", r.AdminSocket},
+	}
+	for i, f := range paths {
+		switch {
+		case f.path == "":
+			p.add("%s must not be empty", f.key)
+			continue
+		case !filepath.IsAbs(f.path):
+			p.add("%s: %q must be an absolute path", f.key, f.path)
+			continue
+		}
+		for _, g := range paths[:i] {
+			if g.path != "" && filepath.Clean(g.path) == filepath.Clean(f.path) {
+				p.add("%s: %q is the same file as %s", f.key, f.path, g.key)
+			}
+		}
+	}
+	if filepath.IsAbs(r.AdminSocket) && len(r.AdminSocket) > maxSocketPath {
+		p.add("response.admin_socket is longer than %d bytes, the limit of a Unix socket path", maxSocketPath)
+	}
+
+	for _, s := range r.NeverBlock {
+		if _, ok := parseNetwork(s); !ok {
+			p.add("response.never_block: %q is not an IP address or CIDR network", s)
+		}
+	}
+	if r.ProtectPreviousSources < 0 {
+		p.add("response.protect_previous_sources must be >= 0")
+	}
+	if r.HangupCause < 0 || r.HangupCause > 127 {
+		p.add("response.hangup_cause must be between 0 and 127")
+	}
+	if r.RetryMax < 1 || r.RetryMax > 100 {
+		p.add("response.retry_max must be between 1 and 100")
+	}
+	p.positive("response.retry_backoff", r.RetryBackoff)
+}
+
+// validate checks the [policy] tables: every action known, none twice.
+func (pol *Policy) validate(p *problems) {
+	for _, name := range policyRules {
+		r := pol.rule(name)
+		for _, l := range []struct {
+			severity string
+			actions  []string
+		}{{"warning", r.Warning}, {"critical", r.Critical}} {
+			key := "policy." + name + "." + l.severity
+			seen := make(map[string]int, len(l.actions))
+			for _, a := range l.actions {
+				seen[a]++
+				switch {
+				case seen[a] == 2: // reported once, however often repeated
+					p.add("%s: %q is listed twice", key, a)
+				case seen[a] > 2:
+				case !slices.Contains(actions, a):
+					p.add("%s: %q is not one of %s", key, a, strings.Join(actions, ", "))
+				}
+			}
+		}
+	}
+}
+
+// validChain reports whether s is 1 to maxChain ASCII letters, digits, _
+// or -.
+func validChain(s string) bool {
+	if s == "" || len(s) > maxChain {
+		return false
+	}
+	for i := range len(s) {
+		switch b := s[i]; {
+		case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9', b == '_', b == '-':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // longestWindow returns the longest window of a rule that has a level

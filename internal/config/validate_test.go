@@ -10,6 +10,11 @@ import (
 var badConfigs = []struct {
 	name, toml, want string
 }{
+	// mode
+	{"mode unknown", `mode = "active"`, `mode: "active" is not one of observe, enforce`},
+	{"mode case", `mode = "Enforce"`, `mode: "Enforce" is not one of observe, enforce`},
+	{"mode empty", `mode = ""`, `mode: "" is not one of observe, enforce`},
+
 	// [ami]
 	{"address without port", `ami.address = "localhost"`, `ami.address: "localhost" must be host:port`},
 	{"address empty", `ami.address = ""`, `ami.address: "" must be host:port`},
@@ -24,6 +29,13 @@ var badConfigs = []struct {
 	{"username DEL", `ami.username = "gu\u007fard"`, `ami.username must not contain control characters`},
 	{"secret LF", `ami.secret = "s3cret\nAction: Logoff"`, `ami.secret must not contain CR or LF`},
 	{"secret CR", `ami.secret = "s3cret\r"`, `ami.secret must not contain CR or LF`},
+	{"reconnect_interval 0", `ami.reconnect_interval = "0s"`, `ami.reconnect_interval must be > 0`},
+	{"reconnect_interval negative", `ami.reconnect_interval = "-2s"`, `ami.reconnect_interval must be > 0`},
+	{"action_timeout 0", `ami.action_timeout = "0s"`, `ami.action_timeout must be > 0`},
+	{"action_timeout negative", `ami.action_timeout = "-1ms"`, `ami.action_timeout must be > 0`},
+	{"queue_size too small", `ami.queue_size = 1023`, `ami.queue_size must be between 1024 and 16777216`},
+	{"queue_size 0", `ami.queue_size = 0`, `ami.queue_size must be between 1024 and 16777216`},
+	{"queue_size too large", `ami.queue_size = 16777217`, `ami.queue_size must be between 1024 and 16777216`},
 
 	// [log]
 	{"log level", `log.level = "loud"`, `log.level: "loud" is not one of debug, info, warn, error`},
@@ -129,6 +141,93 @@ var badConfigs = []struct {
 	{"destination plus only", `allow.destinations = ["+"]`,
 		`allow.destinations: "+" is not a dialled prefix (digits, optionally after a leading +)`},
 
+	// [response]
+	{"ban_duration 0", `response.ban_duration = "0s"`, `response.ban_duration must be > 0`},
+	{"ban_duration negative", `response.ban_duration = "-24h"`, `response.ban_duration must be > 0`},
+	{"firewall unknown", `response.firewall = "nft"`, `response.firewall: "nft" is not one of iptables, dry-run`},
+	{"firewall empty", `response.firewall = ""`, `response.firewall: "" is not one of iptables, dry-run`},
+	{"chain with space", `response.chain = "BAD CHAIN"`, `response.chain: "BAD CHAIN" must be 1 to 28 letters, digits, _ or -`},
+	{"chain empty", `response.chain = ""`, `response.chain: "" must be 1 to 28 letters, digits, _ or -`},
+	{"chain too long", `response.chain = "ASTGUARD-ASTGUARD-ASTGUARD-XY"`, // 29
+		`response.chain: "ASTGUARD-ASTGUARD-ASTGUARD-XY" must be 1 to 28 letters, digits, _ or -`},
+	{"chain non-ASCII", `response.chain = "WÄCHTER"`, `response.chain: "WÄCHTER" must be 1 to 28 letters, digits, _ or -`},
+	{"chain option-like", `response.chain = "-F"`, `response.chain: "-F" must not start with -`},
+	{"chain built-in", `response.chain = "INPUT"`, `response.chain: "INPUT" is a built-in chain or verdict of iptables`},
+	{"chain verdict", `response.chain = "DROP"`, `response.chain: "DROP" is a built-in chain or verdict of iptables`},
+	{"state_file empty", `response.state_file = ""`, `response.state_file must not be empty`},
+	{"secrets_file empty", `response.secrets_file = ""`, `response.secrets_file must not be empty`},
+	{"admin_socket empty", `response.admin_socket = ""`, `response.admin_socket must not be empty`},
+	{"state_file relative", `response.state_file = "bans.json"`, `response.state_file: "bans.json" must be an absolute path`},
+	{"secrets_file relative", `response.secrets_file = "./secrets.jsonl"`,
+		`response.secrets_file: "./secrets.jsonl" must be an absolute path`},
+	{"admin_socket relative", `response.admin_socket = "run/admin.sock"`,
+		`response.admin_socket: "run/admin.sock" must be an absolute path`},
+	{"secrets_file is state_file", `response.secrets_file = "/var/lib/astguard/./bans.json"`,
+		`response.secrets_file: "/var/lib/astguard/./bans.json" is the same file as response.state_file`},
+	{"admin_socket is both files", "[response]\nstate_file = \"/tmp/x\"\nsecrets_file = \"/tmp/x\"\nadmin_socket = \"/tmp//x\"",
+		"response.secrets_file: \"/tmp/x\" is the same file as response.state_file\n" +
+			"response.admin_socket: \"/tmp//x\" is the same file as response.state_file\n" +
+			"response.admin_socket: \"/tmp//x\" is the same file as response.secrets_file"},
+	{"admin_socket too long", `response.admin_socket = "/run/` + strings.Repeat("a", 103) + `"`,
+		`response.admin_socket is longer than 107 bytes, the limit of a Unix socket path`},
+	{"never_block name", `response.never_block = ["x"]`, `response.never_block: "x" is not an IP address or CIDR network`},
+	{"never_block bits", `response.never_block = ["192.0.2.0/24", "2001:db8::/129"]`,
+		`response.never_block: "2001:db8::/129" is not an IP address or CIDR network`},
+	{"never_block zone", `response.never_block = ["fe80::1%eth0"]`,
+		`response.never_block: "fe80::1%eth0" is not an IP address or CIDR network`},
+	{"protect_previous_sources negative", `response.protect_previous_sources = "-1s"`,
+		`response.protect_previous_sources must be >= 0`},
+	{"hangup_cause negative", `response.hangup_cause = -1`, `response.hangup_cause must be between 0 and 127`},
+	{"hangup_cause too large", `response.hangup_cause = 128`, `response.hangup_cause must be between 0 and 127`},
+	{"retry_max 0", `response.retry_max = 0`, `response.retry_max must be between 1 and 100`},
+	{"retry_max too large", `response.retry_max = 101`, `response.retry_max must be between 1 and 100`},
+	{"retry_backoff 0", `response.retry_backoff = "0s"`, `response.retry_backoff must be > 0`},
+	{"retry_backoff negative", `response.retry_backoff = "-200ms"`, `response.retry_backoff must be > 0`},
+
+	// [policy]
+	{"policy unknown action", `policy.call_rate.critical = ["alert", "nuke"]`,
+		`policy.call_rate.critical: "nuke" is not one of alert, hangup, rotate_secret, block_ip`},
+	{"policy action case", `policy.new_source.warning = ["Alert"]`,
+		`policy.new_source.warning: "Alert" is not one of alert, hangup, rotate_secret, block_ip`},
+	{"policy action empty", `policy.concurrent.warning = [""]`,
+		`policy.concurrent.warning: "" is not one of alert, hangup, rotate_secret, block_ip`},
+	{"policy duplicate", `policy.call_rate.critical = ["hangup", "alert", "hangup"]`,
+		`policy.call_rate.critical: "hangup" is listed twice`},
+	{"policy thrice is reported once", `policy.auth_failures.critical = ["block_ip", "block_ip", "block_ip"]`,
+		`policy.auth_failures.critical: "block_ip" is listed twice`},
+	{"policy every rule and severity", `
+[policy.call_rate]
+warning = ["x1"]
+[policy.concurrent]
+critical = ["x2"]
+[policy.prefix_guess]
+warning = ["x3"]
+[policy.international]
+critical = ["x4"]
+[policy.failed_probes]
+warning = ["x5"]
+[policy.auth_failures]
+critical = ["x6"]
+[policy.new_source]
+warning = ["alert", "alert"]
+critical = ["x7", "x7"]
+`, strings.Join([]string{
+		`policy.call_rate.warning: "x1" is not one of alert, hangup, rotate_secret, block_ip`,
+		`policy.concurrent.critical: "x2" is not one of alert, hangup, rotate_secret, block_ip`,
+		`policy.prefix_guess.warning: "x3" is not one of alert, hangup, rotate_secret, block_ip`,
+		`policy.international.critical: "x4" is not one of alert, hangup, rotate_secret, block_ip`,
+		`policy.failed_probes.warning: "x5" is not one of alert, hangup, rotate_secret, block_ip`,
+		`policy.auth_failures.critical: "x6" is not one of alert, hangup, rotate_secret, block_ip`,
+		`policy.new_source.warning: "alert" is listed twice`,
+		`policy.new_source.critical: "x7" is not one of alert, hangup, rotate_secret, block_ip`,
+		`policy.new_source.critical: "x7" is listed twice`,
+	}, "\n")},
+	{"policy unknown rule", "[policy.high_risk]\ncritical = [\"alert\"]", `unknown key policy.high_risk`},
+	{"policy unknown severity", `policy.call_rate.info = ["alert"]`, `unknown key policy.call_rate.info`},
+	{"policy list as string", `policy.call_rate.critical = "block_ip"`,
+		`policy.call_rate.critical must be a list of strings, not a string`},
+	{"policy as list", `policy = ["alert"]`, `policy must be a table, not an array`},
+
 	// Unknown keys.
 	{"unknown top-level key", `foo = 1`, `unknown key foo`},
 	{"unknown top-level table", "[foo]\nbar = 1", `unknown key foo`},
@@ -169,6 +268,11 @@ var badConfigs = []struct {
 	{"list as array of tables", "[[allow.networks]]\nnet = \"192.0.2.0/24\"", `allow.networks must be a list of strings, not an array of tables`},
 	{"leaf with dotted keys below", `allow.networks.v4 = "192.0.2.0/24"`, `allow.networks must be a list of strings, not a table`},
 	{"table as value", `detector = 5`, `detector must be a table, not an integer`},
+	{"mode as integer", `mode = 1`, `mode must be a string, not an integer`},
+	{"ipv6 as string", `response.ipv6 = "yes"`, `response.ipv6 must be true or false, not a string`},
+	{"queue_size as float", `ami.queue_size = 65536.0`, `ami.queue_size must be an integer, not a float`},
+	{"ban_duration as integer", `response.ban_duration = 86400`,
+		`response.ban_duration: 86400 is not a duration (a quoted string like "60s", "10m" or "1h")`},
 	{"table as array of tables", "[[ami]]\naddress = \"127.0.0.1:5038\"", `ami must be a table, not an array of tables`},
 	{"types and unknown keys together", "[ami]\nusername = 5\nfoo = 1\n[detector]\ncooldown = 300",
 		"ami.username must be a string, not an integer\nunknown key ami.foo\n" +
@@ -176,9 +280,11 @@ var badConfigs = []struct {
 
 	// Validate reports every problem, in the order of the example file.
 	{"every problem at once", `
+mode = "active"
 [ami]
 address = "localhost"
 username = ""
+queue_size = 1
 [log]
 level = "loud"
 [detector.prefix_guess]
@@ -187,14 +293,29 @@ window = "0s"
 [allow]
 networks = ["10.0.0.0/33", "192.0.2.1"]
 extensions = ["bad name"]
+[response]
+retry_max = 0
+firewall = "nft"
+state_file = "bans.json"
+[policy.concurrent]
+critical = ["nuke"]
+[policy.call_rate]
+warning = ["alert", "alert"]
 `, strings.Join([]string{
+		`mode: "active" is not one of observe, enforce`,
 		`ami.address: "localhost" must be host:port`,
 		`ami.username must not be empty`,
+		`ami.queue_size must be between 1024 and 16777216`,
 		`log.level: "loud" is not one of debug, info, warn, error`,
 		`detector.prefix_guess.digits must be between 4 and 15`,
 		`detector.prefix_guess.window must be > 0`,
 		`allow.extensions: "bad name" is not an extension name`,
 		`allow.networks: "10.0.0.0/33" is not an IP address or CIDR network`,
+		`response.firewall: "nft" is not one of iptables, dry-run`,
+		`response.state_file: "bans.json" must be an absolute path`,
+		`response.retry_max must be between 1 and 100`,
+		`policy.call_rate.warning: "alert" is listed twice`,
+		`policy.concurrent.critical: "nuke" is not one of alert, hangup, rotate_secret, block_ip`,
 	}, "\n")},
 }
 
@@ -239,6 +360,30 @@ func TestGoodValues(t *testing.T) {
 		`allow.networks = ["192.0.2.0/24", "2001:db8::1", "0.0.0.0/0", "10.1.2.3/8"]`,
 		`allow.destinations = ["112", "911", "+4930"]`,
 		`ami = {address = "127.0.0.1:5038", username = "guard"}`,
+		`mode = "enforce"`,
+		`mode = "observe"`,
+		`ami.reconnect_interval = "1ms"`,
+		`ami.action_timeout = "1m"`,
+		`ami.queue_size = 1024`,
+		`ami.queue_size = 16777216`,
+		`response.firewall = "dry-run"`,
+		`response.chain = "a"`,
+		`response.chain = "ASTGUARD-ASTGUARD-ASTGUARD_X"`, // 28
+		`response.chain = "input"`,                        // only the built-in spelling is reserved
+		`response.chain = "guard-2"`,
+		`response.ipv6 = false`,
+		`response.state_file = "/bans.json"`,
+		`response.admin_socket = "/run/` + strings.Repeat("a", 102) + `"`, // 107 bytes
+		`response.never_block = ["192.0.2.0/24", "2001:db8::1", "10.1.2.3/8", "::ffff:203.0.113.9"]`,
+		`response.protect_previous_sources = "0s"`,
+		`response.hangup_cause = 0`,
+		`response.hangup_cause = 127`,
+		`response.retry_max = 1`,
+		`response.retry_max = 100`,
+		`response.retry_backoff = "1ns"`,
+		// An empty list is allowed: no action.
+		"[policy.call_rate]\nwarning = []\ncritical = []",
+		`policy.new_source.critical = ["block_ip", "rotate_secret", "hangup", "alert"]`,
 		"",
 	} {
 		if _, err := Parse([]byte(s)); err != nil {
