@@ -188,6 +188,13 @@ func New(cfg Config) *Detector {
 	return d
 }
 
+// SetConfig changes the thresholds and allow-lists (a config reload),
+// keeping every window, live call and learned address.
+func (d *Detector) SetConfig(cfg Config) {
+	fresh := New(cfg)
+	d.cfg, d.plan, d.allowExt, d.allowName = fresh.cfg, fresh.plan, fresh.allowExt, fresh.allowName
+}
+
 // Stats returns counters and the number of keys tracked now.
 func (d *Detector) Stats() Stats {
 	s := d.stats
@@ -884,4 +891,76 @@ func (d *Detector) emit(a Alert) {
 	}
 	d.stats.Alerts++
 	d.out = append(d.out, a)
+}
+
+// LiveChannel is a channel Asterisk lists as up (CoreShowChannels).
+type LiveChannel struct {
+	Channel, Uniqueid, Linkedid, Exten string
+}
+
+// Resync replaces the tracked live calls with what Asterisk says is up, after
+// a (re)connect in which events may have been lost: calls whose Hangup was
+// missed are dropped, and calls that started unseen are added and run
+// through the concurrent and number rules, so an attack that began while the
+// guard was blind is still caught. Call rates are not fed: the start times of
+// unseen calls are not known well enough.
+func (d *Detector) Resync(now time.Time, live []LiveChannel, out []Alert) []Alert {
+	if t := now.UnixNano(); t > d.now {
+		d.now = t
+	}
+	ev := &ami.Event{Time: now}
+	d.ev, d.out = ev, out
+	up := make(map[string]bool, len(live))
+	for _, c := range live {
+		up[c.Uniqueid] = true
+	}
+	for _, e := range d.exts {
+		e.calls = slices.DeleteFunc(e.calls, func(c liveCall) bool {
+			if up[c.uniqueid] {
+				return false
+			}
+			if d.calls[c.uniqueid] == e {
+				delete(d.calls, c.uniqueid)
+			}
+			return true
+		})
+	}
+	for _, c := range live {
+		if c.Uniqueid == "" || c.Uniqueid != c.Linkedid || d.calls[c.Uniqueid] != nil {
+			continue
+		}
+		cn, ok := ami.ParseChannel(c.Channel)
+		if !ok {
+			continue
+		}
+		k := extKey{cn.Tech, cn.Name}
+		if d.extAllowed(k) {
+			continue
+		}
+		number := ""
+		if IsDialled(c.Exten) && !d.plan.allowed(c.Exten) {
+			number = c.Exten
+		}
+		e := d.ext(k)
+		if e == nil || len(e.calls) >= maxCallsPerExt {
+			continue
+		}
+		uid := strings.Clone(c.Uniqueid)
+		e.calls = append(e.calls, liveCall{uniqueid: uid, channel: strings.Clone(c.Channel), number: number})
+		if len(d.calls) < maxCallIndex {
+			d.calls[uid] = e
+		}
+		if number != "" {
+			e.numbers.add(number)
+			d.dialled(e, number)
+		}
+	}
+	for _, e := range d.exts {
+		if len(e.calls) > 0 {
+			d.checkExt(e, RuleConcurrent, d.cfg.Concurrent, len(e.calls), "live calls")
+		}
+	}
+	out = d.out
+	d.ev, d.out = nil, nil
+	return out
 }
