@@ -1,0 +1,61 @@
+// Package amitest is a scripted fake Asterisk Manager Interface server for
+// tests and for `guard demo`.
+//
+// It listens on 127.0.0.1, greets with an Asterisk 20 banner, streams a
+// recorded `.ami` transcript (testdata/transcripts) at the recorded pace or
+// faster, and answers the actions the guard uses the way the real Asterisk
+// 20.20.1 / 22.10.1 did in the recorded dialogs
+// (testdata/asterisk-20/actions-dialog.txt, rotate-dialog.txt,
+// login-failure-dialog.txt, testdata/asterisk-22/actions-dialog.txt). It
+// keeps a small model of the PBX: live channels (from the streamed
+// Newchannel/Hangup and friends), chan_sip peer addresses (PeerStatus),
+// PJSIP contacts and source addresses (SuccessfulAuth), and sip.conf /
+// pjsip.conf in memory, so that a hangup ends the call (and drops the rest
+// of its recorded events) and a rotated secret makes the thief's later
+// calls fail as they did in after-rotation.ami.
+//
+// # Verbatim and synthesized
+//
+// Taken from the dialogs (same headers, order and texts; values that depend
+// on state come from the model): the banner; Login (success with
+// FullyBooted and SuccessfulAuth in the same write, the 1 s delayed
+// "Authentication failed" and close); Ping; Logoff; CoreShowChannels;
+// SIPshowpeer (found: the recorded header list; missing: the message with
+// its extra empty line); PJSIPShowContacts; PJSIPShowEndpoint (asterisk-22);
+// Getvar CHANNEL(peerip) / CHANNEL(recvip) / CHANNEL(pjsip,remote_addr);
+// Hangup by name or uniqueid and by /regex/ (list of ChannelHungup);
+// PJSIPHangup (answers before the channel is gone); Hangup of a missing
+// channel; GetConfig; UpdateConfig (Success, then the Reload event; missing
+// category); Command "sip reload" and "module reload res_pjsip.so"; the
+// unknown action answer and its RequestBadFormat event. The events a hangup
+// emits follow hangup-events.ami and the dialogs (BridgeLeave,
+// SoftHangupRequest with Cause 16, BridgeDestroy, Hangup with the asked
+// cause and Cause-txt, TechCause for PJSIP, the other legs with 16). After a
+// rotation, InvalidPassword follows after-rotation.ami and
+// ChallengeResponseFailed follows pjsip-bruteforce.ami.
+//
+// Synthesized from Asterisk's source conventions, not recorded: SIPpeers
+// (PeerEntry + PeerlistComplete); the Events action's reply ("Events: On" /
+// "Events: Off"); Challenge / MD5 login; the AMI security event of a failed
+// login (InvalidPassword or InvalidAccountID, to the other sessions);
+// "Permission denied" before Login; "Missing action in request"; the error
+// texts of UpdateConfig's other failures ("Update did not complete
+// successfully" for an Update of a missing variable, as manager.c's
+// FAILURE_UPDATE); GetConfig's "No categories found" line (without a colon,
+// as Asterisk writes it); "No Contacts found"; the unknown CLI command
+// answer (Response: Error, "No such command '...' (type 'core show help
+// ...' for other possible commands)"); "Regex compile failed on: ...";
+// Cause-txt for causes other than 16 and 21; the saved file's ";!" header
+// lines other than "Automatically generated configuration file"; the
+// hashes, challenges and session ids of synthesized events (stable per
+// input, not real). User agents are not in the AMI events: the ones the lab
+// phones sent are built in (200, 300, 301).
+//
+// # Event mask
+//
+// As Asterisk's send_events test, a session gets an event only if its mask
+// holds every class of the event's Privilege (less "all"); every event in
+// the fixtures has one class, so this is "the mask includes the class".
+// Login without Events, "on" or "all" give every class; "off" none.
+// Replies to actions are always sent.
+package amitest
