@@ -1,0 +1,485 @@
+package firewall_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/ti-mo/conntrack"
+
+	"github.com/astguard/astguard/internal/action/bans"
+	"github.com/astguard/astguard/internal/action/firewall"
+)
+
+// The real-iptables tests run in a private network namespace: the test
+// binary re-executes itself under `unshare -n` and the child
+// (TestNetnsChild) works on that namespace's tables only. The host's tables
+// are never touched; TestNetnsIPTables checks that too.
+
+const netnsEnv = "ASTGUARD_NETNS_CHILD"
+
+var bg = context.Background()
+
+func TestNetnsIPTables(t *testing.T) {
+	if os.Getenv(netnsEnv) != "" {
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Fatal("TestNetnsIPTables must run as root: it creates a private network namespace (unshare -n) and " +
+			"changes iptables inside it; run `go test` as root or in a container with CAP_SYS_ADMIN and CAP_NET_ADMIN")
+	}
+	for _, tool := range []string{"unshare", "ip", "iptables", "ip6tables"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("TestNetnsIPTables needs %s: %v (install util-linux, iproute2, iptables)", tool, err)
+		}
+	}
+	hostBefore := hostRules(t)
+
+	// Both iptables backends Debian ships: the default (nft) and legacy.
+	for _, backend := range []string{"nft", "legacy"} {
+		t.Run(backend, func(t *testing.T) {
+			if _, err := exec.LookPath("iptables-" + backend); err != nil {
+				t.Fatalf("iptables-%s not installed: %v", backend, err)
+			}
+			cmd := exec.Command("unshare", "-n", "--", os.Args[0], "-test.run=^TestNetnsChild$", "-test.v", "-test.count=1")
+			cmd.Env = append(os.Environ(), netnsEnv+"="+backend)
+			out, err := cmd.CombinedOutput()
+			for _, l := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+				if !strings.Contains(l, "=== NAME") {
+					t.Log("netns| " + l)
+				}
+			}
+			if err != nil {
+				t.Fatalf("unshare -n or the test inside the network namespace failed: %v (output above)", err)
+			}
+			if !strings.Contains(string(out), "--- PASS: TestNetnsChild") {
+				t.Fatal("the test inside the network namespace did not run (output above)")
+			}
+		})
+	}
+	if hostAfter := hostRules(t); hostAfter != hostBefore {
+		t.Fatalf("host rules changed:\nbefore:\n%s\nafter:\n%s", hostBefore, hostAfter)
+	}
+}
+
+// useBackend puts iptables and ip6tables of backend first in PATH, as
+// symlinks: xtables-*-multi picks its personality from the name.
+func useBackend(t *testing.T, backend string) {
+	dir := t.TempDir()
+	for _, bin := range []string{"iptables", "ip6tables"} {
+		target, err := exec.LookPath(bin + "-" + backend)
+		if err != nil {
+			t.Fatalf("%s-%s: %v", bin, backend, err)
+		}
+		if err := os.Symlink(target, filepath.Join(dir, bin)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+}
+
+func hostRules(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	// Only the default backend: listing with the other one can make the
+	// kernel instantiate empty tables in the host namespace.
+	for _, bin := range []string{"iptables", "ip6tables"} {
+		out, err := exec.Command(bin, "-S").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s -S on the host: %v: %s", bin, err, out)
+		}
+		b.Write(out)
+	}
+	return b.String()
+}
+
+// run runs a command inside the namespace and returns its output.
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// ipt knows one address family's tools and test addresses.
+type ipt struct {
+	name            string // "v4", "v6"
+	bin             string // iptables, ip6tables
+	dst             netip.Addr
+	blocked, passes netip.Addr
+	canary          string
+}
+
+var families = []ipt{
+	{"v4", "iptables", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"), "192.0.2.99"},
+	{"v6", "ip6tables", netip.MustParseAddr("::1"), netip.MustParseAddr("fd00::2"), netip.MustParseAddr("fd00::3"), "2001:db8::99"},
+}
+
+func TestNetnsChild(t *testing.T) {
+	backend := os.Getenv(netnsEnv)
+	if backend == "" {
+		t.Skip("helper: TestNetnsIPTables runs this inside `unshare -n`")
+	}
+	useBackend(t, backend)
+	t.Logf("kernel %s", strings.TrimSpace(run(t, "uname", "-r")))
+	t.Logf("%s", strings.TrimSpace(run(t, "iptables", "--version")))
+	if links := run(t, "ip", "-o", "link"); strings.Count(links, "\n") != 1 || !strings.Contains(links, " lo:") {
+		t.Fatalf("not in a fresh network namespace:\n%s", links)
+	}
+	run(t, "ip", "link", "set", "lo", "up")
+	run(t, "ip", "-6", "addr", "add", "fd00::2/128", "dev", "lo", "nodad")
+	run(t, "ip", "-6", "addr", "add", "fd00::3/128", "dev", "lo", "nodad")
+
+	suffix := make([]byte, 4)
+	_, _ = rand.Read(suffix)
+	chain := "AGT" + strings.ToUpper(hex.EncodeToString(suffix))
+	t.Logf("chain %s", chain)
+
+	for _, f := range families {
+		run(t, f.bin, "-A", "INPUT", "-s", f.canary, "-m", "comment", "--comment", "canary", "-j", "ACCEPT")
+	}
+	log := zerolog.New(zerolog.NewTestWriter(t))
+	fw, err := firewall.NewIPTables(firewall.Options{Chain: chain, Logger: log})
+	if err != nil {
+		t.Fatalf("NewIPTables: %v", err)
+	}
+	if err := fw.Setup(bg); err != nil {
+		t.Fatalf("Setup: %v", err)
+	}
+	if err := fw.Setup(bg); err != nil {
+		t.Fatalf("Setup again: %v", err)
+	}
+	for _, f := range families {
+		in := inputRules(t, f, chain)
+		if in[0] != "-A INPUT -j "+chain || strings.Count(strings.Join(in, "\n"), "-j "+chain) != 1 {
+			t.Fatalf("%s INPUT after Setup x2: want one jump, first:\n%s", f.bin, strings.Join(in, "\n"))
+		}
+		checkCanary(t, f)
+	}
+
+	t.Run("udp_drop", func(t *testing.T) {
+		for _, f := range families {
+			t.Run(f.name, func(t *testing.T) { testUDPDrop(t, fw, f) })
+		}
+	})
+	t.Run("conntrack", func(t *testing.T) {
+		for _, f := range families {
+			t.Run(f.name, func(t *testing.T) { testConntrack(t, fw, f, chain) })
+		}
+	})
+	t.Run("flush_reapply_bans", func(t *testing.T) { testFlushReapply(t, fw, chain) })
+	t.Run("teardown", func(t *testing.T) {
+		if err := fw.Teardown(bg); err != nil {
+			t.Fatalf("Teardown: %v", err)
+		}
+		if err := fw.Teardown(bg); err != nil {
+			t.Fatalf("Teardown again: %v", err)
+		}
+		for _, f := range families {
+			if out, err := exec.Command(f.bin, "-S", chain).CombinedOutput(); err == nil {
+				t.Fatalf("%s: chain %s still there:\n%s", f.bin, chain, out)
+			}
+			if all := run(t, f.bin, "-S"); strings.Contains(all, chain) {
+				t.Fatalf("%s: %s still referenced:\n%s", f.bin, chain, all)
+			}
+			checkCanary(t, f)
+			t.Logf("%s after Teardown:\n%s", f.bin, strings.TrimSpace(run(t, f.bin, "-S")))
+		}
+	})
+}
+
+func inputRules(t *testing.T, f ipt, chain string) []string {
+	var out []string
+	for _, l := range strings.Split(run(t, f.bin, "-S", "INPUT"), "\n") {
+		if strings.HasPrefix(l, "-A ") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func checkCanary(t *testing.T, f ipt) {
+	t.Helper()
+	want := "-A INPUT -s " + netip.PrefixFrom(netip.MustParseAddr(f.canary), netip.MustParseAddr(f.canary).BitLen()).String() +
+		` -m comment --comment canary -j ACCEPT`
+	if !strings.Contains(run(t, f.bin, "-S", "INPUT"), want) {
+		t.Fatalf("%s: canary rule lost:\n%s", f.bin, run(t, f.bin, "-S", "INPUT"))
+	}
+}
+
+// listener collects datagrams.
+type listener struct {
+	c *net.UDPConn
+}
+
+func listen(t *testing.T, a netip.Addr) *listener {
+	t.Helper()
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 0)))
+	if err != nil {
+		t.Fatalf("listen on %s: %v", a, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &listener{c: c}
+}
+
+func (l *listener) addr() netip.AddrPort { return l.c.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// receive returns the payloads that arrive within d, with their sources.
+func (l *listener) receive(t *testing.T, d time.Duration) map[string]netip.AddrPort {
+	t.Helper()
+	got := map[string]netip.AddrPort{}
+	buf := make([]byte, 1500)
+	_ = l.c.SetReadDeadline(time.Now().Add(d))
+	for {
+		n, from, err := l.c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return got
+			}
+			t.Fatalf("read: %v", err)
+		}
+		got[string(buf[:n])] = from
+	}
+}
+
+// sendFrom sends payload from a new socket bound to src.
+func sendFrom(t *testing.T, src netip.Addr, dst netip.AddrPort, payload string) {
+	t.Helper()
+	c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), net.UDPAddrFromAddrPort(dst))
+	if err != nil {
+		t.Fatalf("socket from %s: %v", src, err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(payload)); err != nil {
+		t.Fatalf("send from %s: %v", src, err)
+	}
+}
+
+const quiet = 300 * time.Millisecond // how long a dropped datagram is waited for
+
+func testUDPDrop(t *testing.T, fw *firewall.IPTables, f ipt) {
+	l := listen(t, f.dst)
+	sendFrom(t, f.blocked, l.addr(), "before")
+	if got := l.receive(t, quiet); len(got) != 1 {
+		t.Fatalf("before Block: got %v, want the datagram", got)
+	}
+
+	if err := fw.Block(bg, f.blocked, "astguard test: udp_drop "+f.name); err != nil {
+		t.Fatalf("Block(%s): %v", f.blocked, err)
+	}
+	sendFrom(t, f.blocked, l.addr(), "from-blocked")
+	sendFrom(t, f.passes, l.addr(), "from-other")
+	got := l.receive(t, quiet)
+	if _, ok := got["from-blocked"]; ok {
+		t.Fatalf("datagram from blocked %s arrived", f.blocked)
+	}
+	if from, ok := got["from-other"]; !ok || from.Addr() != f.passes {
+		t.Fatalf("datagram from %s did not arrive: %v", f.passes, got)
+	}
+	t.Logf("after Block(%s): datagram from %s dropped, from %s delivered", f.blocked, f.blocked, f.passes)
+
+	blocked, err := fw.Blocked(bg)
+	if err != nil || !slices.Contains(blocked, f.blocked) {
+		t.Fatalf("Blocked = %v, %v", blocked, err)
+	}
+
+	if err := fw.Unblock(bg, f.blocked); err != nil {
+		t.Fatalf("Unblock: %v", err)
+	}
+	if err := fw.Unblock(bg, f.blocked); err != nil {
+		t.Fatalf("Unblock again: %v", err)
+	}
+	sendFrom(t, f.blocked, l.addr(), "after-unblock")
+	if got := l.receive(t, quiet); len(got) != 1 {
+		t.Fatalf("after Unblock: got %v, want the datagram", got)
+	}
+	t.Logf("after Unblock(%s): delivered again", f.blocked)
+}
+
+// flowsFrom lists conntrack entries with original source a.
+func flowsFrom(t *testing.T, a netip.Addr) []conntrack.Flow {
+	t.Helper()
+	c, err := conntrack.Dial(nil)
+	if err != nil {
+		t.Fatalf("conntrack netlink socket unavailable (kernel needs nf_conntrack_netlink): %v", err)
+	}
+	defer c.Close()
+	fl, err := c.Dump(nil)
+	if err != nil {
+		t.Fatalf("conntrack dump: %v", err)
+	}
+	return slices.DeleteFunc(fl, func(f conntrack.Flow) bool { return f.TupleOrig.IP.SourceAddress != a })
+}
+
+func testConntrack(t *testing.T, fw *firewall.IPTables, f ipt, chain string) {
+	// An admin's rule before our jump: established flows bypass our chain.
+	accept := []string{"-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"}
+	run(t, f.bin, append([]string{"-I", "INPUT", "1"}, accept...)...)
+	t.Cleanup(func() { run(t, f.bin, append([]string{"-D", "INPUT"}, accept...)...) })
+
+	// A UDP flow, both ways, so conntrack sees it ESTABLISHED.
+	l := listen(t, f.dst)
+	client, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(f.blocked, 0)), net.UDPAddrFromAddrPort(l.addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	send := func(p string) {
+		t.Helper()
+		if _, err := client.Write([]byte(p)); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+	}
+	send("hello")
+	got := l.receive(t, quiet)
+	from, ok := got["hello"]
+	if !ok {
+		t.Fatal("first datagram lost")
+	}
+	if _, err := l.c.WriteToUDPAddrPort([]byte("reply"), from); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	_ = client.SetReadDeadline(time.Now().Add(time.Second))
+	if n, err := client.Read(buf); err != nil || string(buf[:n]) != "reply" {
+		t.Fatalf("reply: %q, %v", buf[:n], err)
+	}
+	flows := flowsFrom(t, f.blocked)
+	if len(flows) == 0 {
+		t.Fatalf("no conntrack entry for %s: is conntrack tracking this namespace?", f.blocked)
+	}
+	t.Logf("flow %s -> %s tracked, status %v", flows[0].TupleOrig.IP.SourceAddress, flows[0].TupleOrig.IP.DestinationAddress, flows[0].Status)
+
+	// Control: the DROP rule alone does not stop the established flow.
+	noCT, err := firewall.NewIPTables(firewall.Options{Chain: chain, DisableConntrack: true, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := noCT.Block(bg, f.blocked, "astguard test: conntrack "+f.name); err != nil {
+		t.Fatalf("Block without conntrack: %v", err)
+	}
+	send("rule-only")
+	if _, ok := l.receive(t, quiet)["rule-only"]; !ok {
+		t.Fatal("control failed: with the ESTABLISHED accept first, the flow should bypass the DROP rule")
+	}
+	t.Logf("control: DROP rule without conntrack deletion: established flow still delivered")
+
+	// Block with conntrack deletion: the flow's entry goes, the next
+	// datagram is NEW, skips the accept and hits our DROP.
+	if err := fw.Block(bg, f.blocked, "astguard test: conntrack "+f.name); err != nil {
+		t.Fatalf("Block: %v", err)
+	}
+	if fl := flowsFrom(t, f.blocked); len(fl) != 0 {
+		t.Fatalf("conntrack entries of %s left after Block: %d", f.blocked, len(fl))
+	}
+	send("after-block")
+	if got := l.receive(t, quiet); len(got) != 0 {
+		t.Fatalf("established flow survived Block: %v", got)
+	}
+	t.Logf("Block with conntrack deletion: entry deleted, next datagram of the flow dropped")
+
+	if err := fw.Unblock(bg, f.blocked); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testFlushReapply(t *testing.T, fw *firewall.IPTables, chain string) {
+	state := filepath.Join(t.TempDir(), "bans.json")
+	log := zerolog.New(zerolog.NewTestWriter(t))
+	m, err := bans.New(bans.Options{Firewall: fw, StatePath: state, Logger: log, ReapplyEvery: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(bg); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if _, err := m.Ban(bg, f.blocked, time.Hour, "netns test", "SIP/200"); err != nil {
+			t.Fatalf("Ban(%s): %v", f.blocked, err)
+		}
+	}
+	want := []netip.Addr{families[0].blocked, families[1].blocked}
+	if got, err := fw.Blocked(bg); err != nil || !slices.Equal(got, want) {
+		t.Fatalf("Blocked = %v, %v; want %v", got, err, want)
+	}
+
+	// Someone flushes our chain.
+	for _, f := range families {
+		run(t, f.bin, "-F", chain)
+	}
+	if got, err := fw.Blocked(bg); err != nil || len(got) != 0 {
+		t.Fatalf("Blocked after iptables -F = %v, %v; want none", got, err)
+	}
+	t.Logf("after iptables -F %s: Blocked() = []", chain)
+
+	runCtx, cancel := context.WithCancel(bg)
+	done := make(chan error)
+	go func() { done <- m.Run(runCtx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, err := fw.Blocked(bg)
+		if err == nil && slices.Equal(got, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bans not re-applied after 5s: Blocked = %v, %v", got, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		l := listen(t, f.dst)
+		sendFrom(t, f.blocked, l.addr(), "x")
+		if got := l.receive(t, quiet); len(got) != 0 {
+			t.Fatalf("%s not dropped after re-apply", f.blocked)
+		}
+	}
+	t.Logf("bans.Manager re-applied %v; traffic dropped again", want)
+
+	// Restart: Close leaves the rules, a new Manager over the same file
+	// keeps them.
+	if err := m.Close(bg); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := fw.Blocked(bg); !slices.Equal(got, want) {
+		t.Fatalf("Close removed rules: %v", got)
+	}
+	m2, err := bans.New(bans.Options{Firewall: fw, StatePath: state, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Start(bg); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := fw.Blocked(bg); !slices.Equal(got, want) {
+		t.Fatalf("after restart Blocked = %v", got)
+	}
+	for _, a := range want {
+		if err := m2.Unban(bg, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _ := fw.Blocked(bg); len(got) != 0 {
+		t.Fatalf("after Unban Blocked = %v", got)
+	}
+	if err := m2.Close(bg); err != nil {
+		t.Fatal(err)
+	}
+}
