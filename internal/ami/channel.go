@@ -178,3 +178,17 @@ func ValidName(s string) bool {
 	}
 	return true
 }
+
+// ValidChannel reports whether s is a channel name the guard may put into an
+// action: one ParseChannel understands, with no control characters.
+func ValidChannel(s string) bool {
+	if _, ok := ParseChannel(s); !ok {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
