@@ -1,7 +1,11 @@
 // Command guard is astguard, a real-time toll-fraud guard for Asterisk.
 //
+//	guard demo [--firewall]                      the whole story against a simulated Asterisk
+//	guard run --config FILE [--record FILE]      the live guard
 //	guard replay [--config FILE] TRANSCRIPT...   detect fraud in recorded AMI traffic
 //	guard check-config [--config FILE]           validate a configuration file
+//	guard bans [--config FILE]                   list the bans
+//	guard unblock [--config FILE] ADDRESS        lift a ban
 //	guard version
 package main
 
@@ -27,8 +31,12 @@ var version = "dev"
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 const usage = `usage:
+  guard demo [--firewall]                      run the guard against a simulated Asterisk 20 under attack
+  guard run --config FILE [--record FILE]      the live guard: watch AMI, stop fraud as the policy says
   guard replay [--config FILE] TRANSCRIPT...   print the alerts found in recorded AMI traffic (JSON lines)
   guard check-config [--config FILE]           validate a configuration file (exit 0 or 1)
+  guard bans [--config FILE] [--json]         list the bans (from the running guard, else its state file)
+  guard unblock [--config FILE] ADDRESS        lift a ban
   guard version
 `
 
@@ -38,6 +46,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch args[0] {
+	case "run":
+		return cmdRun(args[1:], stdout, stderr)
+	case "demo":
+		return cmdDemo(args[1:], stdout, stderr)
+	case "bans":
+		return cmdBans(args[1:], stdout, stderr)
+	case "unblock":
+		return cmdUnblock(args[1:], stdout, stderr)
 	case "replay":
 		return cmdReplay(args[1:], stdout, stderr)
 	case "check-config":

@@ -1,0 +1,23 @@
+# astguard: a static binary in a small image with the iptables tools.
+# Run it next to Asterisk with the host's network and NET_ADMIN:
+#   docker run -d --name astguard --network host --cap-add NET_ADMIN \
+#     -v /etc/astguard:/etc/astguard:ro -v /var/lib/astguard:/var/lib/astguard \
+#     -v /run/astguard:/run/astguard -e ASTGUARD_AMI_SECRET=... astguard
+
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/guard ./cmd/guard
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iptables ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/guard /usr/local/bin/guard
+COPY config.toml.example /etc/astguard/config.toml.example
+VOLUME ["/var/lib/astguard", "/run/astguard"]
+ENTRYPOINT ["/usr/local/bin/guard"]
+CMD ["run", "--config", "/etc/astguard/config.toml"]

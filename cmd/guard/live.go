@@ -1,0 +1,179 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/astguard/astguard/internal/action/bans"
+	"github.com/astguard/astguard/internal/action/firewall"
+	"github.com/astguard/astguard/internal/config"
+	"github.com/astguard/astguard/internal/guard"
+)
+
+// signals turns SIGINT/SIGTERM into ctx's end and SIGHUP into a reload.
+func signals() (context.Context, context.CancelFunc, <-chan struct{}) {
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	reload := make(chan struct{}, 1)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				signal.Stop(hup)
+				return
+			case <-hup:
+				select {
+				case reload <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return ctx, cancel, reload
+}
+
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (TOML)")
+	record := fs.String("record", "", "also write everything received to this transcript (replayable with guard replay)")
+	recordMax := fs.Int64("record-max-bytes", 100<<20, "rotate the recording at this size")
+	recordKeep := fs.Int("record-keep", 5, "rotated recordings to keep")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *path == "" || fs.NArg() != 0 {
+		fmt.Fprint(stderr, "run: usage: guard run --config FILE [--record FILE]\n")
+		return 2
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "config is invalid:\n%v\n", err)
+		return 1
+	}
+	log := newLogger(stderr, cfg.Log.Level)
+	ctx, cancel, reload := signals()
+	defer cancel()
+	err = guard.Run(ctx, guard.Options{
+		Config:         cfg,
+		Load:           func() (*config.Config, error) { return config.Load(*path) },
+		Reload:         reload,
+		Logger:         log,
+		Record:         *record,
+		RecordMaxBytes: *recordMax,
+		RecordKeep:     *recordKeep,
+	})
+	if err != nil {
+		log.Error().Err(err).Msg("guard failed")
+		return 1
+	}
+	return 0
+}
+
+// cmdBans lists the bans: from the running daemon, or from the state file
+// when none runs.
+func cmdBans(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bans", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (TOML); without it the defaults' paths are used")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "config is invalid:\n%v\n", err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	list, err := guard.NewAdminClient(cfg.Response.AdminSocket).Bans(ctx)
+	source := "daemon"
+	if errors.Is(err, guard.ErrNoDaemon) {
+		source = "state file (no guard running)"
+		list, err = bans.ReadState(cfg.Response.StateFile)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bans: %v\n", err)
+		return 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(list)
+		return 0
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "ADDRESS\tSINCE\tUNTIL\tEXTENSION\tREASON\n")
+	for _, b := range list {
+		until := "never"
+		if !b.Until.IsZero() {
+			until = b.Until.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Addr, b.Since.UTC().Format(time.RFC3339), until, b.Extension, b.Reason)
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(stderr, "%d bans, from the %s\n", len(list), source)
+	return 0
+}
+
+// cmdUnblock lifts a ban through the running daemon, or through the state
+// file and the firewall when none runs.
+func cmdUnblock(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("unblock", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (TOML); without it the defaults' paths are used")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprint(stderr, "unblock: usage: guard unblock [--config FILE] ADDRESS\n")
+		return 2
+	}
+	addr, err := netip.ParseAddr(fs.Arg(0))
+	if err != nil {
+		fmt.Fprintf(stderr, "unblock: %q is not an IP address\n", fs.Arg(0))
+		return 2
+	}
+	addr = addr.Unmap()
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "config is invalid:\n%v\n", err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = guard.NewAdminClient(cfg.Response.AdminSocket).Unblock(ctx, addr)
+	if errors.Is(err, guard.ErrNoDaemon) {
+		var fw firewall.Firewall
+		log := newLogger(stderr, cfg.Log.Level)
+		if cfg.Response.Firewall == "dry-run" {
+			fw = firewall.NewDryRun(log)
+		} else if fw, err = firewall.NewIPTables(firewall.Options{Chain: cfg.Response.Chain, DisableIPv6: !cfg.Response.IPv6, KeepRulesOnSetup: true, Logger: log}); err != nil {
+			fmt.Fprintf(stderr, "unblock: %v\n", err)
+			return 1
+		}
+		err = bans.UnbanOffline(ctx, cfg.Response.StateFile, fw, addr)
+		if err == nil {
+			fmt.Fprintf(stdout, "%s unblocked (no guard running: state file and firewall updated)\n", addr)
+			return 0
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "unblock: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s unblocked\n", addr)
+	return 0
+}

@@ -1,0 +1,70 @@
+package guard
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/astguard/astguard/internal/action/firewall"
+	"github.com/astguard/astguard/internal/config"
+)
+
+// An action answered with Response: Error is retried per policy; the alert
+// lines say what happened.
+func TestActionErrorIsRetried(t *testing.T) {
+	h := startGuard(t, "attack-mixed.ami", 4, func(c *config.Config) { c.Response.RetryMax = 3 })
+	h.srv.FailAction("UpdateConfig", "Internal error writing the file", 2)
+	waitFor(t, "200's secret rotated after two errors", 20*time.Second, func() bool {
+		s, _ := confSection(h.srv.Conf("sip.conf"), "200", "secret")
+		return s != "Leaky200"
+	})
+	n := 0
+	for _, a := range h.srv.Actions() {
+		if a.Name == "UpdateConfig" {
+			n++
+		}
+	}
+	if n < 3 {
+		t.Errorf("UpdateConfig sent %d times, want the 2 failures and a success", n)
+	}
+	waitFor(t, "the rotation outcome", 10*time.Second, func() bool {
+		return strings.Contains(h.logs.String(), `"action":"rotate_secret","result":"done"`)
+	})
+}
+
+// An error a retry cannot fix is not retried and is reported as failed.
+func TestPermanentActionErrorIsReported(t *testing.T) {
+	h := startGuard(t, "attack-mixed.ami", 4, nil)
+	h.srv.FailAction("UpdateConfig", "Given category does not exist", 1)
+	waitFor(t, "a failed rotation line", 20*time.Second, func() bool {
+		return strings.Contains(h.logs.String(), `"action":"rotate_secret","result":"failed"`)
+	})
+	if !strings.Contains(h.logs.String(), "Given category does not exist") {
+		t.Error("the outcome does not say why")
+	}
+}
+
+// refusingFirewall fails every change, as iptables missing or refused does.
+type refusingFirewall struct{ firewall.DryRun }
+
+var errRefused = errors.New("iptables: permission denied (you must be root)")
+
+func (*refusingFirewall) Block(context.Context, netip.Addr, string) error { return errRefused }
+func (*refusingFirewall) Setup(context.Context) error                     { return errRefused }
+
+// iptables refused: the block fails with an alert, and the other actions are
+// still done.
+func TestFirewallRefusedOtherActionsDone(t *testing.T) {
+	h := startGuardWith(t, "attack-mixed.ami", 4, nil, &refusingFirewall{})
+	waitFor(t, "hang-up and rotation of 200 despite the firewall", 20*time.Second, func() bool {
+		s, _ := confSection(h.srv.Conf("sip.conf"), "200", "secret")
+		return s != "Leaky200" && strings.Contains(h.logs.String(), `"action":"hangup","result":"done"`)
+	})
+	logs := h.logs.String()
+	if !strings.Contains(logs, `"action":"block_ip","result":"failed"`) || !strings.Contains(logs, "permission denied") {
+		t.Error("no failed block_ip line saying why")
+	}
+}

@@ -1,0 +1,83 @@
+package guard
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// secretAlphabet holds only letters and digits: a SIP secret lands in
+// sip.conf or pjsip.conf, where ';' starts a comment and other punctuation
+// trips up phones' provisioning.
+const secretAlphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
+
+// secretLen gives 24 characters from a 57-symbol alphabet: about 140 bits.
+const secretLen = 24
+
+// newSecret returns a random secret from crypto/rand, without modulo bias.
+func newSecret() (string, error) {
+	out := make([]byte, 0, secretLen)
+	var b [64]byte
+	for len(out) < secretLen {
+		if _, err := rand.Read(b[:]); err != nil {
+			return "", err
+		}
+		for _, c := range b {
+			// 57*4 = 228: accept bytes below it, so every symbol is equally likely
+			if int(c) < 4*len(secretAlphabet) && len(out) < secretLen {
+				out = append(out, secretAlphabet[int(c)%len(secretAlphabet)])
+			}
+		}
+	}
+	return string(out), nil
+}
+
+// secretsFile appends one JSON line per rotation to a file only root can read.
+type secretsFile struct {
+	mu   sync.Mutex
+	path string
+}
+
+type secretLine struct {
+	Time      time.Time `json:"time"`
+	Extension string    `json:"extension"`
+	Secret    string    `json:"secret"`
+	// Status is "pending" when written just before the UpdateConfig and
+	// "applied" or "failed" once Asterisk answered.
+	Status string `json:"status"`
+}
+
+func (f *secretsFile) write(l secretLine) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := os.MkdirAll(filepath.Dir(f.path), 0o700); err != nil {
+		return err
+	}
+	fh, err := os.OpenFile(f.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	// A file created earlier with looser permissions is tightened.
+	if err := fh.Chmod(0o600); err != nil {
+		fh.Close()
+		return err
+	}
+	b, err := json.Marshal(l)
+	if err != nil {
+		fh.Close()
+		return err
+	}
+	if _, err := fh.Write(append(b, '\n')); err != nil {
+		fh.Close()
+		return fmt.Errorf("write %s: %w", f.path, err)
+	}
+	if err := fh.Sync(); err != nil {
+		fh.Close()
+		return err
+	}
+	return fh.Close()
+}
