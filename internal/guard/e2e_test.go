@@ -22,6 +22,9 @@ import (
 
 const transcripts = "../../testdata/transcripts/"
 
+// recordTo, when set, makes startGuardWith record the session there.
+var recordTo string
+
 // syncBuffer is a log sink safe for the guard's goroutines.
 type syncBuffer struct {
 	mu sync.Mutex
@@ -96,7 +99,7 @@ func startGuardWith(t *testing.T, transcript string, speed float64, mutate func(
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() {
-		h.done <- Run(ctx, Options{Config: cfg, Logger: zerolog.New(h.logs), Firewall: fw,
+		h.done <- Run(ctx, Options{Config: cfg, Logger: zerolog.New(h.logs), Firewall: fw, Record: recordTo,
 			Started: func(g *Guard) { h.guard <- g }})
 	}()
 	t.Cleanup(func() { h.stop(t) })

@@ -26,12 +26,15 @@ type recorder struct {
 	size int64
 }
 
+// newRecorder checks the file can be written; it is opened for good at the
+// first message, when the session's banner is known.
 func newRecorder(path string, maxBytes int64, keep int, banner func() string) (*recorder, error) {
-	r := &recorder{path: path, maxBytes: maxBytes, keep: keep, banner: banner}
-	if err := r.open(); err != nil {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
 		return nil, err
 	}
-	return r, nil
+	f.Close()
+	return &recorder{path: path, maxBytes: maxBytes, keep: keep, banner: banner}, nil
 }
 
 func (r *recorder) open() error {
@@ -55,6 +58,17 @@ func (r *recorder) write(raw []byte, at time.Time) error {
 	if len(raw) < 2 {
 		return nil
 	}
+	switch {
+	case r.f == nil:
+		if err := r.open(); err != nil {
+			return err
+		}
+	case r.maxBytes > 0 && r.size >= r.maxBytes:
+		// Rotate before writing, so no file is ever left with a banner only.
+		if err := r.rotate(); err != nil {
+			return err
+		}
+	}
 	body := raw[:len(raw)-2] // without the closing empty line
 	n1, err := r.w.Write(body)
 	if err != nil {
@@ -65,9 +79,6 @@ func (r *recorder) write(raw []byte, at time.Time) error {
 		return err
 	}
 	r.size += int64(n1 + n2)
-	if r.maxBytes > 0 && r.size >= r.maxBytes {
-		return r.rotate()
-	}
 	return nil
 }
 

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/astguard/astguard/internal/action/bans"
+	"github.com/astguard/astguard/internal/action/firewall"
+	"github.com/astguard/astguard/internal/ami/amitest"
+	"github.com/astguard/astguard/internal/config"
+	"github.com/astguard/astguard/internal/guard"
+)
+
+const killChild = "ASTGUARD_KILL_CHILD"
+
+// The guard killed with SIGKILL in the middle of an incident and started
+// again: every ban is restored and applied, none lost, expired ones gone.
+func TestSIGKILLRestartKeepsBans(t *testing.T) {
+	if cfgPath := os.Getenv(killChild); cfgPath != "" {
+		// Child: run the guard until killed.
+		cfg, err := config.Load(cfgPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = guard.Run(context.Background(), guard.Options{Config: cfg, Logger: zerolog.Nop(), Firewall: firewall.NewDryRun(zerolog.Nop())})
+		return
+	}
+	data, err := os.ReadFile(fixtures + "attack-mixed.ami")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := amitest.Start(amitest.Options{Transcript: bytes.NewReader(data), Speed: 4, AutoPlay: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	dir := t.TempDir()
+	state := filepath.Join(dir, "bans.json")
+	// A ban that expired while the guard was down.
+	old := []bans.Ban{{Addr: netip.MustParseAddr("198.51.100.66"), Since: time.Now().Add(-48 * time.Hour),
+		Until: time.Now().Add(-time.Hour), Reason: "old"}}
+	raw, _ := json.Marshal(map[string]any{"version": 1, "bans": old})
+	if err := os.WriteFile(state, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "guard.toml")
+	toml := fmt.Sprintf("mode = \"enforce\"\n[ami]\naddress = %q\nsecret = \"guardpass\"\nreconnect_interval = \"10m\"\n"+
+		"[response]\nfirewall = \"dry-run\"\nstate_file = %q\nsecrets_file = %q\nadmin_socket = %q\n",
+		srv.Addr(), state, filepath.Join(dir, "secrets.jsonl"), filepath.Join(dir, "admin.sock"))
+	if err := os.WriteFile(cfgPath, []byte(toml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bans.ReadState(state); err != nil {
+		t.Fatalf("the seeded state file does not parse: %v", err)
+	}
+
+	child := exec.Command(os.Args[0], "-test.run=^TestSIGKILLRestartKeepsBans$", "-test.count=1")
+	child.Env = append(os.Environ(), killChild+"="+cfgPath)
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.4"), netip.MustParseAddr("127.0.0.5")}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		bs, _ := bans.ReadState(state)
+		n := 0
+		for _, b := range bs {
+			if slices.Contains(want, b.Addr) {
+				n++
+			}
+		}
+		if n == len(want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = child.Process.Kill()
+			t.Fatalf("the child never banned %v: %v", want, bs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = child.Wait()
+
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw := firewall.NewDryRun(zerolog.Nop())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	restored := make(chan []bans.Ban, 1)
+	go func() {
+		done <- guard.Run(ctx, guard.Options{Config: cfg, Logger: zerolog.Nop(), Firewall: fw,
+			Started: func(g *guard.Guard) { restored <- g.Bans().List() }})
+	}()
+	got := <-restored
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var addrs []netip.Addr
+	for _, b := range got {
+		addrs = append(addrs, b.Addr)
+	}
+	for _, w := range want {
+		if !slices.Contains(addrs, w) {
+			t.Errorf("ban of %s lost across SIGKILL: restored %v", w, addrs)
+		}
+	}
+	if slices.Contains(addrs, netip.MustParseAddr("198.51.100.66")) {
+		t.Error("an expired ban was restored")
+	}
+	applied, _ := fw.Blocked(context.Background())
+	for _, w := range want {
+		if !slices.Contains(applied, w) {
+			t.Errorf("restored ban of %s not applied to the firewall (%v)", w, applied)
+		}
+	}
+}
