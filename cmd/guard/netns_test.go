@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -84,10 +86,11 @@ admin_socket = %q
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	logs := &lockedBuffer{}
 	started := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- guard.Run(ctx, guard.Options{Config: cfg, Logger: zerolog.New(os.Stderr).Level(zerolog.WarnLevel),
+		done <- guard.Run(ctx, guard.Options{Config: cfg, Logger: zerolog.New(io.MultiWriter(os.Stderr, logs)).Level(zerolog.WarnLevel),
 			Started: func(*guard.Guard) { close(started) }})
 	}()
 	defer func() {
@@ -113,11 +116,13 @@ admin_socket = %q
 	cl := guard.NewAdminClient(cfg.Response.AdminSocket)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		// The ban is recorded before it is applied: wait for both.
+		// The ban is recorded before it is applied (rule, then conntrack
+		// entries deleted): wait for the daemon's list and the outcome line.
 		bs, err := cl.Bans(context.Background())
-		rules, _ := exec.Command("iptables", "-S", chain).CombinedOutput()
 		if err == nil && slices.ContainsFunc(bs, func(b bans.Ban) bool { return b.Addr == netip.MustParseAddr("127.0.0.2") }) &&
-			strings.Contains(string(rules), "-s 127.0.0.2/32") {
+			slices.ContainsFunc(strings.Split(logs.String(), "\n"), func(l string) bool {
+				return strings.Contains(l, `"action":"block_ip","result":"done"`) && strings.Contains(l, `"target":"127.0.0.2"`)
+			}) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -199,4 +204,22 @@ func expectDatagram(t *testing.T, ln net.PacketConn, c *net.UDPConn, arrive bool
 			return
 		}
 	}
+}
+
+// lockedBuffer is a log sink safe for the guard's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

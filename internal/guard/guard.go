@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -285,7 +286,13 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 		for i := range alerts {
 			a := alerts[i]
 			g.stats.alerts.Add(1)
-			alert.Log(&g.log, &a)
+			cfg := g.cfg.Load()
+			if slices.Contains(cfg.Policy.Actions(a.Rule.String(), a.Severity.String()), config.ActionAlert) {
+				alert.Log(&g.log, &a)
+			} else {
+				g.log.Debug().Str("rule", a.Rule.String()).Str("severity", a.Severity.String()).
+					Str("extension", a.Extension).Str("reason", a.Reason).Msg("fraud alert not logged: the policy has no alert action for it")
+			}
 			live = live[:0]
 			if a.IsExtension() {
 				live = det.LiveChannels(a.Tech, a.Extension, live)
