@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 
 	astguard "github.com/astguard/astguard"
@@ -67,7 +68,11 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	}
 
 	zerolog.TimeFieldFormat = time.RFC3339Nano
-	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: "15:04:05.000"}).With().Timestamp().Logger()
+	color := false
+	if f, ok := stderr.(*os.File); ok {
+		color = isatty.IsTerminal(f.Fd())
+	}
+	log := zerolog.New(zerolog.SyncWriter(zerolog.ConsoleWriter{Out: stderr, TimeFormat: "15:04:05.000", NoColor: !color})).With().Timestamp().Logger()
 	log.Info().Str("ami", srv.Addr()).Msg("simulated Asterisk 20 is up: replaying a recorded attack (201 is the legitimate user)")
 
 	var fw firewall.Firewall

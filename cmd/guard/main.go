@@ -75,7 +75,7 @@ func newLogger(w io.Writer, level string) zerolog.Logger {
 		lvl = zerolog.InfoLevel
 	}
 	zerolog.TimeFieldFormat = time.RFC3339Nano
-	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+	return zerolog.New(zerolog.SyncWriter(w)).Level(lvl).With().Timestamp().Logger()
 }
 
 // loadConfig reads path, or returns the defaults when path is empty.
