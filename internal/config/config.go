@@ -243,7 +243,7 @@ func Default() *Config {
 		Detection: Detection{
 			Cooldown:      Duration(5 * time.Minute),
 			MaxExtensions: 100000,
-			MaxAddresses:  100000,
+			MaxAddresses:  50000,
 			IdleExpiry:    Duration(time.Hour),
 			CallRate: CallRate{
 				BurstWindow: Duration(time.Second), BurstWarning: 3, BurstCritical: 5,

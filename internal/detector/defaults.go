@@ -36,7 +36,7 @@ func Default() Config {
 		NewSource:         true,
 		Cooldown:          5 * time.Minute,
 		MaxExtensions:     100000,
-		MaxAddresses:      100000,
+		MaxAddresses:      50000,
 		IdleExpiry:        time.Hour,
 	}
 }

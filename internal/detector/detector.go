@@ -19,7 +19,6 @@ const (
 	maxCallsPerExt    = 512 // live calls tracked per extension (more are counted, not named)
 	maxDestsPerExt    = 16  // destinations tracked for prefix guessing
 	maxSample         = 8   // dialled numbers / accounts kept for an alert
-	maxSessions       = 4   // recent PJSIP SessionIDs kept per address for dedupe
 	sessionDedupe     = 2 * time.Second
 	maxCallIndex      = 1 << 17 // live originated calls indexed by Uniqueid
 	maxChallenged     = 4096    // challenged names remembered before their state exists
@@ -67,8 +66,10 @@ type destEntry struct {
 	prefixes []prefixSeen
 }
 
-// alertLog remembers the last alert of each rule and severity for cool-down.
-type alertLog [numRules][2]int64
+// alertLog remembers the last alert of each rule and severity for
+// cool-down, in seconds since the detector's first event plus one (0:
+// never); 4 bytes an entry keeps a key's state small.
+type alertLog [numRules - 1][2]uint32
 
 type extState struct {
 	link[extState]
@@ -80,33 +81,82 @@ type extState struct {
 	// a challenge naming it). Trunks and IP-authenticated peers never are.
 	authed bool
 
+	calls   []liveCall
+	sources []source
+	act     *extActivity // nil until the extension places a call
+}
+
+// extActivity is the state of an extension that places calls; most
+// extensions of a large PBX are idle and never need it, and it is released
+// once every window it feeds has passed (a registered phone is never idle,
+// so its calls' windows must not stay for good).
+type extActivity struct {
+	link[extActivity]
+	owner          *extState
+	last           int64 // time of the last call
 	burst, rate    ring
 	intl, highRisk ring
 	probes         ring
-	calls          []liveCall
 	dests          []destEntry
-	sources        []source
 	numbers        sample
 }
 
 func (e *extState) lk() *link[extState] { return &e.link }
+
+func (a *extActivity) lk() *link[extActivity] { return &a.link }
+
+// activity returns e's call state, creating it, and marks it used now.
+func (d *Detector) activity(e *extState) *extActivity {
+	if e.act == nil {
+		e.act = &extActivity{owner: e}
+		d.actQ.pushFront(e.act)
+	} else {
+		d.actQ.touch(e.act)
+	}
+	e.act.last = d.now
+	return e.act
+}
+
+func (e *extState) numberList() []string {
+	if e.act == nil {
+		return nil
+	}
+	return e.act.numbers.list()
+}
 
 type addrState struct {
 	link[addrState]
 	addr     netip.Addr
 	lastSeen int64
 	incident int64
-	alerts   alertLog
+	alerts   [2][2]uint32 // auth_failures, failed_probes: as alertLog
 
-	auth     ring
-	probes   ring
-	sessions [maxSessions]struct {
-		id string
-		t  int64
+	auth   ring
+	probes ring
+	// the last PJSIP request that failed (Call-ID and time), to count
+	// the several events of one request once
+	session   string
+	sessionAt int64
+	// firstAccount holds the first account tried; accounts is allocated
+	// only when a second one comes (a flood of one-off addresses then
+	// costs no sample each)
+	firstAccount string
+	accounts     *sample
+	numbers      *sample // nil until a number is dialled
+}
+
+func addSample(p **sample, v string) {
+	if *p == nil {
+		*p = &sample{}
 	}
-	nextSession int
-	accounts    sample
-	numbers     sample
+	(*p).add(v)
+}
+
+func (a *addrState) accountList() []string {
+	if a.accounts == nil && a.firstAccount != "" {
+		return []string{a.firstAccount}
+	}
+	return a.accounts.list()
 }
 
 func (a *addrState) lk() *link[addrState] { return &a.link }
@@ -131,7 +181,7 @@ func (s *sample) add(v string) {
 
 // list returns a copy, oldest first.
 func (s *sample) list() []string {
-	if len(s.v) == 0 {
+	if s == nil || len(s.v) == 0 {
 		return nil
 	}
 	out := make([]string, 0, len(s.v))
@@ -144,8 +194,9 @@ type Detector struct {
 	cfg   Config
 	plan  plan
 	exts  map[extKey]*extState
-	addrs map[netip.Addr]*addrState
+	addrs map[[16]byte]*addrState // by netip.Addr.As16: a key without pointers
 	extQ  lru[extState, *extState]
+	actQ  lru[extActivity, *extActivity] // extensions with call state, by last call
 	addrQ lru[addrState, *addrState]
 	calls map[string]*extState // live originated calls by Uniqueid
 	// challenged remembers names challenged before their state exists.
@@ -154,9 +205,13 @@ type Detector struct {
 	allowExt  map[extKey]bool
 	allowName map[string]bool
 
-	now       int64
-	lastSweep int64
-	stats     Stats
+	now           int64
+	base          int64         // the first event's time, for alertLog
+	longestWindow time.Duration // of the rules that keep call state
+	// the largest size each map reached since it was last rebuilt
+	extPeak, addrPeak, callsPeak int
+	lastSweep                    int64
+	stats                        Stats
 
 	// per-event scratch
 	ev  *ami.Event
@@ -167,10 +222,12 @@ type Detector struct {
 // assumed valid (the config package validates it).
 func New(cfg Config) *Detector {
 	d := &Detector{
+		longestWindow: max(cfg.CallRateBurst.Window, cfg.CallRate.Window, cfg.PrefixGuess.Window,
+			cfg.International.Window, cfg.HighRisk.Window, cfg.FailedProbes.Window),
 		cfg:        cfg,
 		plan:       newPlan(&cfg),
 		exts:       make(map[extKey]*extState),
-		addrs:      make(map[netip.Addr]*addrState),
+		addrs:      make(map[[16]byte]*addrState),
 		calls:      make(map[string]*extState),
 		challenged: make(map[extKey]struct{}),
 		allowExt:   make(map[extKey]bool),
@@ -193,6 +250,7 @@ func New(cfg Config) *Detector {
 func (d *Detector) SetConfig(cfg Config) {
 	fresh := New(cfg)
 	d.cfg, d.plan, d.allowExt, d.allowName = fresh.cfg, fresh.plan, fresh.allowExt, fresh.allowName
+	d.longestWindow = fresh.longestWindow
 }
 
 // Stats returns counters and the number of keys tracked now.
@@ -297,6 +355,7 @@ func (d *Detector) ext(k extKey) *extState {
 		delete(d.challenged, k)
 	}
 	d.exts[k] = e
+	d.extPeak = max(d.extPeak, len(d.exts))
 	d.extQ.pushFront(e)
 	return e
 }
@@ -307,12 +366,16 @@ func (d *Detector) dropExt(e *extState) {
 			delete(d.calls, c.uniqueid)
 		}
 	}
+	if e.act != nil {
+		d.actQ.remove(e.act)
+		e.act = nil
+	}
 	d.extQ.remove(e)
 	delete(d.exts, e.key)
 }
 
 func (d *Detector) addr(a netip.Addr) *addrState {
-	if s := d.addrs[a]; s != nil {
+	if s := d.addrs[a.As16()]; s != nil {
 		s.lastSeen = d.now
 		d.addrQ.touch(s)
 		return s
@@ -324,11 +387,12 @@ func (d *Detector) addr(a netip.Addr) *addrState {
 			return nil
 		}
 		d.addrQ.remove(victim)
-		delete(d.addrs, victim.addr)
+		delete(d.addrs, victim.addr.As16())
 		d.stats.Evicted++
 	}
 	s := &addrState{addr: a, lastSeen: d.now}
-	d.addrs[a] = s
+	d.addrs[a.As16()] = s
+	d.addrPeak = max(d.addrPeak, len(d.addrs))
 	d.addrQ.pushFront(s)
 	return s
 }
@@ -352,11 +416,40 @@ func (d *Detector) sweep() {
 		prev := d.addrQ.prevOf(a)
 		if a.incident <= d.now {
 			d.addrQ.remove(a)
-			delete(d.addrs, a.addr)
+			delete(d.addrs, a.addr.As16())
 			d.stats.Expired++
 		}
 		a = prev
 	}
+	// Call state whose every window has passed is released.
+	actCut := d.now - int64(d.longestWindow)
+	for a := d.actQ.back; a != nil && a.last < actCut; {
+		prev := d.actQ.prevOf(a)
+		d.actQ.remove(a)
+		a.owner.act = nil
+		a = prev
+	}
+	// Go maps never shrink: once a flood has drained, move what is left
+	// to fresh maps so the memory it took is given back.
+	d.exts, d.extPeak = shrink(d.exts, d.extPeak)
+	d.addrs, d.addrPeak = shrink(d.addrs, d.addrPeak)
+	d.calls, d.callsPeak = shrink(d.calls, d.callsPeak)
+}
+
+// shrink copies m into a map of its current size when it holds less than a
+// quarter of its peak, and returns the map and the peak to keep.
+func shrink[K comparable, V any](m map[K]V, peak int) (map[K]V, int) {
+	if len(m) > peak {
+		peak = len(m)
+	}
+	if peak < 4096 || len(m) >= peak/4 {
+		return m, peak
+	}
+	fresh := make(map[K]V, len(m))
+	for k, v := range m {
+		fresh[k] = v
+	}
+	return fresh, len(m)
 }
 
 // ---- calls ----
@@ -389,16 +482,17 @@ func (d *Detector) newChannel(ev *ami.Event) {
 		e.calls = append(e.calls, liveCall{uniqueid: uid, channel: strings.Clone(ev.Channel), number: number})
 		if len(d.calls) < maxCallIndex {
 			d.calls[uid] = e
+			d.callsPeak = max(d.callsPeak, len(d.calls))
 		}
 	}
 	cfg := &d.cfg
-	e.burst.add(d.now, ringSize(cfg.CallRateBurst))
-	e.rate.add(d.now, ringSize(cfg.CallRate))
+	d.activity(e).burst.add(d.now, ringSize(cfg.CallRateBurst))
+	d.activity(e).rate.add(d.now, ringSize(cfg.CallRate))
 	if number != "" {
-		e.numbers.add(number)
+		d.activity(e).numbers.add(number)
 	}
-	d.checkExt(e, RuleCallRate, cfg.CallRateBurst, e.burst.since(d.now-int64(cfg.CallRateBurst.Window)), "calls started")
-	d.checkExt(e, RuleCallRate, cfg.CallRate, e.rate.since(d.now-int64(cfg.CallRate.Window)), "calls started")
+	d.checkExt(e, RuleCallRate, cfg.CallRateBurst, d.activity(e).burst.since(d.now-int64(cfg.CallRateBurst.Window)), "calls started")
+	d.checkExt(e, RuleCallRate, cfg.CallRate, d.activity(e).rate.since(d.now-int64(cfg.CallRate.Window)), "calls started")
 	d.checkExt(e, RuleConcurrent, cfg.Concurrent, len(e.calls), "live calls")
 	if number != "" {
 		d.dialled(e, number)
@@ -409,42 +503,42 @@ func (d *Detector) newChannel(ev *ami.Event) {
 func (d *Detector) dialled(e *extState, number string) {
 	cfg := &d.cfg
 	if intl, risky, _ := d.plan.international(number); intl {
-		e.intl.add(d.now, ringSize(cfg.International))
-		d.checkExt(e, RuleInternational, cfg.International, e.intl.since(d.now-int64(cfg.International.Window)), "international calls")
+		d.activity(e).intl.add(d.now, ringSize(cfg.International))
+		d.checkExt(e, RuleInternational, cfg.International, d.activity(e).intl.since(d.now-int64(cfg.International.Window)), "international calls")
 		if risky {
-			e.highRisk.add(d.now, ringSize(cfg.HighRisk))
-			d.checkExt(e, RuleInternational, cfg.HighRisk, e.highRisk.since(d.now-int64(cfg.HighRisk.Window)), "calls to high-risk countries")
+			d.activity(e).highRisk.add(d.now, ringSize(cfg.HighRisk))
+			d.checkExt(e, RuleInternational, cfg.HighRisk, d.activity(e).highRisk.since(d.now-int64(cfg.HighRisk.Window)), "calls to high-risk countries")
 		}
 	}
 	if prefix, dest, ok := d.plan.split(number); ok && cfg.PrefixGuess.Window > 0 {
-		n := e.notePrefix(prefix, dest, d.now, int64(cfg.PrefixGuess.Window), ringSize(cfg.PrefixGuess))
+		n := d.activity(e).notePrefix(prefix, dest, d.now, int64(cfg.PrefixGuess.Window), ringSize(cfg.PrefixGuess))
 		d.checkExt(e, RulePrefixGuess, cfg.PrefixGuess, n, "distinct prefixes for one destination")
 	}
 }
 
 // notePrefix records that dest was dialled behind prefix and returns how many
 // distinct prefixes it was dialled behind within the window.
-func (e *extState) notePrefix(prefix, dest string, now, window int64, size int) int {
+func (act *extActivity) notePrefix(prefix, dest string, now, window int64, size int) int {
 	if size <= 0 {
 		return 0
 	}
 	cut := now - window
 	var de *destEntry
-	for i := range e.dests {
-		if e.dests[i].dest == dest {
-			de = &e.dests[i]
+	for i := range act.dests {
+		if act.dests[i].dest == dest {
+			de = &act.dests[i]
 			break
 		}
 	}
 	if de == nil {
-		if len(e.dests) < maxDestsPerExt {
-			e.dests = append(e.dests, destEntry{})
-			de = &e.dests[len(e.dests)-1]
+		if len(act.dests) < maxDestsPerExt {
+			act.dests = append(act.dests, destEntry{})
+			de = &act.dests[len(act.dests)-1]
 		} else {
-			de = &e.dests[0]
-			for i := range e.dests {
-				if e.dests[i].last < de.last {
-					de = &e.dests[i]
+			de = &act.dests[0]
+			for i := range act.dests {
+				if act.dests[i].last < de.last {
+					de = &act.dests[i]
 				}
 			}
 		}
@@ -501,7 +595,7 @@ func (d *Detector) dialBegin(ev *ami.Event) {
 			return
 		}
 		c.number = strings.Clone(num)
-		e.numbers.add(num)
+		d.activity(e).numbers.add(num)
 		d.dialled(e, c.number)
 		return
 	}
@@ -549,8 +643,8 @@ func (d *Detector) hangup(ev *ami.Event) {
 	switch ev.Cause {
 	case 1, 3, 28: // unallocated number, no route to destination, invalid number format
 		e.lastSeen = d.now
-		e.probes.add(d.now, ringSize(d.cfg.FailedProbes))
-		d.checkExt(e, RuleFailedProbes, d.cfg.FailedProbes, e.probes.since(d.now-int64(d.cfg.FailedProbes.Window)), "unroutable calls")
+		d.activity(e).probes.add(d.now, ringSize(d.cfg.FailedProbes))
+		d.checkExt(e, RuleFailedProbes, d.cfg.FailedProbes, d.activity(e).probes.since(d.now-int64(d.cfg.FailedProbes.Window)), "unroutable calls")
 	}
 }
 
@@ -630,7 +724,7 @@ func (d *Detector) failedProbe(ev *ami.Event) {
 		return
 	}
 	if IsDialled(ev.AccountID) {
-		a.numbers.add(ev.AccountID)
+		addSample(&a.numbers, ev.AccountID)
 	}
 	a.probes.add(d.now, ringSize(d.cfg.FailedProbes))
 	d.checkAddr(a, RuleFailedProbes, d.cfg.FailedProbes, a.probes.since(d.now-int64(d.cfg.FailedProbes.Window)), "unroutable attempts")
@@ -654,22 +748,25 @@ func (d *Detector) authFailure(ev *ami.Event) {
 		return
 	}
 	if dialledAccount(ev) {
-		a.numbers.add(ev.AccountID)
-	} else if ev.AccountID != "<unknown>" && ami.ValidName(ev.AccountID) {
-		a.accounts.add(ev.AccountID)
+		addSample(&a.numbers, ev.AccountID)
+	} else if acct := ev.AccountID; acct != "<unknown>" && ami.ValidName(acct) {
+		switch {
+		case a.firstAccount == "":
+			a.firstAccount = strings.Clone(acct)
+		case a.firstAccount != acct:
+			if a.accounts == nil {
+				addSample(&a.accounts, a.firstAccount)
+			}
+			addSample(&a.accounts, acct)
+		}
 	}
 	// PJSIP raises several events for one request under its Call-ID;
 	// chan_sip's SessionID is a reused memory address, never a key.
 	if ev.Service == "PJSIP" && ev.SessionID != "" {
-		for i := range a.sessions {
-			s := &a.sessions[i]
-			if s.id == ev.SessionID && d.now-s.t < int64(sessionDedupe) {
-				return
-			}
+		if a.session == ev.SessionID && d.now-a.sessionAt < int64(sessionDedupe) {
+			return
 		}
-		s := &a.sessions[a.nextSession]
-		s.id, s.t = strings.Clone(ev.SessionID), d.now
-		a.nextSession = (a.nextSession + 1) % maxSessions
+		a.session, a.sessionAt = strings.Clone(ev.SessionID), d.now
 	}
 	a.auth.add(d.now, ringSize(d.cfg.AuthFailures))
 	d.checkAddr(a, RuleAuthFailures, d.cfg.AuthFailures, a.auth.since(d.now-int64(d.cfg.AuthFailures.Window)), "failed authentications")
@@ -814,27 +911,34 @@ func level(t Threshold, count int) Severity {
 
 // allow applies the cool-down: one alert per rule, key and severity per
 // Cooldown, and no warning while a critical of the same rule is cooling down.
-func (d *Detector) allow(log *alertLog, r Rule, sev Severity) bool {
-	cd := int64(d.cfg.Cooldown)
-	last := &log[r][sev-1]
-	if *last != 0 && d.now-*last < cd {
+func (d *Detector) allow(pair *[2]uint32, sev Severity) bool {
+	cd := uint32(d.cfg.Cooldown / time.Second)
+	now := d.secs()
+	last := &pair[sev-1]
+	if *last != 0 && now-*last < cd {
 		return false
 	}
 	if sev == Warning {
-		if c := log[r][Critical-1]; c != 0 && d.now-c < cd {
+		if c := pair[Critical-1]; c != 0 && now-c < cd {
 			return false
 		}
 	}
-	*last = d.now
-	if *last == 0 {
-		*last = 1
-	}
+	*last = now
 	return true
+}
+
+// secs is the time in whole seconds since the detector's first event, plus
+// one so that 0 means never.
+func (d *Detector) secs() uint32 {
+	if d.base == 0 {
+		d.base = d.now
+	}
+	return uint32((d.now-d.base)/int64(time.Second)) + 1
 }
 
 func (d *Detector) checkExt(e *extState, r Rule, t Threshold, count int, what string) {
 	sev := level(t, count)
-	if sev == 0 || !d.allow(&e.alerts, r, sev) {
+	if sev == 0 || !d.allow(&e.alerts[r-1], sev) {
 		return
 	}
 	a := d.extAlert(e, r, sev, count, t.Window, what)
@@ -860,14 +964,18 @@ func (d *Detector) extAlert(e *extState, r Rule, sev Severity, count int, window
 		Sources:   e.sourceList(),
 		Count:     count,
 		Window:    window,
-		Numbers:   e.numbers.list(),
+		Numbers:   e.numberList(),
 		Reason:    what,
 	}
 }
 
 func (d *Detector) checkAddr(a *addrState, r Rule, t Threshold, count int, what string) {
 	sev := level(t, count)
-	if sev == 0 || !d.allow(&a.alerts, r, sev) {
+	pair := &a.alerts[0]
+	if r == RuleFailedProbes {
+		pair = &a.alerts[1]
+	}
+	if sev == 0 || !d.allow(pair, sev) {
 		return
 	}
 	a.incident = max(a.incident, d.now+int64(d.cfg.Cooldown))
@@ -877,7 +985,7 @@ func (d *Detector) checkAddr(a *addrState, r Rule, t Threshold, count int, what 
 		Rule:     r,
 		Severity: sev,
 		IP:       a.addr,
-		Accounts: a.accounts.list(),
+		Accounts: a.accountList(),
 		Count:    count,
 		Window:   t.Window,
 		Numbers:  a.numbers.list(),
@@ -949,9 +1057,10 @@ func (d *Detector) Resync(now time.Time, live []LiveChannel, out []Alert) []Aler
 		e.calls = append(e.calls, liveCall{uniqueid: uid, channel: strings.Clone(c.Channel), number: number})
 		if len(d.calls) < maxCallIndex {
 			d.calls[uid] = e
+			d.callsPeak = max(d.callsPeak, len(d.calls))
 		}
 		if number != "" {
-			e.numbers.add(number)
+			d.activity(e).numbers.add(number)
 			d.dialled(e, number)
 		}
 	}

@@ -1,53 +1,34 @@
 package detector
 
-// ring keeps the newest timestamps (unix nanoseconds) of one counter, at most
-// as many as the highest threshold of its rule: with the critical level C,
-// "C events inside the window" is true exactly when the C-th newest is inside
-// it, so older timestamps are never needed. It grows on demand, so a quiet
-// key costs nothing, and never allocates once full.
+// ring keeps the newest timestamps (unix nanoseconds) of one counter, oldest
+// first, at most as many as the highest threshold of its rule: with the
+// critical level C, "C events inside the window" is true exactly when the
+// C-th newest is inside it, so older timestamps are never needed. It grows
+// on demand, so a quiet key costs nothing, and never allocates once full
+// (a full ring shifts: at most a few hundred bytes moved).
 type ring struct {
-	ts   []int64
-	head int // index of the oldest entry once full
+	ts []int64
 }
 
 // add records t, keeping at most size entries.
 func (r *ring) add(t int64, size int) {
-	if size <= 0 {
+	switch {
+	case size <= 0:
 		return
-	}
-	if len(r.ts) < size {
+	case len(r.ts) < size:
 		r.ts = append(r.ts, t)
-		return
-	}
-	r.ts[r.head] = t
-	r.head++
-	if r.head == len(r.ts) {
-		r.head = 0
+	default:
+		n := copy(r.ts, r.ts[len(r.ts)-size+1:])
+		r.ts = r.ts[:n+1]
+		r.ts[n] = t
 	}
 }
 
 // since counts the entries at or after t0, walking from the newest.
 func (r *ring) since(t0 int64) int {
-	n := len(r.ts)
-	if n == 0 {
-		return 0
-	}
 	c := 0
-	// newest entry is just before head (head is the oldest once full; while
-	// growing, head is 0 and the newest is the last).
-	i := r.head - 1
-	if i < 0 {
-		i = n - 1
-	}
-	for range n {
-		if r.ts[i] < t0 {
-			break
-		}
+	for i := len(r.ts) - 1; i >= 0 && r.ts[i] >= t0; i-- {
 		c++
-		i--
-		if i < 0 {
-			i = n - 1
-		}
 	}
 	return c
 }
@@ -57,17 +38,10 @@ func (r *ring) newest() int64 {
 	if len(r.ts) == 0 {
 		return 0
 	}
-	i := r.head - 1
-	if i < 0 {
-		i = len(r.ts) - 1
-	}
-	return r.ts[i]
+	return r.ts[len(r.ts)-1]
 }
 
-func (r *ring) reset() {
-	r.ts = r.ts[:0]
-	r.head = 0
-}
+func (r *ring) reset() { r.ts = r.ts[:0] }
 
 // ringSize is how many timestamps a threshold needs.
 func ringSize(t Threshold) int { return max(t.Warning, t.Critical) }
