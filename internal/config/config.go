@@ -27,9 +27,10 @@ import (
 type Config struct {
 	// Mode is ModeObserve (log what would be done, do nothing) or
 	// ModeEnforce (act).
-	Mode string `toml:"mode"`
-	AMI  AMI    `toml:"ami"`
-	Log  Log    `toml:"log"`
+	Mode    string  `toml:"mode"`
+	AMI     AMI     `toml:"ami"`
+	Log     Log     `toml:"log"`
+	Metrics Metrics `toml:"metrics"`
 	// Detection is the [detector] table (named so because the method
 	// Detector converts it to the detector's own struct).
 	Detection Detection `toml:"detector"`
@@ -65,6 +66,17 @@ type AMI struct {
 // Log is the [log] table.
 type Log struct {
 	Level string `toml:"level"` // debug, info, warn or error
+}
+
+// Metrics is the [metrics] table: the Prometheus metrics and health
+// endpoint.
+type Metrics struct {
+	// Listen is the host:port of the HTTP endpoint that serves /metrics and
+	// /healthz; empty turns it off.
+	Listen string `toml:"listen"`
+	// SilenceAlarm is how long the guard may go without receiving an event
+	// before /healthz reports it blind.
+	SilenceAlarm Duration `toml:"silence_alarm"`
 }
 
 // Detection is the [detector] table.
@@ -239,7 +251,8 @@ func Default() *Config {
 			ActionTimeout:     Duration(3 * time.Second),
 			QueueSize:         65536,
 		},
-		Log: Log{Level: "info"},
+		Log:     Log{Level: "info"},
+		Metrics: Metrics{SilenceAlarm: Duration(5 * time.Minute)},
 		Detection: Detection{
 			Cooldown:      Duration(5 * time.Minute),
 			MaxExtensions: 100000,

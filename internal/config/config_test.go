@@ -190,6 +190,8 @@ func TestParseOverridesOnlyWhatIsSet(t *testing.T) {
 [detector.international]
 access_codes = ["00"]
 outside_line = "9"
+[metrics]
+listen = "127.0.0.1:9464"
 [allow]
 networks = ["192.0.2.0/24"]
 `))
@@ -197,6 +199,7 @@ networks = ["192.0.2.0/24"]
 		t.Fatal(err)
 	}
 	want := Default()
+	want.Metrics.Listen = "127.0.0.1:9464"
 	want.Detection.International.AccessCodes = []string{"00"}
 	want.Detection.International.OutsideLine = "9"
 	want.Allow.Networks = []string{"192.0.2.0/24"}
@@ -395,6 +398,7 @@ func TestSchemaKinds(t *testing.T) {
 		"detector.max_extensions": kindInt, "detector.new_source.enabled": kindBool,
 		"allow.networks": kindStrings, "detector.international.high_risk_countries": kindStrings,
 		"mode": kindString, "ami.reconnect_interval": kindDuration, "ami.queue_size": kindInt,
+		"metrics": kindTable, "metrics.listen": kindString, "metrics.silence_alarm": kindDuration,
 		"response": kindTable, "response.ban_duration": kindDuration, "response.ipv6": kindBool,
 		"response.never_block": kindStrings, "response.hangup_cause": kindInt,
 		"policy": kindTable, "policy.call_rate": kindTable, "policy.new_source.critical": kindStrings,

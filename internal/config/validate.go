@@ -85,6 +85,16 @@ func (c *Config) Validate() error {
 		p.add("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
 	}
 
+	// [metrics]
+	if l := c.Metrics.Listen; l != "" {
+		if !validAddress(l) {
+			p.add("metrics.listen: %q must be host:port", l)
+		} else if _, port, _ := net.SplitHostPort(l); !validPort(port) {
+			p.add("metrics.listen: %q: the port must be a number from 1 to 65535", l)
+		}
+	}
+	p.positive("metrics.silence_alarm", c.Metrics.SilenceAlarm)
+
 	// [detector]
 	d := &c.Detection
 	p.positive("detector.cooldown", d.Cooldown)

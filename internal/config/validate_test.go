@@ -41,6 +41,25 @@ var badConfigs = []struct {
 	{"log level", `log.level = "loud"`, `log.level: "loud" is not one of debug, info, warn, error`},
 	{"log level case", `log.level = "INFO"`, `log.level: "INFO" is not one of debug, info, warn, error`},
 
+	// [metrics]
+	{"metrics listen without port", `metrics.listen = "x"`, `metrics.listen: "x" must be host:port`},
+	{"metrics listen without host", `metrics.listen = ":9464"`, `metrics.listen: ":9464" must be host:port`},
+	{"metrics listen with space", `metrics.listen = "my host:9464"`, `metrics.listen: "my host:9464" must be host:port`},
+	{"metrics listen URL", `metrics.listen = "http://127.0.0.1:9464/metrics"`,
+		`metrics.listen: "http://127.0.0.1:9464/metrics" must be host:port`},
+	{"metrics listen port name", `metrics.listen = "127.0.0.1:prometheus"`,
+		`metrics.listen: "127.0.0.1:prometheus": the port must be a number from 1 to 65535`},
+	{"metrics listen port 0", `metrics.listen = "127.0.0.1:0"`,
+		`metrics.listen: "127.0.0.1:0": the port must be a number from 1 to 65535`},
+	{"metrics listen port too big", `metrics.listen = "[::1]:65536"`,
+		`metrics.listen: "[::1]:65536": the port must be a number from 1 to 65535`},
+	{"silence_alarm 0", `metrics.silence_alarm = "0s"`, `metrics.silence_alarm must be > 0`},
+	{"silence_alarm negative", `metrics.silence_alarm = "-5m"`, `metrics.silence_alarm must be > 0`},
+	{"silence_alarm as integer", `metrics.silence_alarm = 300`,
+		`metrics.silence_alarm: 300 is not a duration (a quoted string like "60s", "10m" or "1h")`},
+	{"metrics listen as integer", `metrics.listen = 9464`, `metrics.listen must be a string, not an integer`},
+	{"metrics unknown key", "[metrics]\nport = 9464", `unknown key metrics.port`},
+
 	// [detector]
 	{"cooldown 0", `detector.cooldown = "0s"`, `detector.cooldown must be > 0`},
 	{"cooldown negative", `detector.cooldown = "-5m"`, `detector.cooldown must be > 0`},
@@ -287,6 +306,9 @@ username = ""
 queue_size = 1
 [log]
 level = "loud"
+[metrics]
+listen = "9464"
+silence_alarm = "0s"
 [detector.prefix_guess]
 digits = 3
 window = "0s"
@@ -307,6 +329,8 @@ warning = ["alert", "alert"]
 		`ami.username must not be empty`,
 		`ami.queue_size must be between 1024 and 16777216`,
 		`log.level: "loud" is not one of debug, info, warn, error`,
+		`metrics.listen: "9464" must be host:port`,
+		`metrics.silence_alarm must be > 0`,
 		`detector.prefix_guess.digits must be between 4 and 15`,
 		`detector.prefix_guess.window must be > 0`,
 		`allow.extensions: "bad name" is not an extension name`,
@@ -345,6 +369,12 @@ func TestGoodValues(t *testing.T) {
 		`log.level = "debug"`,
 		`log.level = "warn"`,
 		`log.level = "error"`,
+		`metrics.listen = "127.0.0.1:9464"`,
+		`metrics.listen = "[::1]:9464"`,
+		`metrics.listen = "0.0.0.0:9464"`,
+		`metrics.listen = "localhost:9464"`,
+		`metrics.listen = ""`,
+		`metrics.silence_alarm = "1s"`,
 		`detector.call_rate.burst_warning = 0`, // warning disabled: no order check
 		"[detector.concurrent]\nwarning = 8\ncritical = 0",
 		"[detector.concurrent]\nwarning = 0\ncritical = 0",

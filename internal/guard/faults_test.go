@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/astguard/astguard/internal/action/firewall"
 	"github.com/astguard/astguard/internal/config"
 )
@@ -66,5 +68,44 @@ func TestFirewallRefusedOtherActionsDone(t *testing.T) {
 	logs := h.logs.String()
 	if !strings.Contains(logs, `"action":"block_ip","result":"failed"`) || !strings.Contains(logs, "permission denied") {
 		t.Error("no failed block_ip line saying why")
+	}
+}
+
+// gatedFirewall holds every Block until the gate opens.
+type gatedFirewall struct {
+	*firewall.DryRun
+	gate chan struct{}
+}
+
+func (g *gatedFirewall) Block(ctx context.Context, a netip.Addr, c string) error {
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return g.DryRun.Block(ctx, a, c)
+}
+
+// A second alert about an extension whose incident is still being handled
+// is not lost: the actions the first did not include run after it.
+func TestLaterAlertOfAnIncidentInFlight(t *testing.T) {
+	fw := &gatedFirewall{DryRun: firewall.NewDryRun(zerolog.Nop()), gate: make(chan struct{})}
+	h := startGuardWith(t, "attack-mixed.ami", 4, func(c *config.Config) {
+		c.Policy.CallRate.Critical = []string{"alert", "block_ip"}
+		c.Policy.Concurrent.Critical = []string{"alert"}
+		c.Policy.International.Critical = []string{"alert"}
+		c.Policy.PrefixGuess.Critical = []string{"alert", "hangup", "rotate_secret"}
+	}, fw)
+	waitFor(t, "the prefix_guess critical of 200 while its block waits", 20*time.Second, func() bool {
+		return strings.Contains(h.logs.String(), `"rule":"prefix_guess","severity":"critical","event_time"`) &&
+			strings.Contains(h.logs.String(), `"extension":"200","sources"`)
+	})
+	close(fw.gate)
+	waitFor(t, "200's secret rotated after the block", 20*time.Second, func() bool {
+		s, _ := confSection(h.srv.Conf("sip.conf"), "200", "secret")
+		return s != "Leaky200"
+	})
+	if !strings.Contains(h.logs.String(), `"action":"hangup","result":"done","rule":"prefix_guess"`) {
+		t.Error("the later alert's hang-up did not run")
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
+	"github.com/astguard/astguard/internal/metrics"
 )
 
 // Options hold what the guard runs with.
@@ -56,6 +57,9 @@ type Guard struct {
 	queue   chan ami.Incoming
 	connect chan struct{}
 	resync  chan resyncItem
+
+	metrics     *metrics.Metrics
+	metricsAddr string
 
 	stats struct {
 		dropped, untrusted, alerts atomic.Uint64
@@ -95,6 +99,14 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	g.cfg.Store(cfg)
 	log := g.log.With().Str("component", "guard").Logger()
+	g.metrics = g.newMetrics(cfg)
+	msrv, err := g.listenMetrics(cfg.Metrics.Listen)
+	if err != nil {
+		return err
+	}
+	if msrv != nil {
+		defer msrv.Close()
+	}
 
 	fw := opts.Firewall
 	if fw == nil {
@@ -156,6 +168,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer g.urgent.Close()
 	g.resp = newResponder(cfg, g.log, g.events, g.urgent, g.bans)
+	g.resp.metrics = g.metrics
 
 	var rec *recorder
 	if opts.Record != "" {
@@ -183,6 +196,9 @@ func Run(ctx context.Context, opts Options) error {
 	eg.Go(func() error { return g.loop(egCtx, rec) })
 	eg.Go(func() error { return g.bans.Run(egCtx) })
 	eg.Go(func() error { return g.resyncLoop(egCtx) })
+	if msrv != nil {
+		eg.Go(func() error { return msrv.Serve(egCtx) })
+	}
 	srv, err := g.listenAdmin(cfg.Response.AdminSocket)
 	if err != nil {
 		cancel()
@@ -256,6 +272,7 @@ func neverBlock(cfg *config.Config) ([]netip.Prefix, error) {
 
 func (g *Guard) dropped(n uint64) {
 	g.stats.dropped.Store(n)
+	g.metrics.Dropped(n)
 	// Loud, but not once per event: at 1, 10, 100, ...
 	for p := uint64(1); p <= n; p *= 10 {
 		if p == n {
@@ -286,6 +303,7 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 		for i := range alerts {
 			a := alerts[i]
 			g.stats.alerts.Add(1)
+			g.metrics.Alert(a.Rule, a.Severity)
 			cfg := g.cfg.Load()
 			if slices.Contains(cfg.Policy.Actions(a.Rule.String(), a.Severity.String()), config.ActionAlert) {
 				alert.Log(&g.log, &a)
@@ -308,6 +326,7 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 			}
 			return nil
 		case <-flush.C:
+			g.metrics.SetDetector(det.Stats())
 			if rec != nil {
 				if err := rec.flush(); err != nil {
 					log.Error().Err(err).Msg("recording failed")
@@ -341,8 +360,10 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 				continue
 			}
 			if !ami.Decode(&msg, &ev) {
+				g.metrics.Event(ami.KindUnknown, ami.SecOther)
 				continue
 			}
+			g.metrics.Event(ev.Kind, ev.Security)
 			ev.Time, ev.Seq = in.Time, seq
 			alerts = det.Process(&ev, alerts[:0])
 			switch ev.Kind {
@@ -376,6 +397,10 @@ func (g *Guard) reload(det *detector.Detector) {
 	if cfg.AMI.Address != old.AMI.Address || cfg.AMI.Username != old.AMI.Username {
 		log.Warn().Msg("ami settings changed: they take effect at the next start")
 	}
+	if cfg.Metrics.Listen != old.Metrics.Listen {
+		log.Warn().Msg("metrics.listen changed: it takes effect at the next start")
+	}
+	g.metrics.SetSilenceAlarm(time.Duration(cfg.Metrics.SilenceAlarm))
 	det.SetConfig(cfg.Detector())
 	g.resp.setConfig(cfg)
 	if never, err := neverBlock(cfg); err == nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
+	"github.com/astguard/astguard/internal/metrics"
 )
 
 // The actions a policy can name.
@@ -50,11 +51,13 @@ type responder struct {
 	bans    *bans.Manager
 	secrets *secretsFile
 	now     func() time.Time
+	metrics *metrics.Metrics // nil: not counted
 
 	mu        sync.Mutex
 	cfg       *config.Config
 	blocked   map[extKey]time.Time // extension -> its new channels are hung up until then
 	inflight  map[string]bool      // incident key -> being handled
+	pending   map[string]pendingResponse
 	protected map[netip.Addr]protection
 	awaiting  map[string]chan struct{} // channel -> closed on its Hangup event
 	wg        sync.WaitGroup
@@ -71,6 +74,7 @@ func newResponder(cfg *config.Config, log zerolog.Logger, events, urgent *ami.Se
 		cfg:       cfg,
 		blocked:   make(map[extKey]time.Time),
 		inflight:  make(map[string]bool),
+		pending:   make(map[string]pendingResponse),
 		protected: make(map[netip.Addr]protection),
 		awaiting:  make(map[string]chan struct{}),
 	}
@@ -90,6 +94,7 @@ func (r *responder) config() *config.Config {
 
 // outcome writes one action's result as an alert line of its own.
 func (r *responder) outcome(action, result string, a *detector.Alert, target string, took time.Duration, err error, detail string) {
+	r.metrics.Action(action, result, took)
 	ev := r.log.Warn()
 	switch result {
 	case "failed":
@@ -147,21 +152,46 @@ func (r *responder) handle(ctx context.Context, a detector.Alert, live []string)
 	}
 	r.mu.Lock()
 	if r.inflight[key] {
+		// The same incident is being handled: a later alert's actions
+		// that the first did not include run when it is done.
+		r.pending[key] = pendingResponse{a: a, todo: todo, live: live}
 		r.mu.Unlock()
-		return // the same incident is being handled
+		return
 	}
 	r.inflight[key] = true
 	r.mu.Unlock()
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		defer func() {
+		done := map[string]bool{}
+		for {
+			r.respond(ctx, cfg, a, todo, live)
+			for _, act := range todo {
+				done[act] = true
+			}
 			r.mu.Lock()
-			delete(r.inflight, key)
+			p, ok := r.pending[key]
+			delete(r.pending, key)
+			if ok {
+				todo = slices.DeleteFunc(p.todo, func(act string) bool { return done[act] })
+				a, live = p.a, p.live
+			}
+			if !ok || len(todo) == 0 || ctx.Err() != nil {
+				delete(r.inflight, key)
+				r.mu.Unlock()
+				return
+			}
 			r.mu.Unlock()
-		}()
-		r.respond(ctx, cfg, a, todo, live)
+		}
 	}()
+}
+
+// pendingResponse is an alert that came while its key's incident was being
+// handled.
+type pendingResponse struct {
+	a    detector.Alert
+	todo []string
+	live []string
 }
 
 func (r *responder) describe(act string, a *detector.Alert, live []string) string {

@@ -1,0 +1,74 @@
+package guard
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/config"
+	"github.com/astguard/astguard/internal/metrics"
+)
+
+// newMetrics builds the guard's metrics. They read the guard's state when
+// scraped; the HTTP endpoint serves only once Run has wired everything.
+func (g *Guard) newMetrics(cfg *config.Config) *metrics.Metrics {
+	session := func(name string, get func() *ami.Session, essential bool) metrics.Session {
+		return metrics.Session{
+			Name: name,
+			Connected: func() bool {
+				s := get()
+				return s != nil && s.Connected()
+			},
+			Connects: func() uint64 {
+				if s := get(); s != nil {
+					return s.Stats().Connects
+				}
+				return 0
+			},
+			Essential: essential,
+		}
+	}
+	return metrics.New(metrics.Options{
+		Sessions: []metrics.Session{
+			session("events", func() *ami.Session { return g.events }, true),
+			session("urgent", func() *ami.Session { return g.urgent }, false),
+		},
+		QueueLen: func() int { return len(g.queue) },
+		QueueCap: cap(g.queue),
+		Bans: func() int {
+			if g.bans == nil {
+				return 0
+			}
+			return len(g.bans.List())
+		},
+		Untrusted: g.stats.untrusted.Load,
+		LastEvent: func() time.Time {
+			if ns := g.stats.lastEvent.Load(); ns != 0 {
+				return time.Unix(0, ns)
+			}
+			return time.Time{}
+		},
+		SilenceAlarm: time.Duration(cfg.Metrics.SilenceAlarm),
+	})
+}
+
+// listenMetrics binds metrics.listen (nil when it is empty).
+func (g *Guard) listenMetrics(addr string) (*metrics.Server, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	srv, err := metrics.Listen(addr, g.metrics.Handler())
+	if err != nil {
+		return nil, fmt.Errorf("metrics.listen: %w", err)
+	}
+	g.metricsAddr = srv.Addr().String()
+	g.log.Info().Str("component", "metrics").Str("address", g.metricsAddr).Msg("metrics on /metrics, health on /healthz")
+	return srv, nil
+}
+
+// MetricsAddr is the address the metrics endpoint listens on (with the real
+// port when metrics.listen asked for port 0), or "" when it is off.
+func (g *Guard) MetricsAddr() string { return g.metricsAddr }
+
+// Metrics returns the guard's metrics (tests).
+func (g *Guard) Metrics() *metrics.Metrics { return g.metrics }

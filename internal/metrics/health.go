@@ -1,0 +1,82 @@
+package metrics
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/astguard/astguard/internal/config"
+)
+
+// Health is the answer of /healthz.
+type Health struct {
+	// Status is "ok", or "unhealthy" when the guard is blind: an essential
+	// AMI session is down, no event arrived for silence_alarm, or events
+	// were dropped within the last silence_alarm.
+	Status string `json:"status"`
+	// Reasons say why it is unhealthy, one sentence each.
+	Reasons []string `json:"reasons,omitempty"`
+	// AMI is whether each session is logged in.
+	AMI map[string]bool `json:"ami"`
+	// LastEvent is when the last event arrived (absent: none since the
+	// start), SinceEvent how long ago, in seconds (since the start if none).
+	LastEvent  *time.Time `json:"last_event,omitempty"`
+	SinceEvent float64    `json:"seconds_since_event"`
+	// Dropped counts the events dropped since the start; LastDrop is when
+	// the last was.
+	Dropped  uint64     `json:"events_dropped"`
+	LastDrop *time.Time `json:"last_drop,omitempty"`
+	// SilenceAlarm is metrics.silence_alarm, written as in the
+	// configuration ("5m").
+	SilenceAlarm string `json:"silence_alarm"`
+}
+
+// OK reports whether the guard is healthy.
+func (h *Health) OK() bool { return h.Status == "ok" }
+
+// Health says whether the guard sees what happens on the PBX.
+func (m *Metrics) Health() Health {
+	now := m.now()
+	silence := time.Duration(m.silence.Load())
+	h := Health{Status: "ok", AMI: make(map[string]bool, len(m.opts.Sessions)), SilenceAlarm: dur(silence)}
+
+	for _, s := range m.opts.Sessions {
+		up := s.Connected != nil && s.Connected()
+		h.AMI[s.Name] = up
+		if s.Essential && !up {
+			h.Reasons = append(h.Reasons, fmt.Sprintf("the AMI session %s is not logged in", s.Name))
+		}
+	}
+
+	if last := m.lastEvent(); !last.IsZero() {
+		last = last.UTC()
+		h.LastEvent = &last
+		since := now.Sub(last)
+		h.SinceEvent = seconds(max(since, 0))
+		if since >= silence {
+			h.Reasons = append(h.Reasons, fmt.Sprintf("no event for %s (silence_alarm %s)", dur(since.Round(time.Second)), dur(silence)))
+		}
+	} else {
+		since := now.Sub(m.start)
+		h.SinceEvent = seconds(max(since, 0))
+		if since >= silence {
+			h.Reasons = append(h.Reasons, fmt.Sprintf("no event since the guard started %s ago (silence_alarm %s)", dur(since.Round(time.Second)), dur(silence)))
+		}
+	}
+
+	h.Dropped = m.dropped.Load()
+	if ns := m.lastDrop.Load(); ns != 0 {
+		last := time.Unix(0, ns).UTC()
+		h.LastDrop = &last
+		if now.Sub(last) < silence {
+			h.Reasons = append(h.Reasons, fmt.Sprintf("events dropped within the last %s: the queue to the detector was full (%d dropped since the start)", dur(silence), h.Dropped))
+		}
+	}
+
+	if len(h.Reasons) > 0 {
+		h.Status = "unhealthy"
+	}
+	return h
+}
+
+// dur writes a duration as the configuration does: "5m", "1h30m".
+func dur(d time.Duration) string { return config.Duration(d).String() }
