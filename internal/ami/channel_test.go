@@ -1,6 +1,8 @@
 package ami
 
 import (
+	"bytes"
+	"errors"
 	"regexp"
 	"strings"
 	"testing"
@@ -129,8 +131,28 @@ func TestParseChannelMatchesRegexp(t *testing.T) {
 
 func FuzzParseChannel(f *testing.F) {
 	for _, s := range []string{"SIP/200-0000000d", "SIP/office-200-0000001a", "PJSIP/300-00000001", "IAX2/trunk-1234",
-		"Local/200@from-internal-00000001;1", "Local/200@from-internal-00000001;2", "SIP/2\r\n00-0000000d", "SIP/-0000000d"} {
+		"Local/200@from-internal-00000001;1", "Local/200@from-internal-00000001;2", "SIP/2\r\n00-0000000d", "SIP/-0000000d",
+		"SIP/a.b*c-0000000a", "SIP/x|y-0000000b", "SIP/(.*)-0000000c", "SIP/$(reboot)-0000000d", "SIP/`id`-0000000e",
+		"PJSIP/\xff\xfe-0000000f"} {
 		f.Add(s)
+	}
+	// Every channel name of the fixtures.
+	seen := map[string]bool{}
+	for _, name := range []string{"attack-mixed.ami", "after-rotation.ami", "hangup-events.ami", "pjsip-bruteforce.ami"} {
+		r := NewReader(bytes.NewReader(readFixture(f, name)), ReaderOptions{})
+		var m Message
+		for {
+			err := r.Next(&m)
+			if err != nil && !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrOversized) {
+				break
+			}
+			for _, k := range []string{"Channel", "DestChannel", "Destination", "Peer"} {
+				if v := m.Get(k); err == nil && v != "" && !seen[v] {
+					seen[v] = true
+					f.Add(v)
+				}
+			}
+		}
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		got, ok := ParseChannel(s)
@@ -140,6 +162,11 @@ func FuzzParseChannel(f *testing.F) {
 		}
 		if ok && ValidName(got.Name) && strings.ContainsAny(got.Name, "\r\n /") {
 			t.Fatalf("ValidName accepted %q", got.Name)
+		}
+		// A channel the guard may put into an action carries no control
+		// character (CR and LF included) and is one ParseChannel takes.
+		if ValidChannel(s) && (!ok || strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })) {
+			t.Fatalf("ValidChannel accepted %q", s)
 		}
 	})
 }

@@ -190,15 +190,21 @@ func TestBoundedStateKeepsIncidents(t *testing.T) {
 	if f.count(detector.RuleAuthFailures, detector.Critical) != 1 || f.count(detector.RuleCallRate, detector.Critical) != 1 {
 		t.Fatalf("setup: %v", f.alerts)
 	}
-	for i := range 10000 {
-		ip := netip.AddrFrom4([4]byte{203, 0, byte(i >> 8), byte(i)})
-		f.authFail(time.Second+time.Duration(i)*time.Microsecond, ip.String(), "admin")
-		f.call(time.Second+time.Duration(i)*time.Microsecond, fmt.Sprintf("x%d", i), "")
+	// 1,000,000 distinct attacking addresses, and 100,000 distinct
+	// extension names placing calls: the caps hold after every event.
+	for i := range 1_000_000 {
+		at := time.Second + time.Duration(i)*time.Microsecond
+		ip := netip.AddrFrom4([4]byte{203, byte(i >> 16), byte(i >> 8), byte(i)})
+		f.send(at, ami.Event{Kind: ami.KindSecurity, Security: ami.SecInvalidPassword, Service: "SIP",
+			AccountID: "admin", SessionID: "0x1", RemoteAddr: ip, RemotePort: 5060})
+		if i%10 == 0 {
+			f.call(at, fmt.Sprintf("x%d", i/10), "")
+		}
+		if st := f.d.Stats(); st.Addresses > 100 || st.Extensions > 10 {
+			t.Fatalf("state grew past the caps after %d addresses: %+v", i+1, st)
+		}
 	}
 	st := f.d.Stats()
-	if st.Addresses > 100 || st.Extensions > 10 {
-		t.Fatalf("state grew past the caps: %+v", st)
-	}
 	if st.Evicted == 0 {
 		t.Fatalf("nothing evicted: %+v", st)
 	}

@@ -94,6 +94,7 @@ func (p *plan) international(num string) (intl, risky bool, rest string) {
 // and the destination itself (its last digits). ok is false for numbers
 // shorter than the destination length (internal extensions, short codes).
 func (p *plan) split(num string) (prefix, dest string, ok bool) {
+	num = strings.TrimRight(num, "#") // many phones end a number with # ("dial now")
 	if p.digits <= 0 || len(num) < p.digits {
 		return "", "", false
 	}

@@ -162,6 +162,9 @@ func planPJSIP(cats []confCategory, name string) (rotation, error) {
 
 // planRotation reads the config over AMI and decides where the secret goes.
 func planRotation(ctx context.Context, s *ami.Session, tech ami.Tech, name string) (rotation, error) {
+	if !ami.ValidName(name) {
+		return rotation{}, &refusal{fmt.Sprintf("%q is not a name the guard puts into a config action (1 to %d letters, digits or - _ . + * # @ ~): change its secret by hand", name, ami.MaxNameLen)}
+	}
 	var file string
 	var hdrs []ami.Header
 	switch tech {

@@ -135,8 +135,8 @@ func IsTemporary(err error) bool {
 }
 
 // NormalizeAddr returns addr as it goes into a rule: IPv4-mapped IPv6
-// addresses become IPv4. Invalid, zoned, unspecified and multicast
-// addresses are refused with an error wrapping ErrInvalidAddr.
+// addresses become IPv4. Invalid, zoned, unspecified, multicast, broadcast
+// and link-local addresses are refused with an error wrapping ErrInvalidAddr.
 func NormalizeAddr(addr netip.Addr) (netip.Addr, error) {
 	switch {
 	case !addr.IsValid():
@@ -150,6 +150,13 @@ func NormalizeAddr(addr netip.Addr) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("%w: %s is unspecified", ErrInvalidAddr, addr)
 	case addr.IsMulticast():
 		return netip.Addr{}, fmt.Errorf("%w: %s is multicast", ErrInvalidAddr, addr)
+	case addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return netip.Addr{}, fmt.Errorf("%w: %s is the broadcast address", ErrInvalidAddr, addr)
+	case addr.IsLinkLocalUnicast():
+		// A link-local address means something only with its interface,
+		// and a rule without one would cut that address (often the
+		// router) off every link.
+		return netip.Addr{}, fmt.Errorf("%w: %s is link-local", ErrInvalidAddr, addr)
 	}
 	return addr, nil
 }

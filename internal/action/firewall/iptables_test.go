@@ -233,6 +233,8 @@ func TestInvalidAddressesArePermanentAndTouchNothing(t *testing.T) {
 		netip.MustParseAddr("::"),
 		netip.MustParseAddr("224.0.0.1"),
 		netip.MustParseAddr("ff02::1"),
+		netip.MustParseAddr("fe80::1"),
+		netip.MustParseAddr("255.255.255.255"),
 	} {
 		err := r.fw.Block(ctx, a, "x")
 		if !errors.Is(err, ErrInvalidAddr) || !errors.Is(err, ErrPermanent) || IsTemporary(err) {
