@@ -133,6 +133,14 @@ func Run(ctx context.Context, opts Options) error {
 	} else if err != nil {
 		return fmt.Errorf("restoring bans: %w", err)
 	}
+	bansClosed := false
+	defer func() {
+		if !bansClosed { // an early return: release the state file's lock
+			closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = g.bans.Close(closeCtx)
+		}
+	}()
 
 	want := func(ev string) bool { return wanted[ev] }
 	if opts.Record != "" {
@@ -219,6 +227,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	closeCtx, cancelClose := context.WithTimeout(context.Background(), time.Second)
 	defer cancelClose()
+	bansClosed = true
 	if cerr := g.bans.Close(closeCtx); cerr != nil {
 		log.Error().Err(cerr).Msg("closing bans")
 	}
