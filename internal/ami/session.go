@@ -388,7 +388,9 @@ func (s *Session) actor() {
 			}
 			resp, err := s.client.Action(r.fields)
 			if err != nil {
-				s.connected.Store(false)
+				// amigo says "not connected" for a moment after its connect
+				// notice (defect 10): our flag follows amigo's notices
+				// only, or a session could stay down for good.
 				r.reply <- reply{err: fmt.Errorf("%w: %v", ErrNotConnected, err)}
 				continue
 			}
