@@ -18,7 +18,8 @@ import (
 
 // A Session is one AMI login through amigo (the project's AMI library),
 // wrapped so that the guard stays correct in spite of amigo v0.1.10's
-// defects (numbers refer to docs in the README's "amigo" section):
+// defects (numbered as in the list of known amigo v0.1.10 defects the
+// project works from; each is described where it is handled):
 //   - values can never carry CR/LF onto the wire (amigo does not escape: 5);
 //   - the event handler never blocks amigo's reader: messages go to a bounded
 //     queue and what does not fit is counted as dropped (7);
