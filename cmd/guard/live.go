@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/astguard/astguard/internal/action/bans"
-	"github.com/astguard/astguard/internal/action/firewall"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/guard"
 )
@@ -57,15 +56,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, "run: usage: guard run --config FILE [--record FILE]\n")
 		return 2
 	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		fmt.Fprintf(stderr, "config is invalid:\n%v\n", err)
+	cfg, ok := configOrSay(*path, stderr)
+	if !ok {
 		return 1
 	}
 	log := newLogger(stderr, cfg.Log.Level)
 	ctx, cancel, reload := signals()
 	defer cancel()
-	err = guard.Run(ctx, guard.Options{
+	err := guard.Run(ctx, guard.Options{
 		Config:         cfg,
 		Load:           func() (*config.Config, error) { return config.Load(*path) },
 		Reload:         reload,
@@ -91,9 +89,8 @@ func cmdBans(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	cfg, err := loadConfig(*path)
-	if err != nil {
-		fmt.Fprintf(stderr, "config is invalid:\n%v\n", err)
+	cfg, ok := configOrSay(*path, stderr)
+	if !ok {
 		return 1
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -147,21 +144,17 @@ func cmdUnblock(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	addr = addr.Unmap()
-	cfg, err := loadConfig(*path)
-	if err != nil {
-		fmt.Fprintf(stderr, "config is invalid:\n%v\n", err)
+	cfg, ok := configOrSay(*path, stderr)
+	if !ok {
 		return 1
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err = guard.NewAdminClient(cfg.Response.AdminSocket).Unblock(ctx, addr)
 	if errors.Is(err, guard.ErrNoDaemon) {
-		var fw firewall.Firewall
-		log := newLogger(stderr, cfg.Log.Level)
-		if cfg.Response.Firewall == "dry-run" {
-			fw = firewall.NewDryRun(log)
-		} else if fw, err = firewall.NewIPTables(firewall.Options{Chain: cfg.Response.Chain, DisableIPv6: !cfg.Response.IPv6, KeepRulesOnSetup: true, Logger: log}); err != nil {
-			fmt.Fprintf(stderr, "unblock: %v\n", err)
+		fw, ferr := guard.NewFirewall(cfg, newLogger(stderr, cfg.Log.Level))
+		if ferr != nil {
+			fmt.Fprintf(stderr, "unblock: %v\n", ferr)
 			return 1
 		}
 		err = bans.UnbanOffline(ctx, cfg.Response.StateFile, fw, addr)

@@ -86,6 +86,17 @@ func loadConfig(path string) (*config.Config, error) {
 	return config.Load(path)
 }
 
+// configOrSay loads the configuration at path (the defaults when empty), or
+// says on stderr why it is invalid.
+func configOrSay(path string, stderr io.Writer) (*config.Config, bool) {
+	cfg, err := loadConfig(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "config is invalid:\n%v\n", err)
+		return nil, false
+	}
+	return cfg, true
+}
+
 func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -97,8 +108,7 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "check-config: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	if _, err := loadConfig(*path); err != nil {
-		fmt.Fprintf(stderr, "config is invalid:\n%v\n", err)
+	if _, ok := configOrSay(*path, stderr); !ok {
 		return 1
 	}
 	name := *path
@@ -120,9 +130,8 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, "replay: name at least one transcript\n", usage)
 		return 2
 	}
-	cfg, err := loadConfig(*path)
-	if err != nil {
-		fmt.Fprintf(stderr, "config is invalid:\n%v\n", err)
+	cfg, ok := configOrSay(*path, stderr)
+	if !ok {
 		return 1
 	}
 	log := newLogger(stderr, cfg.Log.Level).With().Str("component", "replay").Logger()

@@ -111,7 +111,7 @@ func Run(ctx context.Context, opts Options) error {
 	fw := opts.Firewall
 	if fw == nil {
 		var err error
-		if fw, err = newFirewall(cfg, g.log); err != nil {
+		if fw, err = NewFirewall(cfg, g.log); err != nil {
 			return err
 		}
 	}
@@ -243,7 +243,9 @@ func Run(ctx context.Context, opts Options) error {
 	return err
 }
 
-func newFirewall(cfg *config.Config, log zerolog.Logger) (firewall.Firewall, error) {
+// NewFirewall returns the firewall the configuration names: iptables with
+// the guard's chain, or a dry run that only logs.
+func NewFirewall(cfg *config.Config, log zerolog.Logger) (firewall.Firewall, error) {
 	if cfg.Response.Firewall == config.FirewallDryRun {
 		return firewall.NewDryRun(log), nil
 	}
