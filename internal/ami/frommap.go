@@ -22,6 +22,17 @@ const amigoLineLimit = 4096
 // reached amigo's 4096-byte read limit, so the map may hold a forged header
 // made of the cut-off tail of a long value (a caller name, say).
 func (m *Message) SetMap(kv map[string]string, drop func(string) bool) (trusted bool) {
+	return m.setMap(kv, drop, true)
+}
+
+// SetMapUnordered is SetMap without putting the headers in order: Decode
+// does not need it, and sorting every message is a measurable share of the
+// live path's CPU. Raw then lists the headers in the map's random order.
+func (m *Message) SetMapUnordered(kv map[string]string, drop func(string) bool) (trusted bool) {
+	return m.setMap(kv, drop, false)
+}
+
+func (m *Message) setMap(kv map[string]string, drop func(string) bool, ordered bool) (trusted bool) {
 	m.reset()
 	trusted = true
 	keys := make([]string, 0, len(kv))
@@ -37,12 +48,14 @@ func (m *Message) SetMap(kv map[string]string, drop func(string) bool) (trusted 
 		}
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b string) int {
-		if ra, rb := firstRank(a), firstRank(b); ra != rb {
-			return ra - rb
-		}
-		return strings.Compare(a, b)
-	})
+	if ordered {
+		slices.SortFunc(keys, func(a, b string) int {
+			if ra, rb := firstRank(a), firstRank(b); ra != rb {
+				return ra - rb
+			}
+			return strings.Compare(a, b)
+		})
+	}
 	for _, k := range keys {
 		v := kv[k]
 		k0 := len(m.buf)

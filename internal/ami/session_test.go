@@ -193,3 +193,19 @@ func TestLongLineMarkedUntrusted(t *testing.T) {
 		}
 	}
 }
+
+// SetMapUnordered carries the same headers as SetMap, so Decode reads the
+// same event from either.
+func TestSetMapUnorderedDecodesTheSame(t *testing.T) {
+	kv := map[string]string{"Event": "Newchannel", "Privilege": "call,all", "Channel": "SIP/200-0000000d",
+		"Exten": "0011442079460000", "Uniqueid": "1795610819.14", "Linkedid": "1795610819.14", "#": "7"}
+	drop := func(k string) bool { return k == "#" }
+	var a, b ami.Message
+	var ea, eb ami.Event
+	if !a.SetMap(kv, drop) || !b.SetMapUnordered(kv, drop) {
+		t.Fatal("untrusted")
+	}
+	if !ami.Decode(&a, &ea) || !ami.Decode(&b, &eb) || ea != eb || a.Len() != b.Len() || a.Len() != 6 {
+		t.Fatalf("ordered %+v (%d headers), unordered %+v (%d headers)", ea, a.Len(), eb, b.Len())
+	}
+}

@@ -358,7 +358,12 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 		case in := <-g.queue:
 			seq++
 			g.stats.lastEvent.Store(in.Time.UnixNano())
-			trusted := msg.SetMap(in.Fields, dropAmigoKeys) && in.Trusted
+			// Header order matters only to a recording's reader.
+			setMap := msg.SetMapUnordered
+			if rec != nil {
+				setMap = msg.SetMap
+			}
+			trusted := setMap(in.Fields, dropAmigoKeys) && in.Trusted
 			if rec != nil {
 				if err := rec.write(msg.Raw(), in.Time); err != nil {
 					log.Error().Err(err).Msg("recording failed")
