@@ -1,0 +1,161 @@
+package fsafe
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func write(t *testing.T, path string, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte("x\n"), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil { // past the umask
+		t.Fatal(err)
+	}
+}
+
+func TestOpenPrivateRefusesSymlink(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "passwd")
+	write(t, target, 0o644)
+	link := filepath.Join(dir, "secrets.jsonl")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	_, err := OpenPrivate(link, os.O_WRONLY|os.O_APPEND|os.O_CREATE)
+	if !errors.Is(err, ErrUnsafe) {
+		t.Fatalf("OpenPrivate through a symlink: err = %v, want ErrUnsafe", err)
+	}
+	fi, err := os.Stat(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o644 || fi.Size() != 2 {
+		t.Fatalf("the symlink's target was touched: mode %v size %d", fi.Mode(), fi.Size())
+	}
+	if err := CheckPrivate(link); !errors.Is(err, ErrUnsafe) {
+		t.Fatalf("CheckPrivate(symlink) = %v, want ErrUnsafe", err)
+	}
+}
+
+func TestOpenPrivateCreates0600In0700Dir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "var", "lib", "astguard")
+	path := filepath.Join(dir, "secrets.jsonl")
+	f, err := OpenPrivate(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fi.Mode().Perm(); got != 0o600 {
+		t.Fatalf("file mode %04o, want 0600", got)
+	}
+	di, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := di.Mode().Perm(); got != 0o700 {
+		t.Fatalf("dir mode %04o, want 0700", got)
+	}
+}
+
+func TestPrivateModeAndType(t *testing.T) {
+	dir := t.TempDir()
+	open := filepath.Join(dir, "open")
+	write(t, open, 0o640)
+	if _, err := OpenPrivate(open, os.O_RDONLY); !errors.Is(err, ErrUnsafe) {
+		t.Fatalf("mode 0640: err = %v, want ErrUnsafe", err)
+	}
+	if err := CheckPrivate(open); !errors.Is(err, ErrUnsafe) {
+		t.Fatalf("CheckPrivate(0640) = %v, want ErrUnsafe", err)
+	}
+	ok := filepath.Join(dir, "ok")
+	write(t, ok, 0o600)
+	if err := CheckPrivate(ok); err != nil {
+		t.Fatalf("CheckPrivate(0600) = %v", err)
+	}
+	if _, err := OpenPrivate(dir, os.O_RDONLY); !errors.Is(err, ErrUnsafe) {
+		t.Fatalf("a directory: err = %v, want ErrUnsafe", err)
+	}
+}
+
+func TestPrivateOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a file to another user")
+	}
+	path := filepath.Join(t.TempDir(), "state.json")
+	write(t, path, 0o600)
+	if err := os.Chown(path, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckPrivate(path); !errors.Is(err, ErrUnsafe) {
+		t.Fatalf("owned by nobody: err = %v, want ErrUnsafe", err)
+	}
+	if err := CheckNotPublic(path); !errors.Is(err, ErrUnsafe) {
+		t.Fatalf("CheckNotPublic owned by nobody: err = %v, want ErrUnsafe", err)
+	}
+}
+
+func TestCheckNotPublic(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		mode os.FileMode
+		ok   bool
+	}{{0o600, true}, {0o640, true}, {0o400, true}, {0o644, false}, {0o660, false}, {0o602, false}} {
+		path := filepath.Join(dir, "config.toml")
+		write(t, path, c.mode)
+		err := CheckNotPublic(path)
+		if c.ok && err != nil || !c.ok && !errors.Is(err, ErrUnsafe) {
+			t.Errorf("mode %04o: err = %v, want ok=%v", c.mode, err, c.ok)
+		}
+	}
+	// A link to a private file is followed.
+	target := filepath.Join(dir, "real.toml")
+	write(t, target, 0o600)
+	link := filepath.Join(dir, "link.toml")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckNotPublic(link); err != nil {
+		t.Fatalf("link to a 0600 file: %v", err)
+	}
+}
+
+func TestWriteFileAtomic(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	path := filepath.Join(dir, "bans.json")
+	if err := WriteFileAtomic(path, []byte("one\n"), nil); err != nil {
+		t.Fatal(err)
+	}
+	crash := errors.New("crash")
+	if err := WriteFileAtomic(path, []byte("two\n"), func(string) error { return crash }); !errors.Is(err, crash) {
+		t.Fatalf("err = %v, want the hook's", err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil || string(got) != "one\n" {
+		t.Fatalf("after a failed write: %q, %v; want the old content", got, err)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Fatalf("temporary files left: %v", entries)
+	}
+	if err := CheckPrivate(path); err != nil {
+		t.Fatal(err)
+	}
+	// A symlink at the path is refused, the target untouched.
+	target := filepath.Join(t.TempDir(), "elsewhere")
+	write(t, target, 0o644)
+	link := filepath.Join(dir, "link.json")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFileAtomic(link, []byte("x"), nil); !errors.Is(err, ErrUnsafe) {
+		t.Fatalf("symlink: err = %v, want ErrUnsafe", err)
+	}
+}
