@@ -1,10 +1,10 @@
 package loadgen
 
 import (
-	"bytes"
 	"errors"
 	"net"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,19 +30,10 @@ type conn struct {
 	mask   atomic.Uint32
 	authed atomic.Bool
 	dead   atomic.Bool
-	// replies counts the messages of action answers written.
-	replies atomic.Uint64
 }
 
-// reply writes an action's answer and counts the events in it (list
-// items, the login's FullyBooted): amigo hands every message with an Event
-// header to the guard's handler, responses without one only to the waiting
-// action, so the generator's events the guard received are its messages
-// less these.
-func (c *conn) reply(b []byte) error {
-	c.replies.Add(uint64(bytes.Count(b, []byte("\nEvent: "))))
-	return c.write(b)
-}
+// reply writes an action's answer.
+func (c *conn) reply(b []byte) error { return c.write(b) }
 
 func (c *conn) write(b []byte) error {
 	c.wmu.Lock()
@@ -62,7 +53,9 @@ type server struct {
 	user     string
 	secret   string
 	gen      *generator
+	nice     int // of the threads reading the guard's actions
 	start    time.Time
+	logins   atomic.Uint64 // successful logins
 	mu       sync.Mutex
 	conns    []*conn
 	nextID   int
@@ -72,25 +65,26 @@ type server struct {
 	maskOnce sync.Once
 }
 
-func newServer(user, secret string, gen *generator) (*server, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	s := &server{ln: ln, user: user, secret: secret, gen: gen, start: time.Now(), maskSet: make(chan struct{})}
+// newServer serves AMI on ln.
+func newServer(ln net.Listener, user, secret string, gen *generator, nice int) *server {
+	s := &server{ln: ln, user: user, secret: secret, gen: gen, nice: nice, start: time.Now(), maskSet: make(chan struct{})}
 	s.wg.Add(1)
 	go s.accept()
-	return s, nil
+	return s
 }
 
 func (s *server) addr() string { return s.ln.Addr().String() }
 
-// close stops accepting. The sessions stay open: amigo's goroutines
-// cannot be stopped, and a closed connection would make them reconnect
-// forever (racing on amigo's connection id, its defect 6); the sessions
-// end with the process.
+// close stops accepting and closes the sessions (the guard is stopped
+// first: it would reconnect).
 func (s *server) close() {
 	s.ln.Close()
+	s.mu.Lock()
+	for _, c := range s.conns {
+		c.c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
 }
 
 func (s *server) accept() {
@@ -132,18 +126,12 @@ func (s *server) count(name string) {
 	v.(*atomic.Uint64).Add(1)
 }
 
-// repliesToEventSessions counts the reply messages written to sessions
-// that take events (all of them, over the run).
-func (s *server) repliesToEventSessions() uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var n uint64
-	for _, c := range s.conns {
-		if c.mask.Load() != 0 {
-			n += c.replies.Load()
-		}
+// actionCount is how many actions of that name (lower case) arrived.
+func (s *server) actionCount(name string) uint64 {
+	if v, ok := s.actions.Load(name); ok {
+		return v.(*atomic.Uint64).Load()
 	}
-	return n
+	return 0
 }
 
 func (s *server) actionCounts() map[string]uint64 {
@@ -186,9 +174,15 @@ func (r *reply) listComplete(event, aid string, n int) *reply {
 	return r.h("Event", event).id(aid).h("EventList", "Complete").h("ListItems", strconv.Itoa(n)).end()
 }
 
+// serve reads the session's actions on an OS thread of its own at the
+// generator's priority, so that the arrival time of a Hangup is taken when
+// it arrives, whatever else wants the CPU. The thread ends with the
+// goroutine (never unlocked).
 func (s *server) serve(c *conn) {
 	defer s.wg.Done()
 	defer c.c.Close()
+	runtime.LockOSThread()
+	_ = setThreadNice(s.nice)
 	if c.write([]byte(banner)) != nil {
 		return
 	}
@@ -241,6 +235,7 @@ func (s *server) handle(c *conn, m *ami.Message, at time.Time) bool {
 		// The event writer must not interleave with the login reply.
 		err := c.reply(r.b)
 		c.authed.Store(true)
+		s.logins.Add(1)
 		return err == nil
 	case "logoff":
 		_ = c.reply(new(reply).h("Response", "Goodbye").id(aid).h("Message", "Thanks for all the fish.").end().b)
@@ -263,7 +258,6 @@ func (s *server) handle(c *conn, m *ami.Message, at time.Time) bool {
 	case "ping":
 		now := time.Now()
 		ts := strconv.FormatInt(now.Unix(), 10) + "." + pad6(now.Nanosecond()/1000)
-		// Not counted: amigo keeps its own pings' replies from the handler.
 		return c.write(new(reply).h("Response", "Success").id(aid).h("Ping", "Pong").h("Timestamp", ts).end().b) == nil
 	case "coreshowchannels":
 		// The generator's calls are not listed: the guard learns them from
