@@ -582,8 +582,8 @@ func checkState(t *testing.T, d *Detector) {
 		if act == nil {
 			act = &extActivity{}
 		}
-		if len(e.calls) > maxCallsPerExt || len(e.sources) > maxSourcesPerExt || len(act.dests) > maxDestsPerExt || len(act.numbers.v) > maxSample {
-			t.Fatalf("%s/%s: %d calls, %d sources, %d destinations, %d numbers", k.tech, k.name, len(e.calls), len(e.sources), len(act.dests), len(act.numbers.v))
+		if len(e.calls) > maxCallsPerExt || len(e.sources) > maxSourcesPerExt || act.prefixes.dests() > maxDestsPerExt || len(act.numbers.list()) > maxSample {
+			t.Fatalf("%s/%s: %d calls, %d sources, %d destinations, %d numbers", k.tech, k.name, len(e.calls), len(e.sources), act.prefixes.dests(), len(act.numbers.list()))
 		}
 		for _, r := range []struct {
 			r ring
@@ -593,9 +593,10 @@ func checkState(t *testing.T, d *Detector) {
 				t.Fatalf("%s/%s: a window holds %d entries (levels %+v)", k.tech, k.name, len(r.r.ts), r.t)
 			}
 		}
-		for _, de := range act.dests {
-			if len(de.prefixes) > ringSize(cfg.PrefixGuess) {
-				t.Fatalf("%s/%s: %d prefixes for %q", k.tech, k.name, len(de.prefixes), de.dest)
+		perDest := map[numberKey]int{}
+		for _, pe := range act.prefixes.e {
+			if perDest[pe.dest]++; perDest[pe.dest] > ringSize(cfg.PrefixGuess) {
+				t.Fatalf("%s/%s: %d prefixes for destination %x", k.tech, k.name, perDest[pe.dest], uint64(pe.dest))
 			}
 		}
 		for _, c := range e.calls {
