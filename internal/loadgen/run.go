@@ -153,6 +153,12 @@ type AttackResult struct {
 	HangupMs   float64 `json:"hangup_reaction_ms"`  // the Hangup's arrival - the same; -1 if none
 }
 
+// RSSSample is the guard's resident memory at a moment of the run.
+type RSSSample struct {
+	Sec float64 `json:"s"`
+	MiB float64 `json:"mib"`
+}
+
 // Goal is one goal checked.
 type Goal struct {
 	Name string `json:"name"`
@@ -211,6 +217,7 @@ type Report struct {
 	GuardCPUCores  float64           `json:"guard_cpu_cores"`
 	GuardUsPerEvt  float64           `json:"guard_cpu_us_per_event"`
 	GuardPeakRSS   float64           `json:"guard_peak_rss_mib"` // VmHWM of the guard's process
+	GuardRSS       []RSSSample       `json:"guard_rss"`          // VmRSS at every tenth of the run
 	GuardHeapInuse float64           `json:"guard_heap_inuse_end_mib"`
 	LoadgenCPUSec  float64           `json:"loadgen_cpu_s"`   // this process: generator, AMI server, scraping
 	GeneratorCPU   float64           `json:"generator_cpu_s"` // the generator's thread
@@ -324,22 +331,34 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	logins0 := srv.logins.Load()
 	t0 := time.Now()
 
-	// Read the metrics while the generator runs: the queue's depth.
+	// While the generator runs: the queue's depth from the metrics, and
+	// the guard's resident memory at every tenth of the run.
 	stopWatch := make(chan struct{})
-	watchDone := make(chan float64)
+	type watched struct {
+		queuePeak float64
+		rss       []RSSSample
+	}
+	watchDone := make(chan watched)
 	go func() {
-		peak := 0.0
+		var w watched
 		t := time.NewTicker(opts.ScrapeEvery)
 		defer t.Stop()
+		next := time.Duration(0)
 		for {
 			select {
 			case <-stopWatch:
-				watchDone <- peak
+				watchDone <- w
 				return
 			case <-t.C:
 			}
 			if s, err := sc.scrape(ctx); err == nil {
-				peak = max(peak, s.get(metrics.NameQueueDepth, "", ""))
+				w.queuePeak = max(w.queuePeak, s.get(metrics.NameQueueDepth, "", ""))
+			}
+			if el := time.Since(t0); el >= next {
+				if kib, err := procStatusKiB(g.pid(), "VmRSS"); err == nil {
+					w.rss = append(w.rss, RSSSample{Sec: el.Seconds(), MiB: float64(kib) / 1024})
+				}
+				next = el.Truncate(opts.Duration/10) + opts.Duration/10
 			}
 		}
 	}()
@@ -411,7 +430,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 	psi1 := cpuPressure()
 	close(stopWatch)
-	queuePeak := <-watchDone
+	watch := <-watchDone
 	if s, err := sc.scrape(ctx); err == nil {
 		last = s
 	}
@@ -438,7 +457,8 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		SlowWrites:    gen.slowWrites.Load(),
 		EventsWritten: wsum,
 		Reconnects:    srv.logins.Load() - logins0,
-		QueuePeak:     queuePeak,
+		QueuePeak:     watch.queuePeak,
+		GuardRSS:      watch.rss,
 		QueueSize:     cfg.AMI.QueueSize,
 		DrainSec:      tDrained.Sub(tEnd).Seconds(),
 		Actions:       srv.actionCounts(),
@@ -826,6 +846,13 @@ func (r *Report) Text(w io.Writer) {
 	}
 	p("guard cpu:  %.2f s = %.3f cores, %.2f µs an event", r.GuardCPUSec, r.GuardCPUCores, r.GuardUsPerEvt)
 	p("guard mem:  peak RSS %.1f MiB (VmHWM), Go heap in use at the end %.1f MiB", r.GuardPeakRSS, r.GuardHeapInuse)
+	if len(r.GuardRSS) > 0 {
+		parts := make([]string, 0, len(r.GuardRSS))
+		for _, s := range r.GuardRSS {
+			parts = append(parts, fmt.Sprintf("%.0fs %.0f", s.Sec, s.MiB))
+		}
+		p("            RSS over the run (MiB): %s", strings.Join(parts, ", "))
+	}
 	p("loadgen:    %.2f s CPU (generator thread %.2f s, nice %s)", r.LoadgenCPUSec, r.GeneratorCPU, r.GeneratorNice)
 	p("machine:    a runnable task waited for a CPU %.0f%% of the run (/proc/pressure/cpu some)", r.CPUPressurePct)
 	keys := make([]string, 0, len(r.Actions))
