@@ -9,8 +9,10 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -366,7 +368,9 @@ func TestStressStops(t *testing.T) {
 	if _, err := exec.LookPath("stress-ng"); err != nil {
 		t.Skip("stress-ng is not installed")
 	}
-	cmd, err := startStress(1, time.Second)
+	sp := newSpawner()
+	defer sp.close()
+	cmd, err := startStress(sp, 1, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -409,5 +413,42 @@ func TestParseProc(t *testing.T) {
 	}
 	if s.get("astguard_events_total", "type", "Newchannel") != 12 || s.get("go_memstats_heap_inuse_bytes", "", "") != 1.5e7 || s.get("astguard_events_total", "type", "Hangup") != 0 {
 		t.Errorf("scrape %v", s)
+	}
+}
+
+// TestSpawnedOutlivesLockedThreads: a process the run starts (with a
+// Pdeathsig) survives the end of OS threads that goroutines locked, as the
+// generator's thread ends with it.
+func TestSpawnedOutlivesLockedThreads(t *testing.T) {
+	sp := newSpawner()
+	defer sp.close()
+	cmd := exec.Command("sleep", "30")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := sp.start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	}()
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread() // never unlocked: the thread ends
+		}()
+	}
+	wg.Wait()
+	// The child is alive as long as it answers signal 0 and has not exited.
+	if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the child died with the threads: %v", err)
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("the child died with the threads: %v", err)
+	default:
 	}
 }

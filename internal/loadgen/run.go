@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -215,9 +216,9 @@ type Report struct {
 	Actions        map[string]uint64 `json:"actions"`
 	GuardCPUSec    float64           `json:"guard_cpu_s"`
 	GuardCPUCores  float64           `json:"guard_cpu_cores"`
-	GuardUsPerEvt  float64           `json:"guard_cpu_us_per_event"`
-	GuardPeakRSS   float64           `json:"guard_peak_rss_mib"` // VmHWM of the guard's process
-	GuardRSS       []RSSSample       `json:"guard_rss"`          // VmRSS at every tenth of the run
+	GuardUsPerEvt  float64           `json:"guard_cpu_us_per_event"` // per event sent: the guard reads every one
+	GuardPeakRSS   float64           `json:"guard_peak_rss_mib"`     // VmHWM of the guard's process
+	GuardRSS       []RSSSample       `json:"guard_rss"`              // VmRSS at every tenth of the run
 	GuardHeapInuse float64           `json:"guard_heap_inuse_end_mib"`
 	LoadgenCPUSec  float64           `json:"loadgen_cpu_s"`   // this process: generator, AMI server, scraping
 	GeneratorCPU   float64           `json:"generator_cpu_s"` // the generator's thread
@@ -240,6 +241,16 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	}
 	if opts.GuardBinary != "" && (opts.GuardCPUProfile != "" || opts.GuardHeapProfile != "") {
 		return nil, errors.New("loadgen: the guard's profiles need the guard mode, not a guard binary")
+	}
+	// The guard runs in a temporary directory: profiles are named from here.
+	for _, p := range []*string{&opts.GuardCPUProfile, &opts.GuardHeapProfile} {
+		if *p != "" {
+			abs, err := filepath.Abs(*p)
+			if err != nil {
+				return nil, err
+			}
+			*p = abs
+		}
 	}
 	tpl, err := loadTemplates()
 	if err != nil {
@@ -299,7 +310,9 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	defer srv.close()
 	gen.srv = srv
 
-	g, err := startGuard(opts, cfgPath, dir, gen)
+	sp := newSpawner()
+	defer sp.close()
+	g, err := startGuard(sp, opts, cfgPath, dir, gen)
 	if err != nil {
 		return nil, err
 	}
@@ -311,7 +324,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 
 	var stress *exec.Cmd
 	if opts.Stress > 0 {
-		if stress, err = startStress(opts.Stress, opts.Duration); err != nil {
+		if stress, err = startStress(sp, opts.Stress, opts.Duration); err != nil {
 			return nil, err
 		}
 		defer stopGroup(stress, 5*time.Second)
@@ -418,13 +431,15 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		time.Sleep(10 * time.Millisecond)
 	}
 
-	cpu1, err := procCPU(g.pid())
-	if err != nil {
-		return nil, err
-	}
-	hwm, err := procStatusKiB(g.pid(), "VmHWM")
-	if err != nil {
-		return nil, err
+	cpu1, err1 := procCPU(g.pid())
+	hwm, err2 := procStatusKiB(g.pid(), "VmHWM")
+	if err := errors.Join(err1, err2); err != nil {
+		select {
+		case <-g.exited:
+			return nil, fmt.Errorf("loadgen: the guard stopped after the run:\n%s", g.lastLines())
+		default:
+			return nil, err
+		}
 	}
 	var ru1 syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
@@ -495,8 +510,8 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		rep.AMIConnects += uint64(max(last.get(metrics.NameAMIConnects, "session", session)-s0.get(metrics.NameAMIConnects, "session", session), 0))
 	}
 	rep.GuardHeapInuse = last.get("go_memstats_heap_inuse_bytes", "", "") / (1 << 20)
-	if n > 0 {
-		rep.GuardUsPerEvt = rep.GuardCPUSec * 1e6 / float64(n)
+	if rep.EventsSent > 0 {
+		rep.GuardUsPerEvt = rep.GuardCPUSec * 1e6 / float64(rep.EventsSent)
 	}
 	if rep.Missing == 0 && rep.Dropped == 0 && rep.Reconnects == 0 && rep.SlowWrites == 0 && rep.EventsSkipped == 0 {
 		rep.RateSustained = rep.RateSent
@@ -546,7 +561,7 @@ type guardProc struct {
 
 func (g *guardProc) pid() int { return g.cmd.Process.Pid }
 
-func startGuard(opts Options, cfgPath, dir string, gen *generator) (*guardProc, error) {
+func startGuard(sp *spawner, opts Options, cfgPath, dir string, gen *generator) (*guardProc, error) {
 	var cmd *exec.Cmd
 	env := append(os.Environ(), config.SecretEnv+"="+secret)
 	describe := ""
@@ -578,7 +593,7 @@ func startGuard(opts Options, cfgPath, dir string, gen *generator) (*guardProc, 
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	if err := sp.start(cmd); err != nil {
 		return nil, fmt.Errorf("loadgen: starting the guard: %w", err)
 	}
 	g := &guardProc{cmd: cmd, describe: describe, exited: make(chan struct{}), logDone: make(chan struct{})}
@@ -677,12 +692,47 @@ func (g *guardProc) stop() {
 	}
 }
 
+// spawner starts the run's processes from one OS thread that lives until
+// close. Their Pdeathsig (SIGTERM if loadgen dies) is sent when the thread
+// that forked them ends, not the process: forked from any thread, a child
+// would be stopped whenever Go ends that thread, as it does when a
+// goroutine locked to it (the generator's) returns.
+type spawner struct {
+	reqs chan *exec.Cmd
+	errs chan error
+	quit chan struct{}
+}
+
+func newSpawner() *spawner {
+	s := &spawner{reqs: make(chan *exec.Cmd), errs: make(chan error), quit: make(chan struct{})}
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with close
+		for {
+			select {
+			case cmd := <-s.reqs:
+				s.errs <- cmd.Start()
+			case <-s.quit:
+				return
+			}
+		}
+	}()
+	return s
+}
+
+func (s *spawner) start(cmd *exec.Cmd) error {
+	s.reqs <- cmd
+	return <-s.errs
+}
+
+// close ends the thread; the processes it started must be stopped first.
+func (s *spawner) close() { close(s.quit) }
+
 // startStress starts `stress-ng --cpu n`, in a process group of its own,
 // with a timeout past the run's end in case loadgen dies.
-func startStress(n int, d time.Duration) (*exec.Cmd, error) {
+func startStress(sp *spawner, n int, d time.Duration) (*exec.Cmd, error) {
 	cmd := exec.Command("stress-ng", "--cpu", strconv.Itoa(n), "--timeout", strconv.Itoa(int((d+2*time.Minute).Seconds()))+"s")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
+	if err := sp.start(cmd); err != nil {
 		return nil, fmt.Errorf("loadgen: starting stress-ng: %w", err)
 	}
 	return cmd, nil
