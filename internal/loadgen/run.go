@@ -652,11 +652,13 @@ func (g *guardProc) lastLines() string {
 	return strings.Join(g.tail, "\n")
 }
 
-// ready waits until the guard serves its metrics, its event session set its
-// event mask and it asked for its resync (the lists it reads after a
-// login), at most 20 s.
+// ready waits until the guard serves its metrics and its event session set
+// its event mask, at most 20 s; then, at most 3 s more, until it asked for
+// the lists it reads after a login (its resync), so that the run does not
+// begin while it rebuilds its view.
 func (g *guardProc) ready(ctx context.Context, srv *server, sc *scraper) error {
 	deadline := time.Now().Add(20 * time.Second)
+	var resync time.Time
 	for {
 		_, err := sc.scrape(ctx)
 		masked := false
@@ -665,8 +667,13 @@ func (g *guardProc) ready(ctx context.Context, srv *server, sc *scraper) error {
 			masked = true
 		default:
 		}
-		if err == nil && masked && srv.actionCount("pjsipshowcontacts") > 0 {
-			return nil
+		if err == nil && masked {
+			if resync.IsZero() {
+				resync = time.Now().Add(3 * time.Second)
+			}
+			if srv.actionCount("pjsipshowcontacts") > 0 || time.Now().After(resync) {
+				return nil
+			}
 		}
 		select {
 		case <-g.exited:

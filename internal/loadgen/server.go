@@ -32,9 +32,6 @@ type conn struct {
 	dead   atomic.Bool
 }
 
-// reply writes an action's answer.
-func (c *conn) reply(b []byte) error { return c.write(b) }
-
 func (c *conn) write(b []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -211,13 +208,13 @@ func (s *server) handle(c *conn, m *ami.Message, at time.Time) bool {
 	aid := m.Get("ActionID")
 	s.count(name)
 	if name != "login" && name != "logoff" && !c.authed.Load() {
-		return c.reply(errorReply(aid, "Permission denied")) == nil
+		return c.write(errorReply(aid, "Permission denied")) == nil
 	}
 	switch name {
 	case "login":
 		if m.Get("Username") != s.user || m.Get("Secret") != s.secret {
 			time.Sleep(time.Second)
-			_ = c.reply(errorReply(aid, "Authentication failed"))
+			_ = c.write(errorReply(aid, "Authentication failed"))
 			return false
 		}
 		if m.Has("Events") {
@@ -233,12 +230,12 @@ func (s *server) handle(c *conn, m *ami.Message, at time.Time) bool {
 			h("LocalAddress", "IPV4/TCP/"+s.addr()).h("RemoteAddress", "IPV4/TCP/"+strings.Replace(c.c.RemoteAddr().String(), ":", "/", 1)).
 			h("UsingPassword", "0").h("SessionTV", tv).end()
 		// The event writer must not interleave with the login reply.
-		err := c.reply(r.b)
+		err := c.write(r.b)
 		c.authed.Store(true)
 		s.logins.Add(1)
 		return err == nil
 	case "logoff":
-		_ = c.reply(new(reply).h("Response", "Goodbye").id(aid).h("Message", "Thanks for all the fish.").end().b)
+		_ = c.write(new(reply).h("Response", "Goodbye").id(aid).h("Message", "Thanks for all the fish.").end().b)
 		return false
 	case "events":
 		mask := parseMask(m.Get("EventMask"))
@@ -250,7 +247,7 @@ func (s *server) handle(c *conn, m *ami.Message, at time.Time) bool {
 		if mask == 0 {
 			state = "Off"
 		}
-		err := c.reply(new(reply).h("Response", "Success").id(aid).h("Events", state).end().b)
+		err := c.write(new(reply).h("Response", "Success").id(aid).h("Events", state).end().b)
 		if mask != 0 {
 			s.maskOnce.Do(func() { close(s.maskSet) })
 		}
@@ -262,25 +259,25 @@ func (s *server) handle(c *conn, m *ami.Message, at time.Time) bool {
 	case "coreshowchannels":
 		// The generator's calls are not listed: the guard learns them from
 		// the stream (it connects before the first call).
-		return c.reply(listStart(aid, "Channels will follow").listComplete("CoreShowChannelsComplete", aid, 0).b) == nil
+		return c.write(listStart(aid, "Channels will follow").listComplete("CoreShowChannelsComplete", aid, 0).b) == nil
 	case "sippeers":
-		return c.reply(listStart(aid, "Peer status list will follow").listComplete("PeerlistComplete", aid, 0).b) == nil
+		return c.write(listStart(aid, "Peer status list will follow").listComplete("PeerlistComplete", aid, 0).b) == nil
 	case "pjsipshowcontacts":
-		return c.reply(append(errorReply(aid, "No Contacts found"), '\r', '\n')) == nil
+		return c.write(append(errorReply(aid, "No Contacts found"), '\r', '\n')) == nil
 	case "getconfig":
-		return c.reply(errorReply(aid, "Config file not found")) == nil
+		return c.write(errorReply(aid, "Config file not found")) == nil
 	case "updateconfig":
-		return c.reply(errorReply(aid, "Config file not found")) == nil
+		return c.write(errorReply(aid, "Config file not found")) == nil
 	case "getvar":
 		v, ok := s.gen.peerAddr(m.Get("Channel"), m.Get("Variable"))
 		if !ok {
-			return c.reply(errorReply(aid, "No such channel")) == nil
+			return c.write(errorReply(aid, "No such channel")) == nil
 		}
-		return c.reply(new(reply).h("Response", "Success").id(aid).h("Variable", m.Get("Variable")).h("Value", v).end().b) == nil
+		return c.write(new(reply).h("Response", "Success").id(aid).h("Variable", m.Get("Variable")).h("Value", v).end().b) == nil
 	case "hangup":
 		return s.hangup(c, m, aid, at)
 	}
-	return c.reply(errorReply(aid, "Invalid/unknown command: "+m.Get("Action")+". Use Action: ListCommands to show available commands.")) == nil
+	return c.write(errorReply(aid, "Invalid/unknown command: "+m.Get("Action")+". Use Action: ListCommands to show available commands.")) == nil
 }
 
 func (s *server) hangup(c *conn, m *ami.Message, aid string, at time.Time) bool {
@@ -292,7 +289,7 @@ func (s *server) hangup(c *conn, m *ami.Message, aid string, at time.Time) bool 
 	if len(ch) > 2 && ch[0] == '/' && ch[len(ch)-1] == '/' {
 		re, err := regexp.Compile(ch[1 : len(ch)-1])
 		if err != nil {
-			return c.reply(errorReply(aid, "Regex compile failed on: "+ch[1:len(ch)-1])) == nil
+			return c.write(errorReply(aid, "Regex compile failed on: "+ch[1:len(ch)-1])) == nil
 		}
 		hung := s.gen.hangupMatching(ch, re, cause, at)
 		r := listStart(aid, "Channels hung up will follow")
@@ -300,12 +297,12 @@ func (s *server) hangup(c *conn, m *ami.Message, aid string, at time.Time) bool 
 			r.h("Event", "ChannelHungup").h("Channel", h).id(aid).end()
 		}
 		r.listComplete("ChannelsHungupListComplete", aid, len(hung))
-		return c.reply(r.b) == nil
+		return c.write(r.b) == nil
 	}
 	if !s.gen.hangupChannel(ch, cause, at) {
-		return c.reply(errorReply(aid, "No such channel")) == nil
+		return c.write(errorReply(aid, "No such channel")) == nil
 	}
-	return c.reply(new(reply).h("Response", "Success").id(aid).h("Message", "Channel Hungup").end().b) == nil
+	return c.write(new(reply).h("Response", "Success").id(aid).h("Message", "Channel Hungup").end().b) == nil
 }
 
 const hexDigits = "0123456789abcdef"
