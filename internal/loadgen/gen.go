@@ -82,7 +82,6 @@ type attack struct {
 	callsSent  int // calls that got a channel
 	attempts   int // calls or authentication attempts sent
 	callsAtAct int
-	done       bool
 }
 
 // generator builds the event stream.
@@ -594,7 +593,6 @@ func (g *generator) run(stop <-chan struct{}) {
 			acted := a.acted
 			g.mu.Unlock()
 			if acted || a.steps >= a.maxSteps {
-				a.done = true
 				continue
 			}
 			for !a.next.After(now) && a.steps < a.maxSteps {
