@@ -90,6 +90,9 @@ func Run(ctx context.Context, opts Options) error {
 	if err := cfg.RequireSecret(); err != nil {
 		return err
 	}
+	if err := checkSecretsFile(cfg.Response.SecretsFile); err != nil {
+		return err
+	}
 	g := &Guard{
 		opts:    opts,
 		log:     opts.Logger,
