@@ -201,14 +201,21 @@ func (r *responder) describe(act string, a *detector.Alert, live []string) strin
 	case actRotate:
 		return a.Tech.String() + "/" + a.Extension
 	case actBlock:
-		if a.IsExtension() {
-			ss := make([]string, len(a.Sources))
-			for i, s := range a.Sources {
-				ss[i] = s.String()
-			}
-			return strings.Join(ss, ",")
+		// What blockTargets would pick, without asking Asterisk.
+		if !a.IsExtension() {
+			return a.IP.String()
 		}
-		return a.IP.String()
+		var parts []string
+		if v := sourceVariable(a.Tech); v != "" && len(live) > 0 {
+			parts = append(parts, "its live call's address (Getvar "+v+")")
+		}
+		if len(a.Sources) > 0 {
+			parts = append(parts, a.Sources[0].String())
+		}
+		if len(parts) == 0 {
+			return "nothing: no address Asterisk received its requests from"
+		}
+		return strings.Join(parts, ", else ")
 	}
 	return ""
 }
