@@ -450,7 +450,14 @@ func (g *Guard) resyncLoop(ctx context.Context) error {
 		if _, peers, err := g.events.List(actx, ami.Action{Name: "SIPpeers"}); err == nil {
 			for _, p := range peers {
 				if a, perr := netip.ParseAddr(p["IPaddress"]); perr == nil && ami.ValidName(p["ObjectName"]) {
-					it.hints = append(it.hints, ami.Event{Kind: ami.KindPeerStatus, Peer: "SIP/" + p["ObjectName"], Status: "Registered", Addr: a.Unmap()})
+					// Only a dynamic peer's address comes from a registration
+					// Asterisk accepted; a static one's is its configured host
+					// (a trunk), which proves no secret.
+					status := "Reachable"
+					if p["Dynamic"] == "yes" {
+						status = "Registered"
+					}
+					it.hints = append(it.hints, ami.Event{Kind: ami.KindPeerStatus, Peer: "SIP/" + p["ObjectName"], Status: status, Addr: a.Unmap()})
 				}
 			}
 		}

@@ -201,14 +201,21 @@ func (r *responder) describe(act string, a *detector.Alert, live []string) strin
 	case actRotate:
 		return a.Tech.String() + "/" + a.Extension
 	case actBlock:
-		if a.IsExtension() {
-			ss := make([]string, len(a.Sources))
-			for i, s := range a.Sources {
-				ss[i] = s.String()
-			}
-			return strings.Join(ss, ",")
+		// What blockTargets would pick, without asking Asterisk.
+		if !a.IsExtension() {
+			return a.IP.String()
 		}
-		return a.IP.String()
+		var parts []string
+		if v := sourceVariable(a.Tech); v != "" && len(live) > 0 {
+			parts = append(parts, "its live call's address (Getvar "+v+")")
+		}
+		if len(a.Sources) > 0 {
+			parts = append(parts, a.Sources[0].String())
+		}
+		if len(parts) == 0 {
+			return "nothing: no address Asterisk received its requests from"
+		}
+		return strings.Join(parts, ", else ")
 	}
 	return ""
 }
@@ -218,7 +225,10 @@ func (r *responder) respond(ctx context.Context, cfg *config.Config, a detector.
 	do := func(act string) bool { return slices.Contains(todo, act) }
 	var targets []netip.Addr
 	if do(actBlock) {
-		targets = r.blockTargets(ctx, cfg, &a, live)
+		var why string
+		if targets, why = r.blockTargets(ctx, cfg, &a, live); len(targets) == 0 {
+			r.outcome(actBlock, "skipped", &a, "", 0, nil, why)
+		}
 	}
 	var wg sync.WaitGroup
 	if do(actBlock) {
@@ -243,35 +253,60 @@ func (r *responder) respond(ctx context.Context, cfg *config.Config, a detector.
 	}
 }
 
-// blockTargets picks the addresses to block for an alert. For an extension,
-// the address its live call comes from, as Asterisk sees it (Getvar
-// CHANNEL(peerip) / CHANNEL(pjsip,remote_addr)): the registration address
-// may be the real user's while the thief calls from elsewhere. Without a
-// live channel, the newest address Asterisk saw it authenticate from.
-func (r *responder) blockTargets(ctx context.Context, cfg *config.Config, a *detector.Alert, live []string) []netip.Addr {
+// blockTargets picks the addresses to block for an alert, or says why there
+// is none. For an extension, only an address Asterisk received its requests
+// from: that of its live call (Getvar CHANNEL(recvip) for chan_sip, the
+// packet's source, not CHANNEL(peerip), which follows the client's Contact
+// header with nat=no; CHANNEL(pjsip,remote_addr), the transport's remote
+// address, for PJSIP), since the registration may be the real user's while
+// the thief calls from elsewhere. Without a live call, the newest of the
+// alert's Sources. Never a contact: the client writes what it likes there,
+// and would choose what gets blocked.
+func (r *responder) blockTargets(ctx context.Context, cfg *config.Config, a *detector.Alert, live []string) ([]netip.Addr, string) {
 	if !a.IsExtension() {
-		return []netip.Addr{a.IP}
+		return []netip.Addr{a.IP}, ""
 	}
-	var out []netip.Addr
 	for _, ch := range live {
-		if len(out) > 0 {
-			break
-		}
 		if addr, ok := r.channelAddr(ctx, cfg, a.Tech, ch); ok {
-			out = append(out, addr)
+			return []netip.Addr{addr}, ""
 		}
 	}
-	if len(out) == 0 && len(a.Sources) > 0 {
-		out = append(out, a.Sources[0])
+	if len(a.Sources) > 0 {
+		return []netip.Addr{a.Sources[0]}, ""
 	}
-	return out
+	why := "no live call"
+	switch v := sourceVariable(a.Tech); {
+	case len(live) > 0 && v == "":
+		why = fmt.Sprintf("Asterisk gives no source address for %s channels", a.Tech)
+	case len(live) > 0:
+		why = fmt.Sprintf("no address from Getvar %s on its %d live channels", v, len(live))
+	}
+	why = fmt.Sprintf("nothing to block: %s, and no address Asterisk received a request of %s/%s from (SuccessfulAuth)", why, a.Tech, a.Extension)
+	if len(a.Contacts) > 0 {
+		cs := make([]string, len(a.Contacts))
+		for i, c := range a.Contacts {
+			cs[i] = c.String()
+		}
+		why += "; contact " + strings.Join(cs, ",") + " is client-supplied, not blocked"
+	}
+	return nil, why
+}
+
+// sourceVariable is the channel variable that holds the address Asterisk
+// received a call of tech from, or "" when there is none.
+func sourceVariable(tech ami.Tech) string {
+	switch tech {
+	case ami.TechSIP:
+		return "CHANNEL(recvip)"
+	case ami.TechPJSIP:
+		return "CHANNEL(pjsip,remote_addr)"
+	}
+	return ""
 }
 
 func (r *responder) channelAddr(ctx context.Context, cfg *config.Config, tech ami.Tech, channel string) (netip.Addr, bool) {
-	variable := "CHANNEL(peerip)"
-	if tech == ami.TechPJSIP {
-		variable = "CHANNEL(pjsip,remote_addr)"
-	} else if tech != ami.TechSIP {
+	variable := sourceVariable(tech)
+	if variable == "" {
 		return netip.Addr{}, false
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(cfg.AMI.ActionTimeout))
