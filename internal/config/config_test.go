@@ -163,7 +163,7 @@ func TestNeverBlock(t *testing.T) {
 [allow]
 networks = ["192.0.2.0/24", "2001:db8::1"]
 [response]
-never_block = ["198.51.100.7", "10.1.2.3/8", "::ffff:203.0.113.9", "192.0.2.0/24"]
+never_block = ["198.51.100.7", "10.0.0.0/8", "::ffff:203.0.113.9", "192.0.2.0/24"]
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -251,7 +251,7 @@ critical = 0
 enabled = false
 [allow]
 extensions = ["carrier", "SIP/trunk1"]
-networks = ["192.0.2.0/24", "2001:db8::1", "198.51.100.7", "10.1.2.3/8", "::ffff:203.0.113.9", "::ffff:203.0.113.0/120"]
+networks = ["192.0.2.0/24", "2001:db8::1", "198.51.100.7", "10.0.0.0/8", "::ffff:203.0.113.9", "::ffff:203.0.113.0/120"]
 destinations = ["112", "+4930"]
 `))
 	if err != nil {
@@ -363,7 +363,7 @@ func TestLoadMissingFile(t *testing.T) {
 func TestLoadSyntaxError(t *testing.T) {
 	p := writeFile(t, t.TempDir(), "astguard.toml", "[ami\n")
 	_, err := Load(p)
-	want := "syntax error at line 1, column 5: expected '.' or ']' to end table name, but got '\\n' instead"
+	want := p + ":1:5: syntax error: expected '.' or ']' to end table name, but got '\\n' instead"
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v\nwant %s", err, want)
 	}
