@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -61,7 +62,9 @@ func Problems(err error) []*Problem {
 // not in the file (a default), the line is that of the first other key the
 // text names that is: "detector.idle_expiry (1h) must not be shorter than
 // detector.prefix_guess.window (2h)" points at the window when only it was
-// set. The result is the errors joined, or nil.
+// set. With a file, the problems are in the order of their lines (those
+// without one first); without, in the order of errs. The result is the
+// errors joined, or nil.
 func locate(file string, src []byte, errs []error) error {
 	if len(errs) == 0 {
 		return nil
@@ -85,6 +88,9 @@ func locate(file string, src []byte, errs []error) error {
 			}
 		}
 		out = append(out, p)
+	}
+	if file != "" {
+		slices.SortStableFunc(out, func(a, b error) int { return a.(*Problem).Line - b.(*Problem).Line })
 	}
 	return errors.Join(out...)
 }

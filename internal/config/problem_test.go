@@ -7,7 +7,8 @@ import (
 )
 
 // Load reports every problem of the file in one run, each with the file,
-// the line of its key (of the item, in a list) and the key.
+// the line of its key (of the item, in a list) and the key, in the order
+// of the lines.
 func TestLoadLocatesEveryProblem(t *testing.T) {
 	t.Setenv(SecretEnv, "")
 	p := writeFile(t, t.TempDir(), "config.toml", `# astguard
@@ -37,11 +38,11 @@ retry_max = 0
 	want := strings.Join([]string{
 		p + `:3: ami.username must be a string, not an integer`,
 		p + `:6: detector.cooldown: 300 is not a duration (a quoted string like "60s", "10m" or "1h")`,
-		p + `:18: unknown key allow.colour`,
 		p + `:7: detector.idle_expiry (1h) must not be shorter than detector.prefix_guess.window (2h)`,
 		p + `:14: allow.networks[1]: "0.0.0.0/0" is wider than /8 (allow.widest_ipv4), so no address in it would ever be counted or blocked; if you mean it, add "0.0.0.0/0" to confirm_wide in [allow]`,
 		p + `:15: allow.networks[2]: "fe80::1%eth0" is not an IP address or CIDR network`,
 		p + `:17: allow.destinations: "1x" is not a dialled prefix (digits, optionally after a leading +)`,
+		p + `:18: unknown key allow.colour`,
 		p + `:21: response.never_block[0]: "10.1.2.3/1" has host bits set: write 0.0.0.0/1 for the network or 10.1.2.3/32 for the address`,
 		p + `:22: response.retry_max must be between 1 and 100`,
 	}, "\n")
@@ -52,7 +53,7 @@ retry_max = 0
 	if len(probs) != 9 {
 		t.Fatalf("Problems: %d, want 9", len(probs))
 	}
-	if got := *probs[4]; got.File != p || got.Line != 14 || got.Key != "allow.networks[1]" ||
+	if got := *probs[3]; got.File != p || got.Line != 14 || got.Key != "allow.networks[1]" ||
 		!strings.HasPrefix(got.Text, `allow.networks[1]: "0.0.0.0/0" is wider`) {
 		t.Errorf("Problem %+v", got)
 	}
