@@ -36,8 +36,8 @@ type Options struct {
 	// ConfigFile is the file Load reads: every message about the
 	// configuration names it.
 	ConfigFile string
-	// Logger is where the guard logs; its level is log.level, and a reload
-	// changes it.
+	// Logger is where the guard logs. Its level is replaced by log.level,
+	// which a reload changes; a disabled logger stays disabled.
 	Logger zerolog.Logger
 	// Firewall overrides the one the config names (tests, demo).
 	Firewall firewall.Firewall
@@ -114,7 +114,11 @@ func Run(ctx context.Context, opts Options) error {
 		g.lookup = net.DefaultResolver.LookupNetIP
 	}
 	g.level.set(cfg.Log.Level)
-	g.log = opts.Logger.Level(zerolog.TraceLevel).Sample(&g.level)
+	g.log = opts.Logger
+	if g.log.GetLevel() != zerolog.Disabled {
+		g.log = g.log.Level(zerolog.TraceLevel) // the level gate decides
+	}
+	g.log = g.log.Sample(&g.level)
 	g.cfg.Store(cfg)
 	log := g.log.With().Str("component", "guard").Logger()
 	g.metrics = g.newMetrics(cfg)
