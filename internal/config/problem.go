@@ -80,11 +80,14 @@ func locate(file string, src []byte, errs []error) error {
 				base, _, _ := strings.Cut(p.Key, "[")
 				p.Line = lines[base]
 			}
-			for _, k := range strings.Fields(p.Text) {
+			for _, w := range strings.Fields(p.Text) {
 				if p.Line != 0 {
 					break
 				}
-				p.Line = lines[strings.TrimRight(k, ":,;()")]
+				k := strings.Trim(w, ":,;()")
+				if kd, ok := schema[k]; ok && kd != kindTable {
+					p.Line = lines[k]
+				}
 			}
 		}
 		out = append(out, p)
