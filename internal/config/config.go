@@ -323,8 +323,9 @@ func Default() *Config {
 // secret_file is taken relative to the directory of path) and validates the
 // result. An empty secret is not an error here; see RequireSecret.
 // On error the Config is nil and the error lists every problem, one per
-// line, each a *Problem (see Problems) that starts with "PATH:LINE: " (or
-// "PATH: " when the key is not in the file); a syntax error comes alone.
+// line in the order of the file's lines, each a *Problem (see Problems)
+// that starts with "PATH:LINE: " (or "PATH: " when the key is not in the
+// file); a syntax error comes alone.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -336,7 +337,8 @@ func Load(path string) (*Config, error) {
 // Parse decodes data over Default() and validates the result. It does no
 // I/O: it neither reads ami.secret_file nor looks at SecretEnv (Load does).
 // On error the Config is nil and the error lists every problem, one per
-// line, as Load does but without the file and line in the text (each
+// line: those of decoding in file order, then Validate's in the order of the
+// example file; unlike Load's, their text has no file or line (each
 // *Problem still has its Line).
 func Parse(data []byte) (*Config, error) {
 	return parse("", data, false)
