@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -56,16 +57,23 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, "run: usage: guard run --config FILE [--record FILE]\n")
 		return 2
 	}
-	cfg, ok := configOrSay(*path, stderr)
+	// Absolute, so that every message names the file a reload reads.
+	file, err := filepath.Abs(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "run: %v\n", err)
+		return 1
+	}
+	cfg, ok := configOrSay(file, stderr)
 	if !ok {
 		return 1
 	}
 	log := newLogger(stderr, cfg.Log.Level)
 	ctx, cancel, reload := signals()
 	defer cancel()
-	err := guard.Run(ctx, guard.Options{
+	err = guard.Run(ctx, guard.Options{
 		Config:         cfg,
-		Load:           func() (*config.Config, error) { return config.Load(*path) },
+		ConfigFile:     file,
+		Load:           func() (*config.Config, error) { return config.Load(file) },
 		Reload:         reload,
 		Logger:         log,
 		Record:         *record,

@@ -49,7 +49,6 @@ type responder struct {
 	events  *ami.Session // config and Getvar actions
 	urgent  *ami.Session // hang-ups: never behind a slow action
 	bans    *bans.Manager
-	secrets *secretsFile
 	now     func() time.Time
 	metrics *metrics.Metrics // nil: not counted
 
@@ -60,6 +59,7 @@ type responder struct {
 	pending   map[string]pendingResponse
 	protected map[netip.Addr]protection
 	awaiting  map[string]chan struct{} // channel -> closed on its Hangup event
+	secrets   map[string]*secretsFile  // by path: the writes to one file are serialized
 	wg        sync.WaitGroup
 }
 
@@ -69,8 +69,8 @@ func newResponder(cfg *config.Config, log zerolog.Logger, events, urgent *ami.Se
 		events:    events,
 		urgent:    urgent,
 		bans:      b,
-		secrets:   &secretsFile{path: cfg.Response.SecretsFile},
 		now:       time.Now,
+		secrets:   make(map[string]*secretsFile),
 		cfg:       cfg,
 		blocked:   make(map[extKey]time.Time),
 		inflight:  make(map[string]bool),
@@ -90,6 +90,21 @@ func (r *responder) config() *config.Config {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.cfg
+}
+
+// secretsFile returns the secrets file of cfg (response.secrets_file). A
+// rotation takes it once, so its lines and every message about its secret
+// name the same file, even when a reload changes the key meanwhile.
+func (r *responder) secretsFile(cfg *config.Config) *secretsFile {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	path := cfg.Response.SecretsFile
+	f, ok := r.secrets[path]
+	if !ok {
+		f = &secretsFile{path: path}
+		r.secrets[path] = f
+	}
+	return f
 }
 
 // outcome writes one action's result as an alert line of its own.
@@ -518,6 +533,7 @@ func (r *responder) protectedAddr(addr netip.Addr) (protection, bool) {
 func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.Alert, attackers []netip.Addr) {
 	ext := a.Tech.String() + "/" + a.Extension
 	start := r.now()
+	secrets := r.secretsFile(cfg)
 	actx, cancel := context.WithTimeout(ctx, 4*time.Duration(cfg.AMI.ActionTimeout))
 	defer cancel()
 	var plan rotation
@@ -540,8 +556,8 @@ func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.
 		r.outcome(actRotate, "failed", a, ext, r.now().Sub(start), err, "no randomness")
 		return
 	}
-	if err := r.secrets.write(secretLine{Time: r.now().UTC(), Extension: ext, Secret: secret, Status: "pending"}); err != nil {
-		r.outcome(actRotate, "failed", a, ext, r.now().Sub(start), err, "the secrets file cannot be written, so the secret was not changed (it would be lost)")
+	if err := secrets.write(secretLine{Time: r.now().UTC(), Extension: ext, Secret: secret, Status: "pending"}); err != nil {
+		r.outcome(actRotate, "failed", a, ext, r.now().Sub(start), err, "the secrets file "+secrets.path+" cannot be written, so the secret was not changed (it would be lost)")
 		return
 	}
 	err = retry(actx, cfg, func() error {
@@ -552,8 +568,8 @@ func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.
 	if err != nil {
 		status = "failed"
 	}
-	if werr := r.secrets.write(secretLine{Time: r.now().UTC(), Extension: ext, Secret: secret, Status: status}); werr != nil {
-		r.log.Error().Err(werr).Str("extension", ext).Msg("cannot record the outcome in the secrets file")
+	if werr := secrets.write(secretLine{Time: r.now().UTC(), Extension: ext, Secret: secret, Status: status}); werr != nil {
+		r.log.Error().Err(werr).Str("extension", ext).Str("secrets_file", secrets.path).Msg("cannot record the outcome in the secrets file")
 	}
 	took := r.now().Sub(start)
 	if err != nil {
@@ -573,7 +589,7 @@ func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.
 		}
 		r.mu.Unlock()
 	}
-	detail := fmt.Sprintf("new %s in [%s] of %s, reloaded with %s; the new secret is in %s: the real phone needs it", plan.key, plan.category, plan.file, plan.reload, cfg.Response.SecretsFile)
+	detail := fmt.Sprintf("new %s in [%s] of %s, reloaded with %s; the new secret is in %s: the real phone needs it", plan.key, plan.category, plan.file, plan.reload, secrets.path)
 	if len(earlier) > 0 {
 		detail += "; failures from its earlier addresses " + strings.Join(earlier, ",") + " will not be blocked"
 	}
