@@ -97,19 +97,19 @@ func (h *reloadHarness) reloadWith(t *testing.T, mutate func(*config.Config)) Re
 	return ReloadResult{}
 }
 
-// logLine is a log line of the guard, decoded.
-type logLine map[string]any
+// reloadLogLine is a log line of the guard, decoded.
+type reloadLogLine map[string]any
 
-func (l logLine) str(k string) string { s, _ := l[k].(string); return s }
+func (l reloadLogLine) str(k string) string { s, _ := l[k].(string); return s }
 
 // lines returns the log lines with the message msg.
-func (h *reloadHarness) lines(t *testing.T, msg string) []logLine {
+func (h *reloadHarness) lines(t *testing.T, msg string) []reloadLogLine {
 	t.Helper()
-	var out []logLine
+	var out []reloadLogLine
 	sc := bufio.NewScanner(strings.NewReader(h.logs.String()))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
-		var l logLine
+		var l reloadLogLine
 		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
 			t.Fatalf("log line is not JSON: %q", sc.Text())
 		}
@@ -154,7 +154,7 @@ func TestReloadAppliesLogLevel(t *testing.T) {
 	// At warn: the alert (error) is logged, the observe-mode outcome (info) is not.
 	guessing(srv, "192.0.2.50")
 	waitFor(t, "the critical alert of 192.0.2.50", 5*time.Second, func() bool {
-		return slices.ContainsFunc(h.lines(t, "fraud alert"), func(l logLine) bool {
+		return slices.ContainsFunc(h.lines(t, "fraud alert"), func(l reloadLogLine) bool {
 			return l.str("ip") == "192.0.2.50" && l.str("severity") == "critical"
 		})
 	})
@@ -173,7 +173,7 @@ func TestReloadAppliesLogLevel(t *testing.T) {
 	}
 	guessing(srv, "192.0.2.51")
 	waitFor(t, "the outcome for 192.0.2.51", 5*time.Second, func() bool {
-		return slices.ContainsFunc(h.lines(t, "action outcome"), func(l logLine) bool { return l.str("ip") == "192.0.2.51" })
+		return slices.ContainsFunc(h.lines(t, "action outcome"), func(l reloadLogLine) bool { return l.str("ip") == "192.0.2.51" })
 	})
 	for _, l := range h.lines(t, "action outcome") {
 		if l.str("ip") != "192.0.2.51" || l.str("result") != "would" {
@@ -207,7 +207,7 @@ func TestReloadAppliesSecretsFile(t *testing.T) {
 		t.Fatalf("reload: %+v", r)
 	}
 	srv.Play()
-	var done logLine
+	var done reloadLogLine
 	waitFor(t, "the rotation of SIP/200", 30*time.Second, func() bool {
 		for _, l := range h.lines(t, "action outcome") {
 			if l.str("action") == "rotate_secret" && l.str("extension") == "200" && l.str("result") == "done" {
