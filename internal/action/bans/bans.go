@@ -662,7 +662,7 @@ func (m *Manager) Ban(ctx context.Context, req Request) (Ban, error) {
 		m.log.Warn().Str("ip", a.String()).Str("never", n.String()).Str("reason", req.Reason).Msg("ban refused: address is protected")
 		return Ban{}, fmt.Errorf("bans: %w: %s is in %s", ErrProtected, a, n)
 	}
-	now := m.clock().Round(0)
+	now := m.clock().Round(0).UTC()
 	b, exists := m.bans[p]
 	if exists && !b.expired(now) && !b.DryRun && !m.real {
 		m.mu.Unlock()
@@ -1042,7 +1042,8 @@ func (m *Manager) syncLocked(ctx context.Context, atStart bool) bool {
 			if _, ok := m.protectedLocked(p); ok {
 				continue
 			}
-			b := Ban{Prefix: p, Since: now.Round(0), Until: now.Round(0).Add(m.recoverFor), Reason: recoveredReason, Origin: OriginAstguard}
+			since := now.Round(0).UTC()
+			b := Ban{Prefix: p, Since: since, Until: since.Add(m.recoverFor), Reason: recoveredReason, Origin: OriginAstguard}
 			m.bans[p] = b
 			want[a] = b
 			adopted = append(adopted, a)
