@@ -1005,11 +1005,22 @@ func (m *Manager) syncLocked(ctx context.Context, atStart bool) bool {
 	}
 	dirty := m.dirty
 	m.retrySoon = false // this sync is the retry; later failures set it again
+	adopt := m.adopt && m.real
+	m.adopt = adopt
 	m.mu.Unlock()
 
 	var problems []string
 	if dirty {
 		problems = append(problems, "state file not saved")
+	}
+	if adopt {
+		found, err := m.fw.Rules(ctx)
+		if err != nil {
+			problems = append(problems, "list the chain's rules to keep them as bans: "+err.Error())
+			m.report(problems, nil, nil, atStart)
+			return false
+		}
+		m.adoptRules(found)
 	}
 	blocked, err := m.fw.Blocked(ctx)
 	if err != nil {
@@ -1026,37 +1037,7 @@ func (m *Manager) syncLocked(ctx context.Context, atStart bool) bool {
 			want[b.Prefix.Addr()] = b
 		}
 	}
-	// After a corrupt state file, the chain's rules are the only record of
-	// real bans: keep them as bans instead of removing them as strays.
-	var adopted []netip.Addr
-	if m.adopt {
-		m.adopt = false
-		for _, a := range blocked {
-			p := single(a)
-			if _, ok := want[a]; ok || !m.real {
-				continue
-			}
-			if _, has := m.bans[p]; has {
-				continue
-			}
-			if _, ok := m.protectedLocked(p); ok {
-				continue
-			}
-			since := now.Round(0).UTC()
-			b := Ban{Prefix: p, Since: since, Until: since.Add(m.recoverFor), Reason: recoveredReason, Origin: OriginAstguard}
-			m.bans[p] = b
-			want[a] = b
-			adopted = append(adopted, a)
-		}
-		if len(adopted) > 0 {
-			m.saveLocked()
-		}
-	}
 	m.mu.Unlock()
-	if len(adopted) > 0 {
-		m.log.Warn().Int("count", len(adopted)).Strs("ips", addrStrings(adopted)).Dur("for", m.recoverFor).
-			Msg("the state file was corrupt: the DROP rules found in the chain are kept as bans")
-	}
 
 	have := make(map[netip.Addr]bool, len(blocked))
 	for _, a := range blocked {
@@ -1085,6 +1066,36 @@ func (m *Manager) syncLocked(ctx context.Context, atStart bool) bool {
 	}
 	m.report(problems, reapplied, removed, atStart)
 	return len(problems) == 0
+}
+
+// adoptRules keeps, after a corrupt state file, the DROP rules found in
+// the chain (hooked into INPUT or not) as bans for RecoverFor: they are the
+// only record left of real bans, which must not be removed as strays.
+// Addresses with a ban or now protected are left out.
+func (m *Manager) adoptRules(found []netip.Addr) {
+	m.mu.Lock()
+	m.adopt = false
+	since := m.clock().Round(0).UTC()
+	var adopted []netip.Addr
+	for _, a := range found {
+		p := single(a)
+		if _, has := m.bans[p]; has {
+			continue
+		}
+		if _, ok := m.protectedLocked(p); ok {
+			continue
+		}
+		m.bans[p] = Ban{Prefix: p, Since: since, Until: since.Add(m.recoverFor), Reason: recoveredReason, Origin: OriginAstguard}
+		adopted = append(adopted, a)
+	}
+	if len(adopted) > 0 {
+		m.saveLocked()
+	}
+	m.mu.Unlock()
+	if len(adopted) > 0 {
+		m.log.Warn().Int("count", len(adopted)).Strs("ips", addrStrings(adopted)).Dur("for", m.recoverFor).
+			Msg("the state file was corrupt: the DROP rules found in the chain are kept as bans")
+	}
 }
 
 // report logs the outcome of a sync: every repair (each one is a change:

@@ -460,6 +460,29 @@ func TestCorruptStateMovedAside(t *testing.T) {
 	}
 }
 
+// When the chain cannot be read at start, the rules are kept as bans at
+// the first sync that can read it, not removed as strays.
+func TestCorruptStateRulesKeptWhenChainReadableLater(t *testing.T) {
+	e := newEnv(t)
+	mustWrite(t, e.path, []byte(`{"version":2,"bans":[`), 0o600)
+	e.fw.rules[other] = "astguard: left by the run before"
+	e.fw.blockedErr = errors.New("xtables lock")
+	m := e.start(e.opts())
+	if len(m.List()) != 0 {
+		t.Fatalf("List = %v before the chain could be read", m.List())
+	}
+	e.fw.set(func(f *fakeFW) { f.blockedErr = nil })
+	if !m.sync(ctx) {
+		t.Fatal("sync failed")
+	}
+	if got := addrsOf(m.List()); !slices.Equal(got, []netip.Addr{other}) {
+		t.Fatalf("List = %v, want the chain's rule kept as a ban", got)
+	}
+	if got := e.fw.addrs(); !slices.Equal(got, []netip.Addr{other}) {
+		t.Fatalf("firewall = %v: the rule of a real ban was removed", got)
+	}
+}
+
 // What counts as corrupt: anything but a well-formed version 1 or 2
 // document.
 func TestReadStateRejectsCorrupt(t *testing.T) {
