@@ -596,6 +596,24 @@ func TestUnsafeStateRefused(t *testing.T) {
 	}
 }
 
+// A missing state directory is created private (0700), the state and lock
+// files in it 0600.
+func TestStateDirectoryCreatedPrivate(t *testing.T) {
+	e := newEnv(t)
+	dir := filepath.Join(t.TempDir(), "var", "lib", "astguard")
+	e.path = filepath.Join(dir, "bans.json")
+	m := e.start(e.opts())
+	if _, err := ban(m, attack, time.Hour, "x", ""); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]os.FileMode{dir: os.ModeDir | 0o700, e.path: 0o600, e.path + ".lock": 0o600} {
+		fi, err := os.Lstat(path)
+		if err != nil || fi.Mode() != want {
+			t.Errorf("%s: mode %v, %v; want %v", path, fi.Mode(), err, want)
+		}
+	}
+}
+
 func mustWrite(t *testing.T, path string, data []byte, mode os.FileMode) {
 	t.Helper()
 	if err := os.WriteFile(path, data, mode); err != nil {
