@@ -577,7 +577,7 @@ var permanentMessages = []string{"No such channel", "Given category does not exi
 func retryable(err error) bool {
 	var ref *refusal
 	switch {
-	case errors.As(err, &ref), errors.Is(err, bans.ErrProtected), errors.Is(err, ami.ErrUnsafe),
+	case errors.As(err, &ref), errors.Is(err, bans.ErrProtected), errors.Is(err, bans.ErrObserving), errors.Is(err, ami.ErrUnsafe),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ami.ErrClosed):
 		return false
 	}
