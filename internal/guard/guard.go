@@ -137,11 +137,15 @@ func Run(ctx context.Context, opts Options) error {
 			return err
 		}
 	}
+	// In observe mode the ban manager reads the state and sets up no
+	// firewall: no chain, no jump, no rule, nothing written.
 	g.bans, err = bans.New(bans.Options{
-		Firewall:  fw,
-		StatePath: cfg.Response.StateFile,
-		Never:     g.refreshNever(ctx, "start", false),
-		Logger:    g.log,
+		Firewall:   fw,
+		StatePath:  cfg.Response.StateFile,
+		Never:      g.refreshNever(ctx, "start", false),
+		Observe:    cfg.Mode != config.ModeEnforce,
+		RecoverFor: time.Duration(cfg.Response.BanDuration),
+		Logger:     g.log,
 	})
 	if err != nil {
 		return err
@@ -383,6 +387,23 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 			}
 			handleAlerts()
 		}
+	}
+}
+
+// switchMode follows a reload that changed the mode. To enforce: the
+// firewall is set up and the real bans applied before the responder acts.
+// To observe: nothing more is done; the bans already applied stay in the
+// firewall (observe mode changes nothing, lifting included).
+func (g *Guard) switchMode(mode string) {
+	if mode != config.ModeEnforce {
+		g.bans.Observe()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := g.bans.Enforce(ctx); err != nil {
+		g.log.Error().Str("component", "guard").Err(err).
+			Msg("the firewall cannot be set up: block_ip will fail until it can; the other actions go on")
 	}
 }
 

@@ -112,6 +112,12 @@ func (g *Guard) reload(ctx context.Context, det *detector.Detector) ReloadResult
 	g.metrics.SetSilenceAlarm(time.Duration(next.Metrics.SilenceAlarm))
 	det.SetConfig(next.Detector())
 	g.resp.setConfig(next)
+	if next.Mode != running.Mode {
+		// Alerts wait while this runs (the detector loop reloads), so
+		// none is handled between the responder's and the bans' switch;
+		// the new mode shows in the configuration once it is in effect.
+		g.switchMode(next.Mode)
+	}
 	g.cfg.Store(next)
 	g.refreshNever(ctx, "reload", true)
 	log.Info().Str("mode", next.Mode).Strs("applied", nonNil(res.Applied)).Strs("restart_needed", nonNil(res.Restart)).

@@ -17,6 +17,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/action/firewall"
 	"github.com/astguard/astguard/internal/ami/amitest"
 	"github.com/astguard/astguard/internal/config"
@@ -361,6 +362,7 @@ func TestAMINameResolvedAtReload(t *testing.T) {
 	h := startReloadable(t, srv, func(c *config.Config) {
 		c.AMI.Address = "localhost:1" // nothing listens: no AMI connect to resolve it
 		c.Allow.Networks = []string{"192.0.2.0/24"}
+		c.Mode = config.ModeEnforce // observe mode records no ban
 	}, ls.lookup)
 	errs := h.lines(t, "the AMI server's address does not resolve: it is not protected from a ban until it does (tried again at every reload and AMI connect)")
 	if len(errs) != 1 || errs[0].str("level") != "error" || errs[0].str("key") != "ami.address" || errs[0].str("config") != h.file ||
@@ -371,7 +373,7 @@ func TestAMINameResolvedAtReload(t *testing.T) {
 		t.Errorf("protected at start: %v", p)
 	}
 	ctx := context.Background()
-	if _, err := h.g.bans.Ban(ctx, netip.MustParseAddr("127.0.0.1"), time.Hour, "test", ""); err != nil {
+	if _, err := h.g.bans.Ban(ctx, bans.Request{Addr: netip.MustParseAddr("127.0.0.1"), TTL: time.Hour, Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -351,20 +351,28 @@ func (r *responder) block(ctx context.Context, cfg *config.Config, a *detector.A
 	if a.IsExtension() {
 		ext = a.Tech.String() + "/" + a.Extension
 	}
-	reason := fmt.Sprintf("%s %s: %d %s", a.Rule, a.Severity, a.Count, a.Reason)
+	req := bans.Request{
+		Addr: addr, TTL: time.Duration(cfg.Response.BanDuration), Extension: ext, Rule: a.Rule.String(),
+		Reason: fmt.Sprintf("%s %s: %d %s", a.Rule, a.Severity, a.Count, a.Reason),
+	}
 	start := r.now()
 	err := retry(ctx, cfg, func() error {
-		_, err := r.bans.Ban(ctx, addr, time.Duration(cfg.Response.BanDuration), reason, ext)
+		_, err := r.bans.Ban(ctx, req)
 		return err
 	})
 	took := r.now().Sub(start)
+	ttl := cfg.Response.BanDuration.String()
 	switch {
 	case errors.Is(err, bans.ErrProtected):
 		r.outcome(actBlock, "skipped", a, target, took, nil, "never blocked: allow-listed, the AMI server or the guard's own address")
+	case errors.Is(err, bans.ErrObserving):
+		r.outcome(actBlock, "skipped", a, target, took, nil, "the mode changed to observe before the ban: nothing done")
 	case err != nil:
 		r.outcome(actBlock, "failed", a, target, took, err, "the ban is recorded and re-applied until the firewall accepts it")
+	case !r.bans.Real():
+		r.outcome(actBlock, "would", a, target, took, nil, "dry-run firewall: would drop "+target+" for "+ttl)
 	default:
-		r.outcome(actBlock, "done", a, target, took, nil, "dropped for "+time.Duration(cfg.Response.BanDuration).String())
+		r.outcome(actBlock, "done", a, target, took, nil, "dropped for "+ttl)
 	}
 }
 
@@ -620,7 +628,7 @@ var permanentMessages = []string{"No such channel", "Given category does not exi
 func retryable(err error) bool {
 	var ref *refusal
 	switch {
-	case errors.As(err, &ref), errors.Is(err, bans.ErrProtected), errors.Is(err, ami.ErrUnsafe),
+	case errors.As(err, &ref), errors.Is(err, bans.ErrProtected), errors.Is(err, bans.ErrObserving), errors.Is(err, ami.ErrUnsafe),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ami.ErrClosed):
 		return false
 	}
