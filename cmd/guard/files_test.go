@@ -50,7 +50,7 @@ func TestRunReadsInstalledConfig(t *testing.T) {
 	}
 	writeMode(t, path, "[ami]\nfoo = 1\n", 0o600)
 	code, _, stderr = runGuard("run")
-	if code != 1 || stderr != "config is invalid:\nunknown key ami.foo\n" {
+	if code != 1 || stderr != "config is invalid:\n"+path+":2: unknown key ami.foo\n" {
 		t.Fatalf("bad installed config: exit %d, stderr %q", code, stderr)
 	}
 	if code, _, stderr := runGuard("run", "extra"); code != 2 || !strings.Contains(stderr, "usage: guard run [--config FILE]") {
@@ -164,7 +164,7 @@ func TestBansReadsInstalledConfig(t *testing.T) {
 	writeMode(t, path, fmt.Sprintf("[response]\nstate_file = %q\nadmin_socket = %q\n", state, filepath.Join(dir, "admin.sock")), 0o600)
 	useInstalledConfig(t, path)
 	code, stdout, stderr := runGuard("bans", "--json")
-	if code != 0 || !strings.Contains(stdout, `"192.0.2.9"`) {
+	if code != 0 || !strings.Contains(stdout, `"192.0.2.9/32"`) {
 		t.Fatalf("exit %d, stdout %q, stderr %q; want the installed config's ban", code, stdout, stderr)
 	}
 }

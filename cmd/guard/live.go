@@ -10,9 +10,12 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/config"
@@ -99,11 +102,17 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, "run: usage: guard run [--config FILE] [--record FILE] [--allow-shared-files]\n")
 		return 2
 	}
-	cfg, ok := configOrSay(*path, stderr)
+	// Absolute, so that every message names the file a reload reads.
+	file, err := filepath.Abs(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "run: %v\n", err)
+		return 1
+	}
+	cfg, ok := configOrSay(file, stderr)
 	if !ok {
 		return 1
 	}
-	shared, err := checkRunFiles(*path, cfg, *allowShared)
+	shared, err := checkRunFiles(file, cfg, *allowShared)
 	if err != nil {
 		fmt.Fprintf(stderr, "run: refusing to start: %v\n", err)
 		if errors.Is(err, fsafe.ErrReadableByOthers) {
@@ -118,13 +127,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel, reload := signals()
 	defer cancel()
 	err = guard.Run(ctx, guard.Options{
-		Config: cfg,
+		Config:     cfg,
+		ConfigFile: file,
 		Load: func() (*config.Config, error) {
-			c, err := config.Load(*path)
+			c, err := config.Load(file)
 			if err != nil {
 				return nil, err
 			}
-			if _, err := checkRunFiles(*path, c, *allowShared); err != nil {
+			if _, err := checkRunFiles(file, c, *allowShared); err != nil {
 				return nil, err
 			}
 			return c, nil
@@ -160,9 +170,10 @@ func cmdBans(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	list, err := guard.NewAdminClient(cfg.Response.AdminSocket).Bans(ctx)
 	source := "daemon"
+	unknown := false
 	if errors.Is(err, guard.ErrNoDaemon) {
 		source = "state file (no guard running)"
-		list, err = bans.ReadState(cfg.Response.StateFile)
+		list, unknown, err = offlineBans(ctx, cfg, stderr)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "bans: %v\n", err)
@@ -174,18 +185,52 @@ func cmdBans(args []string, stdout, stderr io.Writer) int {
 		_ = enc.Encode(list)
 		return 0
 	}
+	real := 0
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "ADDRESS\tSINCE\tUNTIL\tEXTENSION\tREASON\n")
+	fmt.Fprintf(tw, "ADDRESS\tKIND\tSINCE\tUNTIL\tRULE\tEXTENSION\tREASON\n")
 	for _, b := range list {
 		until := "never"
 		if !b.Until.IsZero() {
 			until = b.Until.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Addr, b.Since.UTC().Format(time.RFC3339), until, b.Extension, b.Reason)
+		kind := "dry-run"
+		switch {
+		case unknown:
+			kind = "unknown"
+		case !b.DryRun:
+			kind = "real"
+			real++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.Target(), kind, b.Since.UTC().Format(time.RFC3339), until, b.Rule, b.Extension, b.Reason)
 	}
 	_ = tw.Flush()
-	fmt.Fprintf(stderr, "%d bans, from the %s\n", len(list), source)
+	if unknown {
+		fmt.Fprintf(stderr, "%d bans, from the %s\n", len(list), source)
+	} else {
+		fmt.Fprintf(stderr, "%d bans (%d real, %d dry-run), from the %s\n", len(list), real, len(list)-real, source)
+	}
 	return 0
+}
+
+// offlineBans reads the bans from the state file when no guard runs. A
+// version 1 file does not say which bans were real: the firewall the
+// configuration names is asked, as the guard does when it starts (real
+// when the guard's chain holds the ban's rule). When it cannot be asked
+// (not root), unknown is true and stderr says why.
+func offlineBans(ctx context.Context, cfg *config.Config, stderr io.Writer) (list []bans.Ban, unknown bool, err error) {
+	st, err := bans.ReadState(cfg.Response.StateFile)
+	if err != nil || st.Version == bans.StateVersion {
+		return st.Bans, false, err
+	}
+	fw, err := guard.NewFirewall(cfg, zerolog.Nop())
+	if err == nil {
+		_, _, err = st.Upgrade(ctx, fw)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bans: the state file is version 1, which did not record whether a ban was real, and the firewall cannot be asked (%v); the guard decides when it starts: real when its chain holds the ban's rule\n", err)
+		return st.Bans, true, nil
+	}
+	return st.Bans, false, nil
 }
 
 // cmdUnblock lifts a ban through the running daemon, or through the state

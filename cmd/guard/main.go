@@ -13,11 +13,15 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -25,6 +29,7 @@ import (
 	"github.com/astguard/astguard/internal/alert"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
+	"github.com/astguard/astguard/internal/guard"
 	"github.com/astguard/astguard/internal/replay"
 )
 
@@ -113,7 +118,8 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "check-config: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	if _, ok := configOrSay(*path, stderr); !ok {
+	cfg, ok := configOrSay(*path, stderr)
+	if !ok {
 		return 1
 	}
 	name := *path
@@ -121,7 +127,36 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 		name = "defaults"
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", name)
+	// What the guard would never block, the AMI server's addresses
+	// resolved as at its start.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	never, err := guard.NeverBlock(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: warning: %v: the guard would start without protecting the AMI server from a ban, "+
+			"and resolve it again at every reload and AMI connect\n", name, err)
+	}
+	fmt.Fprintf(stdout, "never blocked: %s\n", prefixList(never))
 	return 0
+}
+
+// prefixList writes the networks once each, in order, without the /32 or
+// /128 of a single address.
+func prefixList(ps []netip.Prefix) string {
+	var out []string
+	for _, p := range ps {
+		s := p.String()
+		if p.IsSingleIP() {
+			s = p.Addr().String()
+		}
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	if len(out) == 0 {
+		return "nothing"
+	}
+	return strings.Join(out, ", ")
 }
 
 func cmdReplay(args []string, stdout, stderr io.Writer) int {

@@ -125,7 +125,8 @@ func TestExitCodes(t *testing.T) {
 	}{
 		{[]string{"check-config", "--config", "../../config.toml.example"}, 0, "../../config.toml.example: ok\n", ""},
 		{[]string{"check-config"}, 0, "defaults: ok\n", ""},
-		{[]string{"check-config", "--config", bad}, 1, "", "config is invalid:\nunknown key detector.prefix_guess.foo\n"},
+		{[]string{"check-config", "--config", bad}, 1, "", "config is invalid:\n" + bad + ":2: detector.prefix_guess.window must be > 0\n" +
+			bad + ":3: unknown key detector.prefix_guess.foo\n"},
 		{[]string{"check-config", "--config", "/nonexistent.toml"}, 1, "", "config is invalid:\n"},
 		{[]string{"replay", "/nonexistent.ami"}, 1, "", "replay failed"},
 		{[]string{"replay"}, 2, "", "name at least one transcript"},

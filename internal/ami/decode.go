@@ -28,6 +28,7 @@ const (
 	fSessionID
 	fACLName
 	fRemoteAddress
+	fUsingPassword
 	fPeer
 	fPeerStatus
 	fAddress
@@ -47,7 +48,7 @@ var fieldNames = [nFields]string{
 	fDestination: "destination", fDestUniqueid: "destuniqueid", fDestExten: "destexten",
 	fDialString: "dialstring", fDialStatus: "dialstatus", fCause: "cause", fService: "service",
 	fAccountID: "accountid", fSessionID: "sessionid", fACLName: "aclname",
-	fRemoteAddress: "remoteaddress", fPeer: "peer", fPeerStatus: "peerstatus", fAddress: "address",
+	fRemoteAddress: "remoteaddress", fUsingPassword: "usingpassword", fPeer: "peer", fPeerStatus: "peerstatus", fAddress: "address",
 	fPort: "port", fEndpointName: "endpointname", fContactStatus: "contactstatus", fURI: "uri",
 	fSubEvent: "subevent", fPrivilege: "privilege",
 }
@@ -136,8 +137,8 @@ func eventKind(name []byte) (Kind, SecurityType) {
 //     Destination; any other SubEvent is not needed.
 //   - The security events named by [SecurityType], and any other event whose
 //     Privilege starts with the class security (as SecOther): Service,
-//     AccountID, SessionID, ACLName, and RemoteAddress split into RemoteAddr
-//     and RemotePort.
+//     AccountID, SessionID, ACLName, RemoteAddress split into RemoteAddr
+//     and RemotePort, and UsingPassword (true only for `UsingPassword: 1`).
 //   - PeerStatus: Peer, Status (from PeerStatus), Address (`ip:port`,
 //     `[v6]:port` or a bare address; a Port header fills a missing port).
 //   - ContactStatus: Peer (from EndpointName), Status (from ContactStatus),
@@ -203,6 +204,7 @@ func Decode(m *Message, ev *Event) bool {
 		fill(target{vals[fService], &ev.Service}, target{vals[fAccountID], &ev.AccountID},
 			target{vals[fSessionID], &ev.SessionID}, target{vals[fACLName], &ev.ACLName}, target{a, &addr})
 		ev.RemoteAddr, ev.RemotePort = parseAddr(addr, port)
+		ev.UsingPassword = bytes.Equal(bytes.TrimSpace(vals[fUsingPassword]), []byte("1"))
 	case KindPeerStatus:
 		a, port := splitHostPort(bytes.TrimSpace(vals[fAddress]))
 		fill(target{vals[fPeer], &ev.Peer}, target{vals[fPeerStatus], &ev.Status}, target{a, &addr})

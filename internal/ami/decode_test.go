@@ -298,7 +298,7 @@ func TestDecode(t *testing.T) {
 		}},
 		{"SuccessfulAuth PJSIP", frameSuccessfulAuthPJSIP, Event{
 			Kind: KindSecurity, Security: SecSuccessfulAuth, Service: "PJSIP", AccountID: "300",
-			SessionID: "1-28445@127.0.0.5", RemoteAddr: ip("127.0.0.5"), RemotePort: 5072,
+			SessionID: "1-28445@127.0.0.5", RemoteAddr: ip("127.0.0.5"), RemotePort: 5072, UsingPassword: true,
 		}},
 		{"SuccessfulAuth AMI", frameSuccessfulAuthAMI, Event{
 			Kind: KindSecurity, Security: SecSuccessfulAuth, Service: "AMI", AccountID: "guard",
@@ -323,6 +323,12 @@ func TestDecode(t *testing.T) {
 			Event{Kind: KindSecurity, Security: SecInvalidPassword, RemoteAddr: ip("127.0.0.4")}},
 		{"other security event", "Event: UnexpectedAddress\nPrivilege: security,all\nService: SIP\nAccountID: 200\nRemoteAddress: IPV4/UDP/10.0.0.1/5060\n",
 			Event{Kind: KindSecurity, Security: SecOther, Service: "SIP", AccountID: "200", RemoteAddr: ip("10.0.0.1"), RemotePort: 5060}},
+		{"SuccessfulAuth without password", "Event: SuccessfulAuth\nPrivilege: security,all\nService: SIP\nAccountID: carrier\nRemoteAddress: IPV4/UDP/127.0.0.9/5090\nUsingPassword: 0\n",
+			Event{Kind: KindSecurity, Security: SecSuccessfulAuth, Service: "SIP", AccountID: "carrier", RemoteAddr: ip("127.0.0.9"), RemotePort: 5090}},
+		{"UsingPassword other than 1", "Event: SuccessfulAuth\nPrivilege: security,all\nService: SIP\nAccountID: 200\nUsingPassword: yes\n",
+			Event{Kind: KindSecurity, Security: SecSuccessfulAuth, Service: "SIP", AccountID: "200"}},
+		{"UsingPassword case and spaces", "event: successfulauth\nprivilege: security,all\nservice: PJSIP\naccountid: 300\nusingpassword:  1 \n",
+			Event{Kind: KindSecurity, Security: SecSuccessfulAuth, Service: "PJSIP", AccountID: "300", UsingPassword: true}},
 		{"PeerStatus IPv6", "Event: PeerStatus\nPrivilege: system,all\nPeer: SIP/200\nPeerStatus: Registered\nAddress: [2001:db8::1]:5070\n",
 			Event{Kind: KindPeerStatus, Peer: "SIP/200", Status: "Registered", Addr: ip("2001:db8::1"), Port: 5070}},
 		{"PeerStatus bare IPv6 and Port header", "Event: PeerStatus\nPrivilege: system,all\nPeer: IAX2/trunk\nPeerStatus: Reachable\nAddress: 2001:db8::1\nPort: 4569\n",
@@ -451,6 +457,7 @@ func TestDecodeTranscripts(t *testing.T) {
 		ev     Event
 		counts = map[Kind]int{}
 		secs   = map[SecurityType]int{}
+		pw     []string
 	)
 	for {
 		_, _, err := tr.Next(&m)
@@ -461,6 +468,9 @@ func TestDecodeTranscripts(t *testing.T) {
 			counts[ev.Kind]++
 			if ev.Kind == KindSecurity {
 				secs[ev.Security]++
+				if ev.UsingPassword {
+					pw = append(pw, ev.Service+"/"+ev.AccountID)
+				}
 				if !ev.RemoteAddr.IsValid() || ev.RemotePort == 0 {
 					t.Errorf("security event without address: %s", m.Raw())
 				}
@@ -479,5 +489,11 @@ func TestDecodeTranscripts(t *testing.T) {
 		SecFailedACL: 4, SecChallengeResponseFailed: 1}
 	if fmt.Sprint(counts) != fmt.Sprint(want) || fmt.Sprint(secs) != fmt.Sprint(wantSec) {
 		t.Errorf("counts %v, want %v\nsecurity %v, want %v", counts, want, secs, wantSec)
+	}
+	// UsingPassword: 1 on the REGISTERs of 201 and 200 and on every
+	// authenticated PJSIP request of 300; 0 on the guard's AMI login.
+	wantPw := "[SIP/201 SIP/200 PJSIP/300 PJSIP/300 PJSIP/300 PJSIP/300 PJSIP/300 PJSIP/300 PJSIP/300]"
+	if fmt.Sprint(pw) != wantPw {
+		t.Errorf("UsingPassword on %v, want %v", pw, wantPw)
 	}
 }

@@ -95,6 +95,10 @@ type Event struct {
 	ACLName    string
 	RemoteAddr netip.Addr // from RemoteAddress (IPV4|IPV6/<transport>/<addr>/<port>)
 	RemotePort uint16
+	// UsingPassword: SuccessfulAuth's `UsingPassword: 1`, the request was
+	// authenticated with the secret. 0 (a peer matched by its address, an
+	// AMI login by challenge) proves nothing about who sent it.
+	UsingPassword bool
 
 	// Address hints (PeerStatus, ContactStatus).
 	Peer   string     // PeerStatus Peer (e.g. SIP/200) or ContactStatus EndpointName

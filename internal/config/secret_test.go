@@ -94,22 +94,28 @@ func TestSecretErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name, env, ami, want string
 	}{
-		{"missing file", "", `secret_file = "/nope"`, "ami.secret_file: open /nope: no such file or directory"},
-		{"directory", "", fmt.Sprintf("secret_file = %q", dir), "ami.secret_file: unsafe file: " + dir + ": not a regular file (a directory)"},
-		{"CR inside the file's first line", "", fmt.Sprintf("secret_file = %q", cr), "ami.secret_file: the secret must not contain CR or LF"},
+		{"missing file", "", `secret_file = "/nope"`, "FILE:2: ami.secret_file: open /nope: no such file or directory"},
+		{"directory", "", fmt.Sprintf("secret_file = %q", dir), "FILE:2: ami.secret_file: unsafe file: " + dir + ": not a regular file (a directory)"},
+		{"CR inside the file's first line", "", fmt.Sprintf("secret_file = %q", cr), "FILE:2: ami.secret_file: the secret must not contain CR or LF"},
 		{"first line too long", "", fmt.Sprintf("secret_file = %q", long),
-			fmt.Sprintf("ami.secret_file: %s: the first line is longer than 4096 bytes", long)},
+			fmt.Sprintf("FILE:2: ami.secret_file: %s: the first line is longer than 4096 bytes", long)},
+		// The environment is not the file: no file or line.
 		{"LF in env", "s3c\nret", "", SecretEnv + " must not contain CR or LF"},
 		{"CR in env", "s3cret\r", "", SecretEnv + " must not contain CR or LF"},
-		{"CR inline", "", `secret = "s3cret\r"`, "ami.secret must not contain CR or LF"},
+		{"CR inline", "", `secret = "s3cret\r"`, "FILE:2: ami.secret must not contain CR or LF"},
 		{"with other problems", "", "secret_file = \"/nope\"\nusername = \"\"",
-			"ami.secret_file: open /nope: no such file or directory\nami.username must not be empty"},
+			"FILE:2: ami.secret_file: open /nope: no such file or directory\nFILE:3: ami.username must not be empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv(SecretEnv, tc.env)
 			c, err := loadWith(t, tc.ami)
-			if err == nil || err.Error() != tc.want {
-				t.Errorf("error\n got: %v\nwant: %s", err, tc.want)
+			var file string
+			if err != nil {
+				file, _, _ = strings.Cut(err.Error(), ":")
+			}
+			want := strings.ReplaceAll(tc.want, "FILE", file)
+			if err == nil || err.Error() != want {
+				t.Errorf("error\n got: %v\nwant: %s", err, want)
 			}
 			if c != nil {
 				t.Error("Load returned a Config with its error")
@@ -142,8 +148,8 @@ func TestSecretFileMustBeRegular(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p := writeFile(t, dir, "astguard.toml", fmt.Sprintf("[ami]\nsecret_file = %q\n", tc.path))
 			c, err := Load(p)
-			if err == nil || err.Error() != tc.want {
-				t.Fatalf("error\n got: %v\nwant: %s", err, tc.want)
+			if want := p + ":2: " + tc.want; err == nil || err.Error() != want {
+				t.Fatalf("error\n got: %v\nwant: %s", err, want)
 			}
 			if c != nil {
 				t.Error("Load returned a Config with its error")

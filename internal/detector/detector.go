@@ -15,13 +15,13 @@ import (
 )
 
 const (
-	maxSourcesPerExt  = 8   // addresses remembered per extension
+	maxSourcesPerExt  = 8   // addresses Asterisk received an extension's requests from
+	maxContactsPerExt = 4   // client-supplied contact addresses remembered per extension
 	maxCallsPerExt    = 512 // live calls tracked per extension (more are counted, not named)
 	maxDestsPerExt    = 16  // destinations tracked for prefix guessing
 	maxSample         = 8   // dialled numbers / accounts kept for an alert
 	sessionDedupe     = 2 * time.Second
 	maxCallIndex      = 1 << 17 // live originated calls indexed by Uniqueid
-	maxChallenged     = 4096    // challenged names remembered before their state exists
 	evictScan         = 64      // stalest keys examined to find an idle one
 	sweepEvery        = time.Second
 	dialledAccountLen = 7 // a chan_sip AccountID this long and all digits is a dialled number
@@ -49,10 +49,10 @@ type liveCall struct {
 	number   string // empty until known (Originate: from the DialBegin)
 }
 
-type source struct {
-	addr    netip.Addr
-	seen    int64
-	trusted bool // seen by Asterisk (SuccessfulAuth, PeerStatus), not client-supplied
+// seenAddr is an address of an extension and when it was last seen.
+type seenAddr struct {
+	addr netip.Addr
+	seen int64
 }
 
 type prefixSeen struct {
@@ -77,13 +77,23 @@ type extState struct {
 	lastSeen int64
 	incident int64 // an incident is in progress until this time
 	alerts   alertLog
-	// authed: seen authenticating (SuccessfulAuth, PeerStatus Registered,
-	// a challenge naming it). Trunks and IP-authenticated peers never are.
+	// authed: proven to hold a secret, by a SuccessfulAuth with
+	// UsingPassword: 1 or a registration Asterisk accepted (PeerStatus
+	// Registered). Trunks and peers matched by their address never are. A
+	// ChallengeSent proves nothing: chan_sip names an INVITE's sender by
+	// its From user, which any caller chooses, and challenges it even when
+	// no such peer takes a password (alwaysauthreject).
 	authed bool
 
-	calls   []liveCall
-	sources []source
-	act     *extActivity // nil until the extension places a call
+	calls []liveCall
+	// sources: where Asterisk received the extension's requests from
+	// (SuccessfulAuth's RemoteAddress); contacts: addresses the client
+	// gave (PeerStatus Address, which chan_sip takes from the Contact
+	// header unless nat= says otherwise; ContactStatus URI). Kept apart so
+	// that contacts, which an attacker chooses, never push out a source.
+	sources  []seenAddr
+	contacts []seenAddr
+	act      *extActivity // nil until the extension places a call
 }
 
 // extActivity is the state of an extension that places calls; most
@@ -199,8 +209,6 @@ type Detector struct {
 	actQ  lru[extActivity, *extActivity] // extensions with call state, by last call
 	addrQ lru[addrState, *addrState]
 	calls map[string]*extState // live originated calls by Uniqueid
-	// challenged remembers names challenged before their state exists.
-	challenged map[extKey]struct{}
 
 	allowExt  map[extKey]bool
 	allowName map[string]bool
@@ -224,14 +232,13 @@ func New(cfg Config) *Detector {
 	d := &Detector{
 		longestWindow: max(cfg.CallRateBurst.Window, cfg.CallRate.Window, cfg.PrefixGuess.Window,
 			cfg.International.Window, cfg.HighRisk.Window, cfg.FailedProbes.Window),
-		cfg:        cfg,
-		plan:       newPlan(&cfg),
-		exts:       make(map[extKey]*extState),
-		addrs:      make(map[[16]byte]*addrState),
-		calls:      make(map[string]*extState),
-		challenged: make(map[extKey]struct{}),
-		allowExt:   make(map[extKey]bool),
-		allowName:  make(map[string]bool),
+		cfg:       cfg,
+		plan:      newPlan(&cfg),
+		exts:      make(map[extKey]*extState),
+		addrs:     make(map[[16]byte]*addrState),
+		calls:     make(map[string]*extState),
+		allowExt:  make(map[extKey]bool),
+		allowName: make(map[string]bool),
 	}
 	for _, a := range cfg.AllowExtensions {
 		if tech, name, ok := strings.Cut(a, "/"); ok {
@@ -306,13 +313,14 @@ func (d *Detector) LiveChannels(tech ami.Tech, name string, dst []string) []stri
 	return dst
 }
 
-// Sources returns the known addresses of an extension, as in alerts.
+// Sources returns the addresses Asterisk received the extension's requests
+// from, newest first, as in alerts.
 func (d *Detector) Sources(tech ami.Tech, name string) []netip.Addr {
 	e := d.exts[extKey{tech, name}]
 	if e == nil {
 		return nil
 	}
-	return e.sourceList()
+	return addrList(e.sources)
 }
 
 func (d *Detector) extAllowed(k extKey) bool {
@@ -347,13 +355,9 @@ func (d *Detector) ext(k extKey) *extState {
 		d.stats.Evicted++
 	}
 	k.name = strings.Clone(k.name)
-	e := &extState{key: k, lastSeen: d.now}
-	if _, ok := d.challenged[k]; ok || k.tech == ami.TechLocal {
-		// Local channels are made by the PBX itself (Originate, call
-		// files): whoever asked for them authenticated elsewhere.
-		e.authed = true
-		delete(d.challenged, k)
-	}
+	// Local channels are made by the PBX itself (Originate, call files):
+	// whoever asked for them authenticated elsewhere.
+	e := &extState{key: k, lastSeen: d.now, authed: k.tech == ami.TechLocal}
 	d.exts[k] = e
 	d.extPeak = max(d.extPeak, len(d.exts))
 	d.extQ.pushFront(e)
@@ -674,10 +678,13 @@ func (d *Detector) security(ev *ami.Event) {
 			return
 		}
 		if e := d.ext(k); e != nil {
-			d.learnSource(e, ev.RemoteAddr, true)
+			// The request came from RemoteAddress whatever UsingPassword
+			// says; only a password proves the sender holds the secret.
+			if ev.UsingPassword {
+				e.authed = true
+			}
+			d.learnSource(e, ev.RemoteAddr)
 		}
-	case ami.SecChallengeSent:
-		d.challenge(ev)
 	case ami.SecFailedACL:
 		if ev.ACLName == "no_extension_match" {
 			d.failedProbe(ev)
@@ -687,32 +694,6 @@ func (d *Detector) security(ev *ami.Event) {
 	case ami.SecInvalidPassword, ami.SecChallengeResponseFailed, ami.SecInvalidAccountID:
 		d.authFailure(ev)
 	}
-}
-
-// challenge notes that Asterisk asked the named endpoint to authenticate:
-// it is an extension with a secret, not a trunk. chan_sip names an INVITE's
-// sender by its From URI (sip:200@pbx), a REGISTER's by the user.
-func (d *Detector) challenge(ev *ami.Event) {
-	tech, ok := serviceTech(ev.Service)
-	if !ok {
-		return
-	}
-	name := ev.AccountID
-	if rest, ok := strings.CutPrefix(name, "sip:"); ok {
-		name, _, _ = strings.Cut(rest, "@")
-	}
-	if !ami.ValidName(name) {
-		return
-	}
-	k := extKey{tech, name}
-	if e := d.exts[k]; e != nil {
-		e.authed = true
-		return
-	}
-	if len(d.challenged) >= maxChallenged {
-		clear(d.challenged)
-	}
-	d.challenged[extKey{tech, strings.Clone(name)}] = struct{}{}
 }
 
 func (d *Detector) failedProbe(ev *ami.Event) {
@@ -774,16 +755,29 @@ func (d *Detector) authFailure(ev *ami.Event) {
 
 // ---- address hints ----
 
+// peerStatus: a registration Asterisk accepted proves the peer holds its
+// secret. Its Address is where Asterisk will send to, which chan_sip takes
+// from the client's Contact header unless nat= makes it use the packet's
+// source: a contact, never a source.
 func (d *Detector) peerStatus(ev *ami.Event) {
-	if ev.Status != "Registered" && ev.Status != "Reachable" {
+	registered := ev.Status == "Registered"
+	if !registered && ev.Status != "Reachable" {
 		return
 	}
 	cn, ok := peerName(ev.Peer)
-	if !ok || !ev.Addr.IsValid() || d.extAllowed(cn) {
+	if !ok || d.extAllowed(cn) {
+		return
+	}
+	if !registered && !ev.Addr.IsValid() {
 		return
 	}
 	if e := d.ext(cn); e != nil {
-		d.learnSource(e, ev.Addr, true)
+		if registered {
+			e.authed = true
+		}
+		if ev.Addr.IsValid() {
+			learnContact(e, ev.Addr, d.now)
+		}
 	}
 }
 
@@ -796,7 +790,7 @@ func (d *Detector) contactStatus(ev *ami.Event) {
 		return
 	}
 	if e := d.ext(k); e != nil {
-		d.learnSource(e, ev.Addr, false)
+		learnContact(e, ev.Addr, d.now)
 	}
 }
 
@@ -813,50 +807,53 @@ func peerName(p string) (extKey, bool) {
 	return extKey{t, name}, true
 }
 
-// learnSource records an address of e. A trusted (Asterisk-observed) address
+// learnSource records an address Asterisk received a request of e from. One
 // the extension has not used before raises new_source, except the very
 // first, which is learned.
-func (d *Detector) learnSource(e *extState, addr netip.Addr, trusted bool) {
+func (d *Detector) learnSource(e *extState, addr netip.Addr) {
 	addr = addr.Unmap()
-	if trusted {
-		e.authed = true
-	}
-	idx, otherTrusted := -1, false
-	for i, s := range e.sources {
-		if s.addr == addr {
-			idx = i
-		} else if s.trusted {
-			otherTrusted = true
+	for i := range e.sources {
+		if e.sources[i].addr == addr {
+			e.sources[i].seen = d.now
+			return
 		}
 	}
-	if idx >= 0 {
-		s := &e.sources[idx]
-		s.seen = d.now
-		if trusted && !s.trusted {
-			s.trusted = true
-			if otherTrusted {
-				d.newSource(e, addr)
-			}
-		}
-		return
-	}
-	if trusted && otherTrusted {
+	if len(e.sources) > 0 {
 		d.newSource(e, addr)
 	}
-	ns := source{addr: addr, seen: d.now, trusted: trusted}
-	if len(e.sources) < maxSourcesPerExt {
-		e.sources = append(e.sources, ns)
-		return
+	e.sources = remember(e.sources, seenAddr{addr: addr, seen: d.now}, maxSourcesPerExt)
+}
+
+// learnContact records a client-supplied address of e. A new contact does
+// not raise new_source: the client writes whatever it likes there (a
+// phone's private address behind NAT, or someone else's address to draw
+// suspicion onto it), and the request that carried it also raised the
+// SuccessfulAuth whose RemoteAddress, where the packets really came from,
+// raises new_source when it is new.
+func learnContact(e *extState, addr netip.Addr, now int64) {
+	addr = addr.Unmap()
+	for i := range e.contacts {
+		if e.contacts[i].addr == addr {
+			e.contacts[i].seen = now
+			return
+		}
 	}
-	// replace the stalest untrusted, else the stalest
-	victim := -1
-	for i, s := range e.sources {
-		if victim < 0 || (!s.trusted && e.sources[victim].trusted) ||
-			(s.trusted == e.sources[victim].trusted && s.seen < e.sources[victim].seen) {
+	e.contacts = remember(e.contacts, seenAddr{addr: addr, seen: now}, maxContactsPerExt)
+}
+
+// remember adds a to list, replacing the stalest entry when list has n.
+func remember(list []seenAddr, a seenAddr, n int) []seenAddr {
+	if len(list) < n {
+		return append(list, a)
+	}
+	victim := 0
+	for i := range list {
+		if list[i].seen < list[victim].seen {
 			victim = i
 		}
 	}
-	e.sources[victim] = ns
+	list[victim] = a
+	return list
 }
 
 func (d *Detector) newSource(e *extState, addr netip.Addr) {
@@ -868,19 +865,13 @@ func (d *Detector) newSource(e *extState, addr netip.Addr) {
 	d.emit(al)
 }
 
-// sourceList orders the known addresses: trusted first, newest first.
-func (e *extState) sourceList() []netip.Addr {
-	if len(e.sources) == 0 {
+// addrList returns the addresses of list, newest first.
+func addrList(list []seenAddr) []netip.Addr {
+	if len(list) == 0 {
 		return nil
 	}
-	ss := slices.Clone(e.sources)
-	slices.SortStableFunc(ss, func(a, b source) int {
-		if a.trusted != b.trusted {
-			if a.trusted {
-				return -1
-			}
-			return 1
-		}
+	ss := slices.Clone(list)
+	slices.SortStableFunc(ss, func(a, b seenAddr) int {
 		switch {
 		case a.seen > b.seen:
 			return -1
@@ -950,7 +941,7 @@ func (d *Detector) checkExt(e *extState, r Rule, t Threshold, count int, what st
 	d.emit(a)
 }
 
-const unauthNote = "capped at warning: this endpoint was never seen authenticating (a trunk or an IP-authenticated peer?); list trunks in allow.extensions"
+const unauthNote = "capped at warning: this endpoint was never seen authenticating with its secret (a REGISTER Asterisk accepted, or a SuccessfulAuth with UsingPassword 1): a trunk or a peer matched by its address?; list trunks in allow.extensions"
 
 func (d *Detector) extAlert(e *extState, r Rule, sev Severity, count int, window time.Duration, what string) Alert {
 	e.incident = max(e.incident, d.now+int64(d.cfg.Cooldown))
@@ -961,7 +952,8 @@ func (d *Detector) extAlert(e *extState, r Rule, sev Severity, count int, window
 		Severity:  sev,
 		Tech:      e.key.tech,
 		Extension: e.key.name,
-		Sources:   e.sourceList(),
+		Sources:   addrList(e.sources),
+		Contacts:  addrList(e.contacts),
 		Count:     count,
 		Window:    window,
 		Numbers:   e.numberList(),

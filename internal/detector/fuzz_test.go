@@ -208,7 +208,8 @@ const (
 // op byte (kind in the low nibble, security type in the high nibble), the
 // time step from the previous event (int16, units of 10 ms), a 16-bit mask
 // of the fields present and each present field (a length byte and its
-// bytes; Cause as one byte).
+// bytes; Cause as one byte, which for a security event is UsingPassword in
+// its low bit).
 func encodeEvents(evs []ami.Event) []byte {
 	var b []byte
 	var prev time.Time
@@ -236,7 +237,11 @@ func encodeEvents(evs []ami.Event) []byte {
 				mask |= 1 << j
 			}
 		}
-		if ev.Cause != 0 {
+		cause := ev.Cause
+		if ev.Kind == ami.KindSecurity && ev.UsingPassword {
+			cause = 1
+		}
+		if cause != 0 {
 			mask |= 1 << fzCause
 		}
 		b = binary.BigEndian.AppendUint16(b, mask)
@@ -247,8 +252,8 @@ func encodeEvents(evs []ami.Event) []byte {
 				b = append(b, s...)
 			}
 		}
-		if ev.Cause != 0 {
-			b = append(b, byte(ev.Cause))
+		if cause != 0 {
+			b = append(b, byte(cause))
 		}
 	}
 	return b
@@ -364,6 +369,9 @@ func (s *fuzzStream) next(ev *ami.Event, now *time.Time) (op byte, ok bool) {
 			return 0, false
 		}
 		ev.Cause = int(c)
+		if ev.Kind == ami.KindSecurity {
+			ev.UsingPassword, ev.Cause = c&1 == 1, 0
+		}
 	}
 	return op & 0x0f, true
 }
@@ -502,7 +510,7 @@ func checkAlerts(t *testing.T, d *Detector, alerts []Alert) {
 		if a.Rule == 0 || a.Rule >= numRules || (a.Severity != Warning && a.Severity != Critical) {
 			t.Fatalf("bad alert %+v", a)
 		}
-		if len(a.Numbers) > maxSample || len(a.Accounts) > maxSample || len(a.Sources) > maxSourcesPerExt {
+		if len(a.Numbers) > maxSample || len(a.Accounts) > maxSample || len(a.Sources) > maxSourcesPerExt || len(a.Contacts) > maxContactsPerExt {
 			t.Fatalf("alert samples not bounded: %+v", a)
 		}
 		for _, n := range a.Numbers {
@@ -515,9 +523,9 @@ func checkAlerts(t *testing.T, d *Detector, alerts []Alert) {
 				t.Fatalf("alert account %q is not a valid name", acc)
 			}
 		}
-		for _, s := range a.Sources {
+		for _, s := range slices.Concat(a.Sources, a.Contacts) {
 			if !s.IsValid() || s != s.Unmap() {
-				t.Fatalf("alert source %v", s)
+				t.Fatalf("alert address %v", s)
 			}
 		}
 		if a.IsExtension() {
@@ -552,8 +560,8 @@ func checkState(t *testing.T, d *Detector) {
 	if st := d.Stats(); st.Extensions != len(d.exts) || st.Addresses != len(d.addrs) {
 		t.Fatalf("stats %+v", st)
 	}
-	if len(d.calls) > maxCallIndex || len(d.challenged) > maxChallenged {
-		t.Fatalf("indexes past their caps: %d calls, %d challenged", len(d.calls), len(d.challenged))
+	if len(d.calls) > maxCallIndex {
+		t.Fatalf("call index past its cap: %d calls", len(d.calls))
 	}
 	checkList(t, "extensions", d.extQ.front, d.extQ.back, d.extQ.n, len(d.exts), func(e *extState) *link[extState] { return &e.link },
 		func(e *extState) bool { return d.exts[e.key] == e })
@@ -582,8 +590,10 @@ func checkState(t *testing.T, d *Detector) {
 		if act == nil {
 			act = &extActivity{}
 		}
-		if len(e.calls) > maxCallsPerExt || len(e.sources) > maxSourcesPerExt || len(act.dests) > maxDestsPerExt || len(act.numbers.v) > maxSample {
-			t.Fatalf("%s/%s: %d calls, %d sources, %d destinations, %d numbers", k.tech, k.name, len(e.calls), len(e.sources), len(act.dests), len(act.numbers.v))
+		if len(e.calls) > maxCallsPerExt || len(e.sources) > maxSourcesPerExt || len(e.contacts) > maxContactsPerExt ||
+			len(act.dests) > maxDestsPerExt || len(act.numbers.v) > maxSample {
+			t.Fatalf("%s/%s: %d calls, %d sources, %d contacts, %d destinations, %d numbers",
+				k.tech, k.name, len(e.calls), len(e.sources), len(e.contacts), len(act.dests), len(act.numbers.v))
 		}
 		for _, r := range []struct {
 			r ring
@@ -613,9 +623,9 @@ func checkState(t *testing.T, d *Detector) {
 		if src := d.Sources(k.tech, k.name); len(src) != len(e.sources) {
 			t.Fatalf("%s/%s: Sources gives %d of %d", k.tech, k.name, len(src), len(e.sources))
 		}
-		for _, s := range e.sources {
+		for _, s := range slices.Concat(e.sources, e.contacts) {
 			if !s.addr.IsValid() || s.addr != s.addr.Unmap() {
-				t.Fatalf("%s/%s: source %v", k.tech, k.name, s.addr)
+				t.Fatalf("%s/%s: address %v", k.tech, k.name, s.addr)
 			}
 		}
 	}

@@ -43,10 +43,17 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// kernelFirewall stands in for iptables: it remembers what it blocks, as
+// the dry run does, and says it is real, so the bans through it are real
+// bans and block_ip's outcome is done.
+type kernelFirewall struct{ *firewall.DryRun }
+
+func (kernelFirewall) Real() bool { return true }
+
 type harness struct {
 	srv    *amitest.Server
 	cfg    *config.Config
-	fw     *firewall.DryRun
+	fw     kernelFirewall
 	logs   *syncBuffer
 	cancel context.CancelFunc
 	done   chan error
@@ -60,8 +67,8 @@ func startGuard(t *testing.T, transcript string, speed float64, mutate func(*con
 	return startGuardWith(t, transcript, speed, mutate, nil)
 }
 
-// startGuardWith runs the guard with fw as its firewall (nil: a dry-run one
-// the test can read).
+// startGuardWith runs the guard with fw as its firewall (nil: a
+// kernelFirewall the test can read).
 func startGuardWith(t *testing.T, transcript string, speed float64, mutate func(*config.Config), fw firewall.Firewall) *harness {
 	t.Helper()
 	data, err := os.ReadFile(transcripts + transcript)
@@ -92,7 +99,7 @@ func startGuardWith(t *testing.T, transcript string, speed float64, mutate func(
 	if mutate != nil {
 		mutate(cfg)
 	}
-	h := &harness{srv: srv, cfg: cfg, fw: firewall.NewDryRun(zerolog.Nop()), logs: &syncBuffer{}, done: make(chan error, 1), guard: make(chan *Guard, 1)}
+	h := &harness{srv: srv, cfg: cfg, fw: kernelFirewall{firewall.NewDryRun(zerolog.Nop())}, logs: &syncBuffer{}, done: make(chan error, 1), guard: make(chan *Guard, 1)}
 	if fw == nil {
 		fw = h.fw
 	}

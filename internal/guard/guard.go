@@ -33,6 +33,11 @@ type Options struct {
 	// are refused).
 	Load   func() (*config.Config, error)
 	Reload <-chan struct{}
+	// ConfigFile is the file Load reads: every message about the
+	// configuration names it.
+	ConfigFile string
+	// Logger is where the guard logs. Its level is replaced by log.level,
+	// which a reload changes; a disabled logger stays disabled.
 	Logger zerolog.Logger
 	// Firewall overrides the one the config names (tests, demo).
 	Firewall firewall.Firewall
@@ -43,6 +48,11 @@ type Options struct {
 	RecordKeep     int
 	// Started, if set, is called once the guard is wired (tests).
 	Started func(*Guard)
+	// Reloaded, if set, is called with the outcome of every reload.
+	Reloaded func(ReloadResult)
+	// LookupNetIP resolves the host of ami.address (tests); default
+	// net.DefaultResolver.LookupNetIP.
+	LookupNetIP func(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
 // Guard is a running guard.
@@ -50,6 +60,9 @@ type Guard struct {
 	opts    Options
 	cfg     atomic.Pointer[config.Config]
 	log     zerolog.Logger
+	level   levelGate
+	lookup  lookupFunc
+	never   neverState
 	events  *ami.Session
 	urgent  *ami.Session
 	bans    *bans.Manager
@@ -95,11 +108,20 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	g := &Guard{
 		opts:    opts,
-		log:     opts.Logger,
+		lookup:  opts.LookupNetIP,
 		queue:   make(chan ami.Incoming, cfg.AMI.QueueSize),
 		connect: make(chan struct{}, 1),
 		resync:  make(chan resyncItem, 1),
 	}
+	if g.lookup == nil {
+		g.lookup = net.DefaultResolver.LookupNetIP
+	}
+	g.level.set(cfg.Log.Level)
+	g.log = opts.Logger
+	if g.log.GetLevel() != zerolog.Disabled {
+		g.log = g.log.Level(zerolog.TraceLevel) // the level gate decides
+	}
+	g.log = g.log.Sample(&g.level)
 	g.cfg.Store(cfg)
 	log := g.log.With().Str("component", "guard").Logger()
 	g.metrics = g.newMetrics(cfg)
@@ -118,15 +140,15 @@ func Run(ctx context.Context, opts Options) error {
 			return err
 		}
 	}
-	never, err := neverBlock(cfg)
-	if err != nil {
-		return err
-	}
+	// In observe mode the ban manager reads the state and sets up no
+	// firewall: no chain, no jump, no rule, nothing written.
 	g.bans, err = bans.New(bans.Options{
-		Firewall:  fw,
-		StatePath: cfg.Response.StateFile,
-		Never:     never,
-		Logger:    g.log,
+		Firewall:   fw,
+		StatePath:  cfg.Response.StateFile,
+		Never:      g.refreshNever(ctx, "start", false),
+		Observe:    cfg.Mode != config.ModeEnforce,
+		RecoverFor: time.Duration(cfg.Response.BanDuration),
+		Logger:     g.log,
 	})
 	if err != nil {
 		return err
@@ -195,7 +217,7 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}
 
-	log.Info().Str("mode", cfg.Mode).Str("ami", cfg.AMI.Address).Str("firewall", cfg.Response.Firewall).
+	log.Info().Str("config", opts.ConfigFile).Str("mode", cfg.Mode).Str("ami", cfg.AMI.Address).Str("firewall", cfg.Response.Firewall).
 		Int("bans_restored", len(g.bans.List())).Msg("guard started")
 	if opts.Started != nil {
 		opts.Started(g)
@@ -253,35 +275,6 @@ func NewFirewall(cfg *config.Config, log zerolog.Logger) (firewall.Firewall, err
 		return firewall.NewDryRun(log), nil
 	}
 	return firewall.NewIPTables(firewall.Options{Chain: cfg.Response.Chain, DisableIPv6: !cfg.Response.IPv6, KeepRulesOnSetup: true, Logger: log})
-}
-
-// neverBlock is every address the guard must never cut off: the allow-list
-// and never_block, the AMI server and the address the guard reaches it from.
-func neverBlock(cfg *config.Config) ([]netip.Prefix, error) {
-	out := cfg.NeverBlock()
-	host, port, err := net.SplitHostPort(cfg.AMI.Address)
-	if err != nil {
-		return nil, err
-	}
-	addrs, err := net.DefaultResolver.LookupNetIP(context.Background(), "ip", host)
-	if err != nil {
-		return nil, fmt.Errorf("ami.address: cannot resolve %s: %w", host, err)
-	}
-	for _, a := range addrs {
-		a = a.Unmap()
-		out = append(out, netip.PrefixFrom(a, a.BitLen()))
-		// The local address the kernel picks to reach it (no packet is sent).
-		if c, err := net.Dial("udp", net.JoinHostPort(a.String(), port)); err == nil {
-			if la, ok := c.LocalAddr().(*net.UDPAddr); ok {
-				if l, ok := netip.AddrFromSlice(la.IP); ok {
-					l = l.Unmap()
-					out = append(out, netip.PrefixFrom(l, l.BitLen()))
-				}
-			}
-			c.Close()
-		}
-	}
-	return out, nil
 }
 
 func (g *Guard) dropped(n uint64) {
@@ -347,7 +340,7 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 				}
 			}
 		case <-g.opts.Reload:
-			g.reload(det)
+			g.reload(ctx, det)
 		case it := <-g.resync:
 			now := time.Now()
 			for i := range it.hints {
@@ -400,33 +393,21 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 	}
 }
 
-// reload applies a new configuration; a bad one keeps the old running.
-func (g *Guard) reload(det *detector.Detector) {
-	log := g.log.With().Str("component", "guard").Logger()
-	if g.opts.Load == nil {
-		log.Warn().Msg("reload asked, but no configuration file to read")
+// switchMode follows a reload that changed the mode. To enforce: the
+// firewall is set up and the real bans applied before the responder acts.
+// To observe: nothing more is done; the bans already applied stay in the
+// firewall (observe mode changes nothing, lifting included).
+func (g *Guard) switchMode(mode string) {
+	if mode != config.ModeEnforce {
+		g.bans.Observe()
 		return
 	}
-	cfg, err := g.opts.Load()
-	if err != nil {
-		log.Error().Err(err).Msg("configuration reload failed: keeping the running configuration")
-		return
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := g.bans.Enforce(ctx); err != nil {
+		g.log.Error().Str("component", "guard").Err(err).
+			Msg("the firewall cannot be set up: block_ip will fail until it can; the other actions go on")
 	}
-	old := g.cfg.Load()
-	if cfg.AMI.Address != old.AMI.Address || cfg.AMI.Username != old.AMI.Username {
-		log.Warn().Msg("ami settings changed: they take effect at the next start")
-	}
-	if cfg.Metrics.Listen != old.Metrics.Listen {
-		log.Warn().Msg("metrics.listen changed: it takes effect at the next start")
-	}
-	g.metrics.SetSilenceAlarm(time.Duration(cfg.Metrics.SilenceAlarm))
-	det.SetConfig(cfg.Detector())
-	g.resp.setConfig(cfg)
-	if never, err := neverBlock(cfg); err == nil {
-		g.bans.SetNever(never)
-	}
-	g.cfg.Store(cfg)
-	log.Info().Str("mode", cfg.Mode).Msg("configuration reloaded")
 }
 
 // resyncLoop rebuilds the view after every (re)connect: events lost across
@@ -438,6 +419,9 @@ func (g *Guard) resyncLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-g.connect:
+		}
+		if !g.neverResolved() {
+			g.refreshNever(ctx, "connect", true)
 		}
 		cfg := g.cfg.Load()
 		actx, cancel := context.WithTimeout(ctx, 4*time.Duration(cfg.AMI.ActionTimeout))
@@ -453,7 +437,14 @@ func (g *Guard) resyncLoop(ctx context.Context) error {
 		if _, peers, err := g.events.List(actx, ami.Action{Name: "SIPpeers"}); err == nil {
 			for _, p := range peers {
 				if a, perr := netip.ParseAddr(p["IPaddress"]); perr == nil && ami.ValidName(p["ObjectName"]) {
-					it.hints = append(it.hints, ami.Event{Kind: ami.KindPeerStatus, Peer: "SIP/" + p["ObjectName"], Status: "Registered", Addr: a.Unmap()})
+					// Only a dynamic peer's address comes from a registration
+					// Asterisk accepted; a static one's is its configured host
+					// (a trunk), which proves no secret.
+					status := "Reachable"
+					if p["Dynamic"] == "yes" {
+						status = "Registered"
+					}
+					it.hints = append(it.hints, ami.Event{Kind: ami.KindPeerStatus, Peer: "SIP/" + p["ObjectName"], Status: status, Addr: a.Unmap()})
 				}
 			}
 		}

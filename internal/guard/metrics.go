@@ -39,7 +39,13 @@ func (g *Guard) newMetrics(cfg *config.Config) *metrics.Metrics {
 			if g.bans == nil {
 				return 0
 			}
-			return len(g.bans.List())
+			n := 0
+			for _, b := range g.bans.List() {
+				if !b.DryRun {
+					n++
+				}
+			}
+			return n
 		},
 		Untrusted: g.stats.untrusted.Load,
 		LastEvent: func() time.Time {

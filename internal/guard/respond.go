@@ -49,7 +49,6 @@ type responder struct {
 	events  *ami.Session // config and Getvar actions
 	urgent  *ami.Session // hang-ups: never behind a slow action
 	bans    *bans.Manager
-	secrets *secretsFile
 	now     func() time.Time
 	metrics *metrics.Metrics // nil: not counted
 
@@ -60,6 +59,7 @@ type responder struct {
 	pending   map[string]pendingResponse
 	protected map[netip.Addr]protection
 	awaiting  map[string]chan struct{} // channel -> closed on its Hangup event
+	secrets   map[string]*secretsFile  // by path: the writes to one file are serialized
 	wg        sync.WaitGroup
 }
 
@@ -69,8 +69,8 @@ func newResponder(cfg *config.Config, log zerolog.Logger, events, urgent *ami.Se
 		events:    events,
 		urgent:    urgent,
 		bans:      b,
-		secrets:   &secretsFile{path: cfg.Response.SecretsFile},
 		now:       time.Now,
+		secrets:   make(map[string]*secretsFile),
 		cfg:       cfg,
 		blocked:   make(map[extKey]time.Time),
 		inflight:  make(map[string]bool),
@@ -90,6 +90,21 @@ func (r *responder) config() *config.Config {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.cfg
+}
+
+// secretsFile returns the secrets file of cfg (response.secrets_file). A
+// rotation takes it once, so its lines and every message about its secret
+// name the same file, even when a reload changes the key meanwhile.
+func (r *responder) secretsFile(cfg *config.Config) *secretsFile {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	path := cfg.Response.SecretsFile
+	f, ok := r.secrets[path]
+	if !ok {
+		f = &secretsFile{path: path}
+		r.secrets[path] = f
+	}
+	return f
 }
 
 // outcome writes one action's result as an alert line of its own.
@@ -201,14 +216,21 @@ func (r *responder) describe(act string, a *detector.Alert, live []string) strin
 	case actRotate:
 		return a.Tech.String() + "/" + a.Extension
 	case actBlock:
-		if a.IsExtension() {
-			ss := make([]string, len(a.Sources))
-			for i, s := range a.Sources {
-				ss[i] = s.String()
-			}
-			return strings.Join(ss, ",")
+		// What blockTargets would pick, without asking Asterisk.
+		if !a.IsExtension() {
+			return a.IP.String()
 		}
-		return a.IP.String()
+		var parts []string
+		if v := sourceVariable(a.Tech); v != "" && len(live) > 0 {
+			parts = append(parts, "its live call's address (Getvar "+v+")")
+		}
+		if len(a.Sources) > 0 {
+			parts = append(parts, a.Sources[0].String())
+		}
+		if len(parts) == 0 {
+			return "nothing: no address Asterisk received its requests from"
+		}
+		return strings.Join(parts, ", else ")
 	}
 	return ""
 }
@@ -218,7 +240,10 @@ func (r *responder) respond(ctx context.Context, cfg *config.Config, a detector.
 	do := func(act string) bool { return slices.Contains(todo, act) }
 	var targets []netip.Addr
 	if do(actBlock) {
-		targets = r.blockTargets(ctx, cfg, &a, live)
+		var why string
+		if targets, why = r.blockTargets(ctx, cfg, &a, live); len(targets) == 0 {
+			r.outcome(actBlock, "skipped", &a, "", 0, nil, why)
+		}
 	}
 	var wg sync.WaitGroup
 	if do(actBlock) {
@@ -243,35 +268,60 @@ func (r *responder) respond(ctx context.Context, cfg *config.Config, a detector.
 	}
 }
 
-// blockTargets picks the addresses to block for an alert. For an extension,
-// the address its live call comes from, as Asterisk sees it (Getvar
-// CHANNEL(peerip) / CHANNEL(pjsip,remote_addr)): the registration address
-// may be the real user's while the thief calls from elsewhere. Without a
-// live channel, the newest address Asterisk saw it authenticate from.
-func (r *responder) blockTargets(ctx context.Context, cfg *config.Config, a *detector.Alert, live []string) []netip.Addr {
+// blockTargets picks the addresses to block for an alert, or says why there
+// is none. For an extension, only an address Asterisk received its requests
+// from: that of its live call (Getvar CHANNEL(recvip) for chan_sip, the
+// packet's source, not CHANNEL(peerip), which follows the client's Contact
+// header with nat=no; CHANNEL(pjsip,remote_addr), the transport's remote
+// address, for PJSIP), since the registration may be the real user's while
+// the thief calls from elsewhere. Without a live call, the newest of the
+// alert's Sources. Never a contact: the client writes what it likes there,
+// and would choose what gets blocked.
+func (r *responder) blockTargets(ctx context.Context, cfg *config.Config, a *detector.Alert, live []string) ([]netip.Addr, string) {
 	if !a.IsExtension() {
-		return []netip.Addr{a.IP}
+		return []netip.Addr{a.IP}, ""
 	}
-	var out []netip.Addr
 	for _, ch := range live {
-		if len(out) > 0 {
-			break
-		}
 		if addr, ok := r.channelAddr(ctx, cfg, a.Tech, ch); ok {
-			out = append(out, addr)
+			return []netip.Addr{addr}, ""
 		}
 	}
-	if len(out) == 0 && len(a.Sources) > 0 {
-		out = append(out, a.Sources[0])
+	if len(a.Sources) > 0 {
+		return []netip.Addr{a.Sources[0]}, ""
 	}
-	return out
+	why := "no live call"
+	switch v := sourceVariable(a.Tech); {
+	case len(live) > 0 && v == "":
+		why = fmt.Sprintf("Asterisk gives no source address for %s channels", a.Tech)
+	case len(live) > 0:
+		why = fmt.Sprintf("no address from Getvar %s on its %d live channels", v, len(live))
+	}
+	why = fmt.Sprintf("nothing to block: %s, and no address Asterisk received a request of %s/%s from (SuccessfulAuth)", why, a.Tech, a.Extension)
+	if len(a.Contacts) > 0 {
+		cs := make([]string, len(a.Contacts))
+		for i, c := range a.Contacts {
+			cs[i] = c.String()
+		}
+		why += "; contact " + strings.Join(cs, ",") + " is client-supplied, not blocked"
+	}
+	return nil, why
+}
+
+// sourceVariable is the channel variable that holds the address Asterisk
+// received a call of tech from, or "" when there is none.
+func sourceVariable(tech ami.Tech) string {
+	switch tech {
+	case ami.TechSIP:
+		return "CHANNEL(recvip)"
+	case ami.TechPJSIP:
+		return "CHANNEL(pjsip,remote_addr)"
+	}
+	return ""
 }
 
 func (r *responder) channelAddr(ctx context.Context, cfg *config.Config, tech ami.Tech, channel string) (netip.Addr, bool) {
-	variable := "CHANNEL(peerip)"
-	if tech == ami.TechPJSIP {
-		variable = "CHANNEL(pjsip,remote_addr)"
-	} else if tech != ami.TechSIP {
+	variable := sourceVariable(tech)
+	if variable == "" {
 		return netip.Addr{}, false
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(cfg.AMI.ActionTimeout))
@@ -301,20 +351,28 @@ func (r *responder) block(ctx context.Context, cfg *config.Config, a *detector.A
 	if a.IsExtension() {
 		ext = a.Tech.String() + "/" + a.Extension
 	}
-	reason := fmt.Sprintf("%s %s: %d %s", a.Rule, a.Severity, a.Count, a.Reason)
+	req := bans.Request{
+		Addr: addr, TTL: time.Duration(cfg.Response.BanDuration), Extension: ext, Rule: a.Rule.String(),
+		Reason: fmt.Sprintf("%s %s: %d %s", a.Rule, a.Severity, a.Count, a.Reason),
+	}
 	start := r.now()
 	err := retry(ctx, cfg, func() error {
-		_, err := r.bans.Ban(ctx, addr, time.Duration(cfg.Response.BanDuration), reason, ext)
+		_, err := r.bans.Ban(ctx, req)
 		return err
 	})
 	took := r.now().Sub(start)
+	ttl := cfg.Response.BanDuration.String()
 	switch {
 	case errors.Is(err, bans.ErrProtected):
 		r.outcome(actBlock, "skipped", a, target, took, nil, "never blocked: allow-listed, the AMI server or the guard's own address")
+	case errors.Is(err, bans.ErrObserving):
+		r.outcome(actBlock, "skipped", a, target, took, nil, "the mode changed to observe before the ban: nothing done")
 	case err != nil:
 		r.outcome(actBlock, "failed", a, target, took, err, "the ban is recorded and re-applied until the firewall accepts it")
+	case !r.bans.Real():
+		r.outcome(actBlock, "would", a, target, took, nil, "dry-run firewall: would drop "+target+" for "+ttl)
 	default:
-		r.outcome(actBlock, "done", a, target, took, nil, "dropped for "+time.Duration(cfg.Response.BanDuration).String())
+		r.outcome(actBlock, "done", a, target, took, nil, "dropped for "+ttl)
 	}
 }
 
@@ -483,6 +541,7 @@ func (r *responder) protectedAddr(addr netip.Addr) (protection, bool) {
 func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.Alert, attackers []netip.Addr) {
 	ext := a.Tech.String() + "/" + a.Extension
 	start := r.now()
+	secrets := r.secretsFile(cfg)
 	actx, cancel := context.WithTimeout(ctx, 4*time.Duration(cfg.AMI.ActionTimeout))
 	defer cancel()
 	var plan rotation
@@ -505,8 +564,8 @@ func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.
 		r.outcome(actRotate, "failed", a, ext, r.now().Sub(start), err, "no randomness")
 		return
 	}
-	if err := r.secrets.write(secretLine{Time: r.now().UTC(), Extension: ext, Secret: secret, Status: "pending"}); err != nil {
-		r.outcome(actRotate, "failed", a, ext, r.now().Sub(start), err, "the secrets file cannot be written, so the secret was not changed (it would be lost)")
+	if err := secrets.write(secretLine{Time: r.now().UTC(), Extension: ext, Secret: secret, Status: "pending"}); err != nil {
+		r.outcome(actRotate, "failed", a, ext, r.now().Sub(start), err, "the secrets file "+secrets.path+" cannot be written, so the secret was not changed (it would be lost)")
 		return
 	}
 	err = retry(actx, cfg, func() error {
@@ -517,8 +576,8 @@ func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.
 	if err != nil {
 		status = "failed"
 	}
-	if werr := r.secrets.write(secretLine{Time: r.now().UTC(), Extension: ext, Secret: secret, Status: status}); werr != nil {
-		r.log.Error().Err(werr).Str("extension", ext).Msg("cannot record the outcome in the secrets file")
+	if werr := secrets.write(secretLine{Time: r.now().UTC(), Extension: ext, Secret: secret, Status: status}); werr != nil {
+		r.log.Error().Err(werr).Str("extension", ext).Str("secrets_file", secrets.path).Msg("cannot record the outcome in the secrets file")
 	}
 	took := r.now().Sub(start)
 	if err != nil {
@@ -538,7 +597,7 @@ func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.
 		}
 		r.mu.Unlock()
 	}
-	detail := fmt.Sprintf("new %s in [%s] of %s, reloaded with %s; the new secret is in %s: the real phone needs it", plan.key, plan.category, plan.file, plan.reload, cfg.Response.SecretsFile)
+	detail := fmt.Sprintf("new %s in [%s] of %s, reloaded with %s; the new secret is in %s: the real phone needs it", plan.key, plan.category, plan.file, plan.reload, secrets.path)
 	if len(earlier) > 0 {
 		detail += "; failures from its earlier addresses " + strings.Join(earlier, ",") + " will not be blocked"
 	}
@@ -569,7 +628,7 @@ var permanentMessages = []string{"No such channel", "Given category does not exi
 func retryable(err error) bool {
 	var ref *refusal
 	switch {
-	case errors.As(err, &ref), errors.Is(err, bans.ErrProtected), errors.Is(err, ami.ErrUnsafe),
+	case errors.As(err, &ref), errors.Is(err, bans.ErrProtected), errors.Is(err, bans.ErrObserving), errors.Is(err, ami.ErrUnsafe),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ami.ErrClosed):
 		return false
 	}

@@ -251,7 +251,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 				maxQ = q
 			}
 			for _, b := range g.Bans().List() {
-				gen.noteBan(b.Addr, b.Extension, b.Since)
+				gen.noteBan(b.Prefix.Addr(), b.Extension, b.Since)
 			}
 			select {
 			case <-stopWatch:

@@ -518,7 +518,7 @@ func isTrue(v string) bool {
 }
 
 // actGetvar answers the channel variables the guard asks for: the source
-// address of a live call.
+// address of a live call (see setRemote for how the model knows it).
 func (s *Server) actGetvar(q *req) bool {
 	name := q.get("Variable")
 	if name == "" {
@@ -536,8 +536,10 @@ func (s *Server) actGetvar(q *req) bool {
 	if ch != nil {
 		fn := strings.ToLower(strings.ReplaceAll(name, " ", ""))
 		switch {
-		case (fn == "channel(peerip)" || fn == "channel(recvip)") && ch.tech == ami.TechSIP:
+		case fn == "channel(recvip)" && ch.tech == ami.TechSIP:
 			value = ch.remoteIP
+		case fn == "channel(peerip)" && ch.tech == ami.TechSIP:
+			value = ch.peerIP
 		case fn == "channel(pjsip,remote_addr)" && ch.tech == ami.TechPJSIP && ch.remoteIP != "":
 			value = ch.remoteIP + ":" + ch.remotePt
 		case fn == "channel(name)":

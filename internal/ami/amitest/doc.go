@@ -22,7 +22,7 @@
 // "Authentication failed" and close); Ping; Logoff; CoreShowChannels;
 // SIPshowpeer (found: the recorded header list; missing: the message with
 // its extra empty line); PJSIPShowContacts; PJSIPShowEndpoint (asterisk-22);
-// Getvar CHANNEL(peerip) / CHANNEL(recvip) / CHANNEL(pjsip,remote_addr);
+// Getvar CHANNEL(peerip) / CHANNEL(pjsip,remote_addr);
 // Hangup by name or uniqueid and by /regex/ (list of ChannelHungup);
 // PJSIPHangup (answers before the channel is gone); Hangup of a missing
 // channel; GetConfig; UpdateConfig (Success, then the Reload event; missing
@@ -35,7 +35,10 @@
 // ChallengeResponseFailed follows pjsip-bruteforce.ami.
 //
 // Synthesized from Asterisk's source conventions, not recorded: SIPpeers
-// (PeerEntry + PeerlistComplete); the Events action's reply ("Events: On" /
+// (PeerEntry + PeerlistComplete); Getvar CHANNEL(recvip) (the address the
+// call's INVITE came from: the last challenge naming a peer with a secret,
+// the host of a peer matched by address; it differs from peerip, the
+// registration's contact address, as chan_sip's does with nat=no); the Events action's reply ("Events: On" /
 // "Events: Off"); Challenge / MD5 login; the AMI security event of a failed
 // login (InvalidPassword or InvalidAccountID, to the other sessions);
 // "Permission denied" before Login; "Missing action in request"; the error

@@ -37,8 +37,9 @@ type channel struct {
 	appData  string
 	bridge   string
 	created  time.Time
-	remoteIP string // where the call came from, as Asterisk saw it
+	remoteIP string // where the call came from, as Asterisk saw it (recvip)
 	remotePt string
+	peerIP   string // the peer's address, where Asterisk sends to (chan_sip peerip)
 }
 
 type bridge struct {
@@ -87,6 +88,9 @@ type pbx struct {
 	origPJ, loadedPJ   map[string]string // endpoint -> password of its auth
 	pjAccount          map[string]string // auth username -> endpoint (as loaded)
 	pendingCRF         map[string]bool   // endpoint: a failed auth awaits its call
+	// sipTrunks are the chan_sip peers without a secret, matched by their
+	// static host (as loaded).
+	sipTrunks map[string]hostPort
 
 	clock time.Time // recorded time of the last streamed message
 }
@@ -117,6 +121,7 @@ func newPBX(script []scriptMsg, files map[string]*confFile) *pbx {
 	}
 	p.origSIP = sipSecrets(files["sip.conf"])
 	p.loadedSIP = p.origSIP
+	p.sipTrunks = sipTrunks(files["sip.conf"])
 	p.origPJ, p.pjAccount = pjsipPasswords(files["pjsip.conf"])
 	p.loadedPJ = p.origPJ
 	return p
@@ -133,6 +138,31 @@ func sipSecrets(f *confFile) map[string]string {
 			continue
 		}
 		out[c.name] = c.get("secret") + "\x00" + c.get("md5secret")
+	}
+	return out
+}
+
+type hostPort struct{ ip, port string }
+
+// sipTrunks returns the chan_sip peers that take no password and have a
+// static host (the lab's carrier): chan_sip matches their requests by that
+// address.
+func sipTrunks(f *confFile) map[string]hostPort {
+	out := map[string]hostPort{}
+	if f == nil {
+		return out
+	}
+	for _, c := range f.cats {
+		host := c.get("host")
+		if strings.EqualFold(c.name, "general") || host == "" || strings.EqualFold(host, "dynamic") ||
+			c.get("secret") != "" || c.get("md5secret") != "" {
+			continue
+		}
+		port := c.get("port")
+		if port == "" {
+			port = "5060"
+		}
+		out[c.name] = hostPort{host, port}
 	}
 	return out
 }
@@ -163,7 +193,7 @@ func pjsipPasswords(f *confFile) (map[string]string, map[string]string) {
 }
 
 // reloadSIP and reloadPJSIP make the current files the loaded config.
-func (p *pbx) reloadSIP(f *confFile)   { p.loadedSIP = sipSecrets(f) }
+func (p *pbx) reloadSIP(f *confFile)   { p.loadedSIP, p.sipTrunks = sipSecrets(f), sipTrunks(f) }
 func (p *pbx) reloadPJSIP(f *confFile) { p.loadedPJ, p.pjAccount = pjsipPasswords(f) }
 
 func (p *pbx) sipRotated(peer string) bool {
@@ -385,16 +415,38 @@ func secOf(m *scriptMsg) secInfo {
 	}
 }
 
-// setRemote records where a new channel's call came from: for chan_sip the
-// address of the peer's last challenged request (else its registration), for
-// PJSIP the endpoint's last successful authentication.
+// setRemote records where a new channel's call came from, as chan_sip's
+// recvip and PJSIP's remote_addr give it, and for chan_sip the peer's
+// address (peerip).
+//
+// chan_sip: a peer without a secret and with a static host (a trunk) is
+// matched by that address and never challenged, so its calls come from its
+// host; a ChallengeSent naming it came from whoever put its name in the From
+// header (alwaysauthreject challenges anyone) and made no channel. Any other
+// peer's INVITE was challenged and answered from the address of the last
+// challenge naming it; else its registration. peerip is where Asterisk
+// sends to: the registration's address (the Contact header's with nat=no),
+// else the host, else recvip. PJSIP: the endpoint's last successful
+// authentication.
 func (p *pbx) setRemote(ch *channel) {
 	switch ch.tech {
 	case ami.TechSIP:
-		if si, ok := p.lastChallenge[ch.owner]; ok && si.remote != "" {
+		trunk, isTrunk := p.sipTrunks[ch.owner]
+		si, challenged := p.lastChallenge[ch.owner]
+		reg := p.peers[ch.owner]
+		switch {
+		case isTrunk:
+			ch.remoteIP, ch.remotePt = trunk.ip, trunk.port
+		case challenged && si.remote != "":
 			ch.remoteIP, ch.remotePt = splitRemote(si.remote)
-		} else if st := p.peers[ch.owner]; st != nil {
-			ch.remoteIP, ch.remotePt = st.ip, st.port
+		case reg != nil:
+			ch.remoteIP, ch.remotePt = reg.ip, reg.port
+		}
+		ch.peerIP = ch.remoteIP
+		if reg != nil {
+			ch.peerIP = reg.ip
+		} else if isTrunk {
+			ch.peerIP = trunk.ip
 		}
 	case ami.TechPJSIP:
 		acct := ch.owner
