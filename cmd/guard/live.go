@@ -19,6 +19,7 @@ import (
 
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/config"
+	"github.com/astguard/astguard/internal/fsafe"
 	"github.com/astguard/astguard/internal/guard"
 )
 
@@ -45,18 +46,60 @@ func signals() (context.Context, context.CancelFunc, <-chan struct{}) {
 	return ctx, cancel, reload
 }
 
+// installedConfig is where the README installs the configuration: guard
+// run reads it when --config is not given, and guard bans and guard unblock
+// when it exists, so that they find the socket and the state file the
+// installed guard uses.
+var installedConfig = "/etc/astguard/config.toml"
+
+// configPathForAdmin is the configuration guard bans and guard unblock read:
+// the one named, else the installed one if there is one, else none (the
+// defaults' paths).
+func configPathForAdmin(named string) string {
+	if named != "" {
+		return named
+	}
+	if _, err := os.Stat(installedConfig); err == nil {
+		return installedConfig
+	}
+	return ""
+}
+
+// checkRunFiles checks the configuration file and the file the AMI secret
+// came from as guard run wants them (fsafe.CheckNotPublic): regular files
+// owned by root or the guard's user, writable by no one else, readable by
+// no one but a group. With allowShared, a file whose only fault is that
+// every user can read it is accepted and returned, for a warning.
+func checkRunFiles(configPath string, cfg *config.Config, allowShared bool) (shared []string, err error) {
+	for _, p := range []string{configPath, cfg.SecretFilePath(configPath)} {
+		if p == "" {
+			continue
+		}
+		err := fsafe.CheckNotPublic(p)
+		if allowShared && errors.Is(err, fsafe.ErrReadableByOthers) {
+			shared = append(shared, p)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return shared, nil
+}
+
 func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	path := fs.String("config", "", "configuration file (TOML)")
-	record := fs.String("record", "", "also write everything received to this transcript (replayable with guard replay)")
+	path := fs.String("config", installedConfig, "configuration file (TOML)")
+	record := fs.String("record", "", "also write everything received to this transcript (replayable with guard replay); an existing one is appended to")
 	recordMax := fs.Int64("record-max-bytes", 100<<20, "rotate the recording at this size")
 	recordKeep := fs.Int("record-keep", 5, "rotated recordings to keep")
+	allowShared := fs.Bool("allow-shared-files", false, "accept a configuration or AMI secret file every user can read (a container mount whose mode cannot be changed)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if *path == "" || fs.NArg() != 0 {
-		fmt.Fprint(stderr, "run: usage: guard run --config FILE [--record FILE]\n")
+	if fs.NArg() != 0 {
+		fmt.Fprint(stderr, "run: usage: guard run [--config FILE] [--record FILE] [--allow-shared-files]\n")
 		return 2
 	}
 	// Absolute, so that every message names the file a reload reads.
@@ -69,13 +112,33 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return 1
 	}
+	shared, err := checkRunFiles(file, cfg, *allowShared)
+	if err != nil {
+		fmt.Fprintf(stderr, "run: refusing to start: %v\n", err)
+		if errors.Is(err, fsafe.ErrReadableByOthers) {
+			fmt.Fprint(stderr, "run: on a container mount whose mode cannot be changed, start with --allow-shared-files\n")
+		}
+		return 1
+	}
 	log := newLogger(stderr, cfg.Log.Level)
+	for _, p := range shared {
+		log.Warn().Str("file", p).Msg("file readable by every user, accepted (--allow-shared-files)")
+	}
 	ctx, cancel, reload := signals()
 	defer cancel()
 	err = guard.Run(ctx, guard.Options{
-		Config:         cfg,
-		ConfigFile:     file,
-		Load:           func() (*config.Config, error) { return config.Load(file) },
+		Config:     cfg,
+		ConfigFile: file,
+		Load: func() (*config.Config, error) {
+			c, err := config.Load(file)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := checkRunFiles(file, c, *allowShared); err != nil {
+				return nil, err
+			}
+			return c, nil
+		},
 		Reload:         reload,
 		Logger:         log,
 		Record:         *record,
@@ -94,12 +157,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 func cmdBans(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("bans", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	path := fs.String("config", "", "configuration file (TOML); without it the defaults' paths are used")
+	path := fs.String("config", "", "configuration file (TOML); without it "+installedConfig+" if it exists, else the defaults' paths")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	cfg, ok := configOrSay(*path, stderr)
+	cfg, ok := configOrSay(configPathForAdmin(*path), stderr)
 	if !ok {
 		return 1
 	}
@@ -175,7 +238,7 @@ func offlineBans(ctx context.Context, cfg *config.Config, stderr io.Writer) (lis
 func cmdUnblock(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("unblock", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	path := fs.String("config", "", "configuration file (TOML); without it the defaults' paths are used")
+	path := fs.String("config", "", "configuration file (TOML); without it "+installedConfig+" if it exists, else the defaults' paths")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -189,7 +252,7 @@ func cmdUnblock(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	addr = addr.Unmap()
-	cfg, ok := configOrSay(*path, stderr)
+	cfg, ok := configOrSay(configPathForAdmin(*path), stderr)
 	if !ok {
 		return 1
 	}

@@ -1,12 +1,15 @@
 // Command guard is astguard, a real-time toll-fraud guard for Asterisk.
 //
 //	guard demo [--firewall]                      the whole story against a simulated Asterisk
-//	guard run --config FILE [--record FILE]      the live guard
+//	guard run [--config FILE] [--record FILE]   the live guard
 //	guard replay [--config FILE] TRANSCRIPT...   detect fraud in recorded AMI traffic
 //	guard check-config [--config FILE]           validate a configuration file
 //	guard bans [--config FILE]                   list the bans
 //	guard unblock [--config FILE] ADDRESS        lift a ban
 //	guard version
+//
+// guard run reads /etc/astguard/config.toml unless --config names another
+// file; guard bans and guard unblock read it when it exists.
 package main
 
 import (
@@ -37,7 +40,9 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 const usage = `usage:
   guard demo [--firewall]                      run the guard against a simulated Asterisk 20 under attack
-  guard run --config FILE [--record FILE]      the live guard: watch AMI, stop fraud as the policy says
+  guard run [--config FILE] [--record FILE] [--allow-shared-files]
+                                               the live guard: watch AMI, stop fraud as the policy says
+                                               (FILE: /etc/astguard/config.toml unless named)
   guard replay [--config FILE] TRANSCRIPT...   print the alerts found in recorded AMI traffic (JSON lines)
   guard check-config [--config FILE]           validate a configuration file (exit 0 or 1)
   guard bans [--config FILE] [--json]         list the bans (from the running guard, else its state file)

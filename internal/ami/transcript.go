@@ -202,3 +202,16 @@ func atoi(b []byte) (int, bool) {
 	}
 	return n, true
 }
+
+// RecordingStart is the Event of the message `guard run --record` writes
+// each time it starts recording into a file, new or appended to:
+//
+//	Event: AstguardRecordingStart
+//	Banner: Asterisk Call Manager/9.0.0
+//	TimeReceived: 2026-11-25T12:46:54.751740Z
+//
+// Banner is the banner of the AMI session whose messages follow, and
+// TimeReceived the time of its first message. What follows the marker is a
+// new AMI session of a restarted guard: a replay forgets the calls it had
+// seen live, as a reconnect does, and counts positions afresh.
+const RecordingStart = "AstguardRecordingStart"

@@ -103,6 +103,9 @@ func Run(ctx context.Context, opts Options) error {
 	if err := cfg.RequireSecret(); err != nil {
 		return err
 	}
+	if err := checkSecretsFile(cfg.Response.SecretsFile); err != nil {
+		return err
+	}
 	g := &Guard{
 		opts:    opts,
 		lookup:  opts.LookupNetIP,

@@ -24,7 +24,10 @@ type Result struct {
 }
 
 // Reader replays one transcript from r, with fresh detector state, calling
-// emit for every alert in stream order.
+// emit for every alert in stream order. A recording that a restarted guard
+// appended to holds one AMI session after each ami.RecordingStart marker:
+// there the calls seen live are forgotten and alert positions (Seq) count
+// from the marker, as in the restarted guard's own alerts.
 func Reader(r io.Reader, cfg detector.Config, emit func(*detector.Alert)) (Result, error) {
 	var res Result
 	tr := ami.NewTranscript(bufio.NewReaderSize(r, 64<<10))
@@ -36,6 +39,7 @@ func Reader(r io.Reader, cfg detector.Config, emit func(*detector.Alert)) (Resul
 		msg    ami.Message
 		ev     ami.Event
 		alerts []detector.Alert
+		base   int // seq of the last ami.RecordingStart marker
 	)
 	for {
 		seq, t, err := tr.Next(&msg)
@@ -52,10 +56,22 @@ func Reader(r io.Reader, cfg detector.Config, emit func(*detector.Alert)) (Resul
 		}
 		res.Messages++
 		if !ami.Decode(&msg, &ev) {
+			if string(msg.GetBytes("Event")) == ami.RecordingStart {
+				// A restarted guard's new AMI session: the calls seen
+				// live before are forgotten, as a reconnect forgets those
+				// Asterisk no longer lists (the windows are kept), and
+				// positions count from here, as the new guard counted.
+				base = seq
+				alerts = det.Resync(t, nil, alerts[:0])
+				for i := range alerts {
+					res.Alerts++
+					emit(&alerts[i])
+				}
+			}
 			continue
 		}
 		res.Events++
-		ev.Time, ev.Seq = t, seq
+		ev.Time, ev.Seq = t, seq-base
 		alerts = det.Process(&ev, alerts[:0])
 		for i := range alerts {
 			res.Alerts++
