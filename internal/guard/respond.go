@@ -6,14 +6,15 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/astguard/astguard/internal/action"
 	"github.com/astguard/astguard/internal/action/bans"
+	"github.com/astguard/astguard/internal/action/hangup"
 	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
@@ -28,13 +29,6 @@ const (
 	actBlock  = config.ActionBlockIP
 )
 
-type extKey struct {
-	tech ami.Tech
-	name string
-}
-
-func (k extKey) String() string { return k.tech.String() + "/" + k.name }
-
 // protection marks an earlier address of an extension whose secret was
 // rotated: the real phone there still uses the old secret and fails, which
 // must not get the address (often an office's shared NAT) blocked.
@@ -48,18 +42,18 @@ type responder struct {
 	log     zerolog.Logger
 	events  *ami.Session // config and Getvar actions
 	urgent  *ami.Session // hang-ups: never behind a slow action
+	hangup  *hangup.Hanger
 	bans    *bans.Manager
 	now     func() time.Time
 	metrics *metrics.Metrics // nil: not counted
 
 	mu        sync.Mutex
 	cfg       *config.Config
-	blocked   map[extKey]time.Time // extension -> its new channels are hung up until then
-	inflight  map[string]bool      // incident key -> being handled
+	blocked   map[ami.Extension]time.Time // extension -> its new channels are hung up until then
+	inflight  map[string]bool             // incident key -> being handled
 	pending   map[string]pendingResponse
 	protected map[netip.Addr]protection
-	awaiting  map[string]chan struct{} // channel -> closed on its Hangup event
-	secrets   map[string]*secretsFile  // by path: the writes to one file are serialized
+	secrets   map[string]*secretsFile // by path: the writes to one file are serialized
 	wg        sync.WaitGroup
 }
 
@@ -68,15 +62,15 @@ func newResponder(cfg *config.Config, log zerolog.Logger, events, urgent *ami.Se
 		log:       log.With().Str("component", "responder").Logger(),
 		events:    events,
 		urgent:    urgent,
+		hangup:    hangup.New(urgent),
 		bans:      b,
 		now:       time.Now,
 		secrets:   make(map[string]*secretsFile),
 		cfg:       cfg,
-		blocked:   make(map[extKey]time.Time),
+		blocked:   make(map[ami.Extension]time.Time),
 		inflight:  make(map[string]bool),
 		pending:   make(map[string]pendingResponse),
 		protected: make(map[netip.Addr]protection),
-		awaiting:  make(map[string]chan struct{}),
 	}
 }
 
@@ -105,6 +99,11 @@ func (r *responder) secretsFile(cfg *config.Config) *secretsFile {
 		r.secrets[path] = f
 	}
 	return f
+}
+
+// report writes an action's outcome as an alert line of its own.
+func (r *responder) report(a *detector.Alert, o action.Outcome) {
+	r.outcome(o.Action, string(o.Result), a, o.Target, o.Took, o.Err, o.Detail)
 }
 
 // outcome writes one action's result as an alert line of its own.
@@ -356,7 +355,7 @@ func (r *responder) block(ctx context.Context, cfg *config.Config, a *detector.A
 		Reason: fmt.Sprintf("%s %s: %d %s", a.Rule, a.Severity, a.Count, a.Reason),
 	}
 	start := r.now()
-	err := retry(ctx, cfg, func() error {
+	err := action.Retry(ctx, backoff(cfg), func() error {
 		_, err := r.bans.Ban(ctx, req)
 		return err
 	})
@@ -376,131 +375,45 @@ func (r *responder) block(ctx context.Context, cfg *config.Config, a *detector.A
 	}
 }
 
-// hangupExtension hangs up every channel of the extension: by a /regex/ on
-// its channel names (atomic, catches channels the guard missed) and then by
-// name for the tracked ones that remain (Local channels, Asterisk before 11),
-// confirmed by their Hangup events. New channels of the extension are hung
-// up as they appear for the ban duration.
-func (r *responder) hangupExtension(ctx context.Context, cfg *config.Config, a *detector.Alert, live []string) {
-	k := extKey{a.Tech, a.Extension}
-	r.mu.Lock()
-	r.blocked[k] = r.now().Add(time.Duration(cfg.Response.BanDuration))
-	waits := make(map[string]chan struct{}, len(live))
-	for _, ch := range live {
-		c := make(chan struct{})
-		r.awaiting[ch] = c
-		waits[ch] = c
+// hangupSettings are the hang-up settings of cfg for the Asterisk the
+// urgent session is connected to.
+func (r *responder) hangupSettings(cfg *config.Config) hangup.Settings {
+	return hangup.Settings{
+		Cause:   cfg.Response.HangupCause,
+		Regex:   hangup.RegexSupported(r.urgent.Banner()),
+		Timeout: time.Duration(cfg.AMI.ActionTimeout),
+		Retry:   backoff(cfg),
 	}
-	r.mu.Unlock()
-	defer func() {
-		r.mu.Lock()
-		for ch, c := range waits {
-			if r.awaiting[ch] == c {
-				delete(r.awaiting, ch)
-			}
-		}
-		r.mu.Unlock()
-	}()
-	start := r.now()
-	cause := strconv.Itoa(cfg.Response.HangupCause)
-	hung := map[string]bool{}
-	var firstErr error
-	if re, ok := channelRegex(a.Tech, a.Extension); ok {
-		err := retry(ctx, cfg, func() error {
-			actx, cancel := context.WithTimeout(ctx, 2*time.Duration(cfg.AMI.ActionTimeout))
-			defer cancel()
-			_, items, err := r.urgent.List(actx, ami.Action{Name: "Hangup", Headers: []ami.Header{{Key: "Channel", Value: re}, {Key: "Cause", Value: cause}}})
-			for _, it := range items {
-				hung[it["Channel"]] = true
-			}
-			return err
-		})
-		if err != nil {
-			firstErr = err
-		}
-	}
-	for _, ch := range live {
-		if hung[ch] || !ami.ValidChannel(ch) {
-			continue
-		}
-		err := retry(ctx, cfg, func() error {
-			actx, cancel := context.WithTimeout(ctx, time.Duration(cfg.AMI.ActionTimeout))
-			defer cancel()
-			_, err := r.urgent.Do(actx, ami.Action{Name: "Hangup", Headers: []ami.Header{{Key: "Channel", Value: ch}, {Key: "Cause", Value: cause}}})
-			return err
-		})
-		var ae *ami.ActionError
-		switch {
-		case err == nil:
-			hung[ch] = true
-		case errors.As(err, &ae) && ae.Message == "No such channel":
-			// already gone
-		case firstErr == nil:
-			firstErr = err
-		}
-	}
-	sent := r.now().Sub(start)
-	// Confirmation: the Hangup events of the tracked channels.
-	confirmed := 0
-	deadline := time.NewTimer(2 * time.Second)
-	defer deadline.Stop()
-	for _, c := range waits {
-		select {
-		case <-c:
-			confirmed++
-		case <-deadline.C:
-		case <-ctx.Done():
-		}
-	}
-	detail := fmt.Sprintf("%d channels hung up, %d of %d tracked confirmed by Hangup events; new channels are hung up as they appear", len(hung), confirmed, len(waits))
-	if firstErr != nil && len(hung) == 0 && len(live) > 0 {
-		r.outcome(actHangup, "failed", a, k.String(), sent, firstErr, detail)
-		return
-	}
-	r.outcome(actHangup, "done", a, k.String(), sent, firstErr, detail)
 }
 
-// channelRegex is the Hangup /regex/ matching every channel of an extension
-// (POSIX ERE, the name's metacharacters escaped).
-func channelRegex(tech ami.Tech, name string) (string, bool) {
-	if !ami.ValidName(name) {
-		return "", false
-	}
-	var b strings.Builder
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if strings.IndexByte(`\.+*?()|[]{}^$`, c) >= 0 {
-			b.WriteByte('\\')
-		}
-		b.WriteByte(c)
-	}
-	switch tech {
-	case ami.TechSIP, ami.TechPJSIP:
-		return "/^" + tech.String() + `\/` + b.String() + "-[0-9a-f]{8}$/", true
-	case ami.TechIAX2:
-		return `/^IAX2\/` + b.String() + "-[0-9]+$/", true
-	}
-	return "", false
+// backoff is how cfg says actions are retried.
+func backoff(cfg *config.Config) action.Backoff {
+	return action.Backoff{Attempts: cfg.Response.RetryMax, First: time.Duration(cfg.Response.RetryBackoff)}
+}
+
+// hangupExtension hangs up every channel of the extension, and stops it:
+// its new channels are hung up as they appear for the ban duration.
+func (r *responder) hangupExtension(ctx context.Context, cfg *config.Config, a *detector.Alert, live []string) {
+	ext := ami.Extension{Tech: a.Tech, Name: a.Extension}
+	r.mu.Lock()
+	r.blocked[ext] = r.now().Add(time.Duration(cfg.Response.BanDuration))
+	r.mu.Unlock()
+	res := r.hangup.Extension(ctx, ext, live, r.hangupSettings(cfg))
+	res.Detail += "; new channels are hung up as they appear"
+	r.report(a, res.Outcome)
 }
 
 // channelGone is told of every Hangup event.
-func (r *responder) channelGone(channel string) {
-	r.mu.Lock()
-	if c, ok := r.awaiting[channel]; ok {
-		close(c)
-		delete(r.awaiting, channel)
-	}
-	r.mu.Unlock()
-}
+func (r *responder) channelGone(channel string) { r.hangup.Gone(channel) }
 
 // newChannel is told of every channel an extension originates: a channel of
 // an extension being stopped is hung up at once.
 func (r *responder) newChannel(ctx context.Context, tech ami.Tech, name, channel string) {
-	k := extKey{tech, name}
+	ext := ami.Extension{Tech: tech, Name: name}
 	r.mu.Lock()
-	until, ok := r.blocked[k]
+	until, ok := r.blocked[ext]
 	if ok && r.now().After(until) {
-		delete(r.blocked, k)
+		delete(r.blocked, ext)
 		ok = false
 	}
 	cfg := r.cfg
@@ -511,16 +424,9 @@ func (r *responder) newChannel(ctx context.Context, tech ami.Tech, name, channel
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		start := r.now()
-		actx, cancel := context.WithTimeout(ctx, time.Duration(cfg.AMI.ActionTimeout))
-		defer cancel()
-		_, err := r.urgent.Do(actx, ami.Action{Name: "Hangup", Headers: []ami.Header{{Key: "Channel", Value: channel}, {Key: "Cause", Value: strconv.Itoa(cfg.Response.HangupCause)}}})
-		a := detector.Alert{Tech: tech, Extension: name, Severity: detector.Critical}
-		if err != nil {
-			r.outcome(actHangup, "failed", &a, channel, r.now().Sub(start), err, "new channel of a stopped extension")
-			return
-		}
-		r.outcome(actHangup, "done", &a, channel, r.now().Sub(start), nil, "new channel of a stopped extension")
+		o := r.hangup.Channel(ctx, channel, r.hangupSettings(cfg))
+		o.Detail = "new channel of a stopped extension: " + o.Detail
+		r.report(&detector.Alert{Tech: tech, Extension: name, Severity: detector.Critical}, o)
 	}()
 }
 
@@ -545,7 +451,7 @@ func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.
 	actx, cancel := context.WithTimeout(ctx, 4*time.Duration(cfg.AMI.ActionTimeout))
 	defer cancel()
 	var plan rotation
-	err := retry(actx, cfg, func() error {
+	err := action.Retry(actx, backoff(cfg), func() error {
 		var err error
 		plan, err = planRotation(actx, r.events, a.Tech, a.Extension)
 		return err
@@ -568,7 +474,7 @@ func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.
 		r.outcome(actRotate, "failed", a, ext, r.now().Sub(start), err, "the secrets file "+secrets.path+" cannot be written, so the secret was not changed (it would be lost)")
 		return
 	}
-	err = retry(actx, cfg, func() error {
+	err = action.Retry(actx, backoff(cfg), func() error {
 		_, err := r.events.Do(actx, updateAction(plan, secret))
 		return err
 	})
@@ -602,50 +508,6 @@ func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.
 		detail += "; failures from its earlier addresses " + strings.Join(earlier, ",") + " will not be blocked"
 	}
 	r.outcome(actRotate, "done", a, ext, took, nil, detail)
-}
-
-// retry runs f until it succeeds, fails in a way a retry cannot help, or
-// runs out of attempts, doubling the pause each time.
-func retry(ctx context.Context, cfg *config.Config, f func() error) error {
-	pause := time.Duration(cfg.Response.RetryBackoff)
-	var err error
-	for attempt := 1; ; attempt++ {
-		if err = f(); err == nil || !retryable(err) || attempt >= cfg.Response.RetryMax {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(pause):
-		}
-		pause *= 2
-	}
-}
-
-// permanentMessages are AMI errors a retry cannot fix.
-var permanentMessages = []string{"No such channel", "Given category does not exist", "Permission denied", "Invalid/unknown command"}
-
-func retryable(err error) bool {
-	var ref *refusal
-	switch {
-	case errors.As(err, &ref), errors.Is(err, bans.ErrProtected), errors.Is(err, bans.ErrObserving), errors.Is(err, ami.ErrUnsafe),
-		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ami.ErrClosed):
-		return false
-	}
-	var ae *ami.ActionError
-	if errors.As(err, &ae) {
-		for _, m := range permanentMessages {
-			if strings.HasPrefix(ae.Message, m) {
-				return false
-			}
-		}
-		return true
-	}
-	var temp interface{ Temporary() bool }
-	if errors.As(err, &temp) {
-		return temp.Temporary()
-	}
-	return true
 }
 
 func (r *responder) wait() { r.wg.Wait() }

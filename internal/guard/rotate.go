@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/astguard/astguard/internal/action"
 	"github.com/astguard/astguard/internal/ami"
 )
 
@@ -87,6 +88,9 @@ type rotation struct {
 type refusal struct{ why string }
 
 func (r *refusal) Error() string { return r.why }
+
+// Is makes a refusal permanent: no retry changes the configuration.
+func (r *refusal) Is(target error) bool { return target == action.ErrPermanent }
 
 // planSIP finds the secret of chan_sip peer name in sip.conf's sections.
 func planSIP(cats []confCategory, name string) (rotation, error) {

@@ -3,8 +3,6 @@ package guard
 import (
 	"strings"
 	"testing"
-
-	"github.com/astguard/astguard/internal/ami"
 )
 
 // getConfig builds GetConfig's numbered reply from sections of key=value lines.
@@ -119,25 +117,3 @@ func TestNewSecret(t *testing.T) {
 		seen[s] = true
 	}
 }
-
-func TestChannelRegexEscapes(t *testing.T) {
-	for _, tc := range []struct {
-		tech, name, want string
-		ok               bool
-	}{
-		{"SIP", "200", `/^SIP\/200-[0-9a-f]{8}$/`, true},
-		{"PJSIP", "a.b+c*", `/^PJSIP\/a\.b\+c\*-[0-9a-f]{8}$/`, true},
-		{"IAX2", "trunk", `/^IAX2\/trunk-[0-9]+$/`, true},
-		{"SIP", "x|y", "", false},
-		{"SIP", "a\r\nb", "", false},
-		{"Local", "200", "", false},
-	} {
-		tech := map[string]int{"SIP": 1, "PJSIP": 2, "IAX2": 3, "Local": 4}[tc.tech]
-		got, ok := channelRegex(amiTech(tech), tc.name)
-		if got != tc.want || ok != tc.ok {
-			t.Errorf("channelRegex(%s, %q) = %q, %v; want %q, %v", tc.tech, tc.name, got, ok, tc.want, tc.ok)
-		}
-	}
-}
-
-func amiTech(i int) ami.Tech { return ami.Tech(i) }
