@@ -14,6 +14,7 @@ import (
 
 	"github.com/astguard/astguard/internal/action"
 	"github.com/astguard/astguard/internal/action/bans"
+	"github.com/astguard/astguard/internal/action/block"
 	"github.com/astguard/astguard/internal/action/hangup"
 	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/config"
@@ -29,48 +30,38 @@ const (
 	actBlock  = config.ActionBlockIP
 )
 
-// protection marks an earlier address of an extension whose secret was
-// rotated: the real phone there still uses the old secret and fails, which
-// must not get the address (often an office's shared NAT) blocked.
-type protection struct {
-	until time.Time
-	ext   string
-}
-
 // responder turns critical alerts into actions, as the policy says.
 type responder struct {
 	log     zerolog.Logger
 	events  *ami.Session // config and Getvar actions
 	urgent  *ami.Session // hang-ups: never behind a slow action
 	hangup  *hangup.Hanger
-	bans    *bans.Manager
+	block   *block.Blocker
 	now     func() time.Time
 	metrics *metrics.Metrics // nil: not counted
 
-	mu        sync.Mutex
-	cfg       *config.Config
-	blocked   map[ami.Extension]time.Time // extension -> its new channels are hung up until then
-	inflight  map[string]bool             // incident key -> being handled
-	pending   map[string]pendingResponse
-	protected map[netip.Addr]protection
-	secrets   map[string]*secretsFile // by path: the writes to one file are serialized
-	wg        sync.WaitGroup
+	mu       sync.Mutex
+	cfg      *config.Config
+	blocked  map[ami.Extension]time.Time // extension -> its new channels are hung up until then
+	inflight map[string]bool             // incident key -> being handled
+	pending  map[string]pendingResponse
+	secrets  map[string]*secretsFile // by path: the writes to one file are serialized
+	wg       sync.WaitGroup
 }
 
 func newResponder(cfg *config.Config, log zerolog.Logger, events, urgent *ami.Session, b *bans.Manager) *responder {
 	return &responder{
-		log:       log.With().Str("component", "responder").Logger(),
-		events:    events,
-		urgent:    urgent,
-		hangup:    hangup.New(urgent),
-		bans:      b,
-		now:       time.Now,
-		secrets:   make(map[string]*secretsFile),
-		cfg:       cfg,
-		blocked:   make(map[ami.Extension]time.Time),
-		inflight:  make(map[string]bool),
-		pending:   make(map[string]pendingResponse),
-		protected: make(map[netip.Addr]protection),
+		log:      log.With().Str("component", "responder").Logger(),
+		events:   events,
+		urgent:   urgent,
+		hangup:   hangup.New(urgent),
+		block:    block.New(urgent, b),
+		now:      time.Now,
+		secrets:  make(map[string]*secretsFile),
+		cfg:      cfg,
+		blocked:  make(map[ami.Extension]time.Time),
+		inflight: make(map[string]bool),
+		pending:  make(map[string]pendingResponse),
 	}
 }
 
@@ -215,21 +206,7 @@ func (r *responder) describe(act string, a *detector.Alert, live []string) strin
 	case actRotate:
 		return a.Tech.String() + "/" + a.Extension
 	case actBlock:
-		// What blockTargets would pick, without asking Asterisk.
-		if !a.IsExtension() {
-			return a.IP.String()
-		}
-		var parts []string
-		if v := sourceVariable(a.Tech); v != "" && len(live) > 0 {
-			parts = append(parts, "its live call's address (Getvar "+v+")")
-		}
-		if len(a.Sources) > 0 {
-			parts = append(parts, a.Sources[0].String())
-		}
-		if len(parts) == 0 {
-			return "nothing: no address Asterisk received its requests from"
-		}
-		return strings.Join(parts, ", else ")
+		return block.Describe(blockRequest(nil, a, live))
 	}
 	return ""
 }
@@ -237,22 +214,21 @@ func (r *responder) describe(act string, a *detector.Alert, live []string) strin
 // respond blocks and hangs up in parallel, then rotates the secret.
 func (r *responder) respond(ctx context.Context, cfg *config.Config, a detector.Alert, todo []string, live []string) {
 	do := func(act string) bool { return slices.Contains(todo, act) }
-	var targets []netip.Addr
-	if do(actBlock) {
-		var why string
-		if targets, why = r.blockTargets(ctx, cfg, &a, live); len(targets) == 0 {
-			r.outcome(actBlock, "skipped", &a, "", 0, nil, why)
-		}
-	}
+	var blocked []netip.Addr
 	var wg sync.WaitGroup
 	if do(actBlock) {
-		for _, addr := range targets {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				r.block(ctx, cfg, &a, addr)
-			}()
+		// Chosen before the hang-up: a live call's address is read from
+		// its channel.
+		req, s := blockRequest(cfg, &a, live), r.blockSettings(cfg)
+		c := r.block.Choose(ctx, req, s)
+		if c.Target.Addr.IsValid() {
+			blocked = append(blocked, c.Target.Addr)
 		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.report(&a, r.block.Ban(ctx, req, c, s).Outcome)
+		}()
 	}
 	if do(actHangup) {
 		wg.Add(1)
@@ -263,116 +239,32 @@ func (r *responder) respond(ctx context.Context, cfg *config.Config, a detector.
 	}
 	wg.Wait()
 	if do(actRotate) {
-		r.rotate(ctx, cfg, &a, targets)
+		r.rotate(ctx, cfg, &a, blocked)
 	}
 }
 
-// blockTargets picks the addresses to block for an alert, or says why there
-// is none. For an extension, only an address Asterisk received its requests
-// from: that of its live call (Getvar CHANNEL(recvip) for chan_sip, the
-// packet's source, not CHANNEL(peerip), which follows the client's Contact
-// header with nat=no; CHANNEL(pjsip,remote_addr), the transport's remote
-// address, for PJSIP), since the registration may be the real user's while
-// the thief calls from elsewhere. Without a live call, the newest of the
-// alert's Sources. Never a contact: the client writes what it likes there,
-// and would choose what gets blocked.
-func (r *responder) blockTargets(ctx context.Context, cfg *config.Config, a *detector.Alert, live []string) ([]netip.Addr, string) {
-	if !a.IsExtension() {
-		return []netip.Addr{a.IP}, ""
-	}
-	for _, ch := range live {
-		if addr, ok := r.channelAddr(ctx, cfg, a.Tech, ch); ok {
-			return []netip.Addr{addr}, ""
-		}
-	}
-	if len(a.Sources) > 0 {
-		return []netip.Addr{a.Sources[0]}, ""
-	}
-	why := "no live call"
-	switch v := sourceVariable(a.Tech); {
-	case len(live) > 0 && v == "":
-		why = fmt.Sprintf("Asterisk gives no source address for %s channels", a.Tech)
-	case len(live) > 0:
-		why = fmt.Sprintf("no address from Getvar %s on its %d live channels", v, len(live))
-	}
-	why = fmt.Sprintf("nothing to block: %s, and no address Asterisk received a request of %s/%s from (SuccessfulAuth)", why, a.Tech, a.Extension)
-	if len(a.Contacts) > 0 {
-		cs := make([]string, len(a.Contacts))
-		for i, c := range a.Contacts {
-			cs[i] = c.String()
-		}
-		why += "; contact " + strings.Join(cs, ",") + " is client-supplied, not blocked"
-	}
-	return nil, why
-}
-
-// sourceVariable is the channel variable that holds the address Asterisk
-// received a call of tech from, or "" when there is none.
-func sourceVariable(tech ami.Tech) string {
-	switch tech {
-	case ami.TechSIP:
-		return "CHANNEL(recvip)"
-	case ami.TechPJSIP:
-		return "CHANNEL(pjsip,remote_addr)"
-	}
-	return ""
-}
-
-func (r *responder) channelAddr(ctx context.Context, cfg *config.Config, tech ami.Tech, channel string) (netip.Addr, bool) {
-	variable := sourceVariable(tech)
-	if variable == "" {
-		return netip.Addr{}, false
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(cfg.AMI.ActionTimeout))
-	defer cancel()
-	resp, err := r.urgent.Do(ctx, ami.Action{Name: "Getvar", Headers: []ami.Header{{Key: "Channel", Value: channel}, {Key: "Variable", Value: variable}}})
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	v := resp["Value"]
-	if ap, err := netip.ParseAddrPort(v); err == nil {
-		return ap.Addr().Unmap(), true
-	}
-	if ad, err := netip.ParseAddr(v); err == nil {
-		return ad.Unmap(), true
-	}
-	return netip.Addr{}, false
-}
-
-func (r *responder) block(ctx context.Context, cfg *config.Config, a *detector.Alert, addr netip.Addr) {
-	target := addr.String()
-	if p, ok := r.protectedAddr(addr); ok {
-		r.outcome(actBlock, "skipped", a, target, 0, nil,
-			fmt.Sprintf("%s is an earlier address of %s, whose secret was rotated: its failures are the real phone still using the old secret; give the phone the new secret (from the secrets file)", target, p.ext))
-		return
-	}
-	ext := ""
-	if a.IsExtension() {
-		ext = a.Tech.String() + "/" + a.Extension
-	}
-	req := bans.Request{
-		Addr: addr, TTL: time.Duration(cfg.Response.BanDuration), Extension: ext, Rule: a.Rule.String(),
+// blockRequest is what alert a says about what to block (nil cfg: the
+// ban's duration left out).
+func blockRequest(cfg *config.Config, a *detector.Alert, live []string) block.Request {
+	req := block.Request{
+		Rule:   a.Rule.String(),
 		Reason: fmt.Sprintf("%s %s: %d %s", a.Rule, a.Severity, a.Count, a.Reason),
 	}
-	start := r.now()
-	err := action.Retry(ctx, backoff(cfg), func() error {
-		_, err := r.bans.Ban(ctx, req)
-		return err
-	})
-	took := r.now().Sub(start)
-	ttl := cfg.Response.BanDuration.String()
-	switch {
-	case errors.Is(err, bans.ErrProtected):
-		r.outcome(actBlock, "skipped", a, target, took, nil, "never blocked: allow-listed, the AMI server or the guard's own address")
-	case errors.Is(err, bans.ErrObserving):
-		r.outcome(actBlock, "skipped", a, target, took, nil, "the mode changed to observe before the ban: nothing done")
-	case err != nil:
-		r.outcome(actBlock, "failed", a, target, took, err, "the ban is recorded and re-applied until the firewall accepts it")
-	case !r.bans.Real():
-		r.outcome(actBlock, "would", a, target, took, nil, "dry-run firewall: would drop "+target+" for "+ttl)
-	default:
-		r.outcome(actBlock, "done", a, target, took, nil, "dropped for "+ttl)
+	if cfg != nil {
+		req.TTL = time.Duration(cfg.Response.BanDuration)
 	}
+	if !a.IsExtension() {
+		req.Addr = a.IP
+		return req
+	}
+	req.Extension = ami.Extension{Tech: a.Tech, Name: a.Extension}
+	req.Live, req.Sources, req.Contacts = live, a.Sources, a.Contacts
+	return req
+}
+
+// blockSettings are the block settings of cfg.
+func (r *responder) blockSettings(cfg *config.Config) block.Settings {
+	return block.Settings{Timeout: time.Duration(cfg.AMI.ActionTimeout), Retry: backoff(cfg)}
 }
 
 // hangupSettings are the hang-up settings of cfg for the Asterisk the
@@ -430,17 +322,6 @@ func (r *responder) newChannel(ctx context.Context, tech ami.Tech, name, channel
 	}()
 }
 
-func (r *responder) protectedAddr(addr netip.Addr) (protection, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	p, ok := r.protected[addr.Unmap()]
-	if ok && r.now().After(p.until) {
-		delete(r.protected, addr.Unmap())
-		return protection{}, false
-	}
-	return p, ok
-}
-
 // rotate gives the extension a new secret: into the right section of
 // sip.conf or pjsip.conf by UpdateConfig with a reload, and into the
 // secrets file for the administrator. It never logs the secret.
@@ -492,20 +373,22 @@ func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.
 	}
 	// The addresses the extension used before, other than the thief's, are
 	// the real phone's: protect them from being blocked for its failures.
-	var earlier []string
+	var earlier []netip.Addr
 	if p := time.Duration(cfg.Response.ProtectPreviousSources); p > 0 {
-		r.mu.Lock()
 		for _, s := range a.Sources {
 			if !slices.Contains(attackers, s) {
-				r.protected[s] = protection{until: r.now().Add(p), ext: ext}
-				earlier = append(earlier, s.String())
+				earlier = append(earlier, s)
 			}
 		}
-		r.mu.Unlock()
+		r.block.Protect(ext, earlier, r.now().Add(p))
 	}
 	detail := fmt.Sprintf("new %s in [%s] of %s, reloaded with %s; the new secret is in %s: the real phone needs it", plan.key, plan.category, plan.file, plan.reload, secrets.path)
 	if len(earlier) > 0 {
-		detail += "; failures from its earlier addresses " + strings.Join(earlier, ",") + " will not be blocked"
+		s := make([]string, len(earlier))
+		for i, e := range earlier {
+			s[i] = e.String()
+		}
+		detail += "; failures from its earlier addresses " + strings.Join(s, ",") + " will not be blocked"
 	}
 	r.outcome(actRotate, "done", a, ext, took, nil, detail)
 }
