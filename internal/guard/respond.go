@@ -2,7 +2,6 @@ package guard
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -16,6 +15,7 @@ import (
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/action/block"
 	"github.com/astguard/astguard/internal/action/hangup"
+	"github.com/astguard/astguard/internal/action/secret"
 	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
@@ -33,10 +33,10 @@ const (
 // responder turns critical alerts into actions, as the policy says.
 type responder struct {
 	log     zerolog.Logger
-	events  *ami.Session // config and Getvar actions
-	urgent  *ami.Session // hang-ups: never behind a slow action
-	hangup  *hangup.Hanger
-	block   *block.Blocker
+	events  *ami.Session   // config actions (the secret's rotation)
+	urgent  *ami.Session   // hang-ups and Getvar: never behind a slow action
+	hangup  *hangup.Hanger // on urgent
+	block   *block.Blocker // Getvar on urgent, bans through the ban manager
 	now     func() time.Time
 	metrics *metrics.Metrics // nil: not counted
 
@@ -95,6 +95,11 @@ func (r *responder) secretsFile(cfg *config.Config) *secretsFile {
 // report writes an action's outcome as an alert line of its own.
 func (r *responder) report(a *detector.Alert, o action.Outcome) {
 	r.outcome(o.Action, string(o.Result), a, o.Target, o.Took, o.Err, o.Detail)
+}
+
+// Record writes l to the file: the secret package's Recorder.
+func (f *secretsFile) Record(l secret.Line) (string, error) {
+	return f.path, f.write(secretLine{Time: l.Time, Extension: l.Extension, Secret: l.Secret, Status: string(l.Status)})
 }
 
 // outcome writes one action's result as an alert line of its own.
@@ -322,75 +327,37 @@ func (r *responder) newChannel(ctx context.Context, tech ami.Tech, name, channel
 	}()
 }
 
-// rotate gives the extension a new secret: into the right section of
-// sip.conf or pjsip.conf by UpdateConfig with a reload, and into the
-// secrets file for the administrator. It never logs the secret.
-func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.Alert, attackers []netip.Addr) {
-	ext := a.Tech.String() + "/" + a.Extension
-	start := r.now()
-	secrets := r.secretsFile(cfg)
-	actx, cancel := context.WithTimeout(ctx, 4*time.Duration(cfg.AMI.ActionTimeout))
-	defer cancel()
-	var plan rotation
-	err := action.Retry(actx, backoff(cfg), func() error {
-		var err error
-		plan, err = planRotation(actx, r.events, a.Tech, a.Extension)
-		return err
-	})
-	var ref *refusal
-	if errors.As(err, &ref) {
-		r.outcome(actRotate, "skipped", a, ext, r.now().Sub(start), nil, "cannot rotate here: "+ref.why)
-		return
+// rotate gives the extension a new secret (into sip.conf or pjsip.conf by
+// UpdateConfig with a reload, and into the secrets file for the
+// administrator), then keeps the extension's earlier addresses, other
+// than those just blocked, from being blocked for the real phone's
+// failures with the old secret.
+func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.Alert, blocked []netip.Addr) {
+	ext := ami.Extension{Tech: a.Tech, Name: a.Extension}
+	rot := secret.Rotator{Store: secret.ConfigFiles{Doer: r.events}, Now: r.now}
+	res := rot.Rotate(ctx, ext, r.secretsFile(cfg), secret.Settings{Timeout: 4 * time.Duration(cfg.AMI.ActionTimeout), Retry: backoff(cfg)})
+	if res.RecordErr != nil {
+		r.log.Error().Err(res.RecordErr).Str("extension", ext.String()).Str("secrets_file", res.SecretsFile).Msg("cannot record the outcome in the secrets file")
 	}
-	if err != nil {
-		r.outcome(actRotate, "failed", a, ext, r.now().Sub(start), err, "could not read the configuration over AMI")
-		return
-	}
-	secret, err := newSecret()
-	if err != nil {
-		r.outcome(actRotate, "failed", a, ext, r.now().Sub(start), err, "no randomness")
-		return
-	}
-	if err := secrets.write(secretLine{Time: r.now().UTC(), Extension: ext, Secret: secret, Status: "pending"}); err != nil {
-		r.outcome(actRotate, "failed", a, ext, r.now().Sub(start), err, "the secrets file "+secrets.path+" cannot be written, so the secret was not changed (it would be lost)")
-		return
-	}
-	err = action.Retry(actx, backoff(cfg), func() error {
-		_, err := r.events.Do(actx, updateAction(plan, secret))
-		return err
-	})
-	status := "applied"
-	if err != nil {
-		status = "failed"
-	}
-	if werr := secrets.write(secretLine{Time: r.now().UTC(), Extension: ext, Secret: secret, Status: status}); werr != nil {
-		r.log.Error().Err(werr).Str("extension", ext).Str("secrets_file", secrets.path).Msg("cannot record the outcome in the secrets file")
-	}
-	took := r.now().Sub(start)
-	if err != nil {
-		r.outcome(actRotate, "failed", a, ext, took, err, fmt.Sprintf("UpdateConfig of %s in [%s] of %s failed", plan.key, plan.category, plan.file))
-		return
-	}
-	// The addresses the extension used before, other than the thief's, are
-	// the real phone's: protect them from being blocked for its failures.
-	var earlier []netip.Addr
-	if p := time.Duration(cfg.Response.ProtectPreviousSources); p > 0 {
-		for _, s := range a.Sources {
-			if !slices.Contains(attackers, s) {
-				earlier = append(earlier, s)
+	if res.Result == action.Done {
+		var earlier []netip.Addr
+		if p := time.Duration(cfg.Response.ProtectPreviousSources); p > 0 {
+			for _, s := range a.Sources {
+				if !slices.Contains(blocked, s) {
+					earlier = append(earlier, s)
+				}
 			}
+			r.block.Protect(ext.String(), earlier, r.now().Add(p))
 		}
-		r.block.Protect(ext, earlier, r.now().Add(p))
-	}
-	detail := fmt.Sprintf("new %s in [%s] of %s, reloaded with %s; the new secret is in %s: the real phone needs it", plan.key, plan.category, plan.file, plan.reload, secrets.path)
-	if len(earlier) > 0 {
-		s := make([]string, len(earlier))
-		for i, e := range earlier {
-			s[i] = e.String()
+		if len(earlier) > 0 {
+			s := make([]string, len(earlier))
+			for i, e := range earlier {
+				s[i] = e.String()
+			}
+			res.Detail += "; failures from its earlier addresses " + strings.Join(s, ",") + " will not be blocked"
 		}
-		detail += "; failures from its earlier addresses " + strings.Join(s, ",") + " will not be blocked"
 	}
-	r.outcome(actRotate, "done", a, ext, took, nil, detail)
+	r.report(a, res.Outcome)
 }
 
 func (r *responder) wait() { r.wg.Wait() }
