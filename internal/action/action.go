@@ -102,6 +102,16 @@ func Retry(ctx context.Context, b Backoff, f func() error) error {
 	}
 }
 
+// WithTimeout is context.WithTimeout, except that a timeout of 0 (or less)
+// sets no deadline: the zero value of an action's settings is "unbounded",
+// not "already expired".
+func WithTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
+
 // ErrPermanent marks an error no retry can fix. An action's own errors say
 // they are permanent by matching it with errors.Is (see secret.Refusal).
 var ErrPermanent = errors.New("permanent")

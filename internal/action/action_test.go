@@ -112,3 +112,16 @@ func TestIsNoSuchChannel(t *testing.T) {
 		t.Error("another error taken for No such channel")
 	}
 }
+
+func TestWithTimeout(t *testing.T) {
+	ctx, cancel := WithTimeout(t.Context(), 0)
+	defer cancel()
+	if _, ok := ctx.Deadline(); ok || ctx.Err() != nil {
+		t.Error("a timeout of 0 set a deadline")
+	}
+	ctx, cancel = WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if _, ok := ctx.Deadline(); !ok {
+		t.Error("a timeout of 1m set no deadline")
+	}
+}

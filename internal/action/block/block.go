@@ -76,7 +76,7 @@ func (r *Request) isExtension() bool { return !r.Addr.IsValid() }
 // Settings are the configuration a block runs with, taken per call.
 type Settings struct {
 	// Timeout is how long a Getvar may wait for its reply
-	// (ami.action_timeout).
+	// (ami.action_timeout); 0: no limit but the context's.
 	Timeout time.Duration
 	// Retry is how a failed ban is retried.
 	Retry action.Backoff
@@ -214,7 +214,7 @@ func (b *Blocker) channelAddr(ctx context.Context, channel, variable string, s S
 	if !ami.ValidChannel(channel) {
 		return netip.Addr{}, false
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
+	ctx, cancel := action.WithTimeout(ctx, s.Timeout)
 	defer cancel()
 	resp, err := b.get.Do(ctx, ami.Action{Name: "Getvar", Headers: []ami.Header{{Key: "Channel", Value: channel}, {Key: "Variable", Value: variable}}})
 	if err != nil {
@@ -261,7 +261,6 @@ func (b *Blocker) Ban(ctx context.Context, req Request, c Choice, s Settings) Re
 		return res
 	}
 	addr := c.Target.Addr
-	res.Target.Addr = addr
 	res.Outcome.Target = addr.String()
 	if ext, ok := b.Protected(addr); ok {
 		res.Result, res.Skip = action.Skipped, SkipRotated

@@ -50,7 +50,7 @@ type Settings struct {
 	Regex bool
 	// Timeout is how long one Hangup may wait for its reply
 	// (ami.action_timeout); a hang-up by regex gets twice as long for its
-	// list.
+	// list. 0: no limit but the context's.
 	Timeout time.Duration
 	// Retry is how a failed Hangup is retried.
 	Retry action.Backoff
@@ -80,7 +80,9 @@ func New(d Doer) *Hanger {
 	return &Hanger{doer: d, now: time.Now, awaiting: make(map[string]*waiter)}
 }
 
-// Result is the outcome of Extension with its counts.
+// Result is the outcome of Extension with its counts. Its Took is the time
+// until the hang-ups were answered, the wait for their confirmation left
+// out.
 type Result struct {
 	action.Outcome
 	// ByRegex is how many channels the hang-up by /regex/ hung up (all
@@ -144,7 +146,7 @@ func (h *Hanger) Extension(ctx context.Context, ext ami.Extension, live []string
 	res.NoRegex = !ok || !s.Regex
 	if !res.NoRegex {
 		err := action.Retry(ctx, s.Retry, func() error {
-			actx, cancel := context.WithTimeout(ctx, 2*s.Timeout)
+			actx, cancel := action.WithTimeout(ctx, 2*s.Timeout)
 			defer cancel()
 			_, items, err := h.doer.List(actx, ami.Action{Name: "Hangup", Headers: []ami.Header{{Key: "Channel", Value: re}, {Key: "Cause", Value: cause}}})
 			for _, it := range items {
@@ -173,7 +175,7 @@ func (h *Hanger) Extension(ctx context.Context, ext ami.Extension, live []string
 			continue
 		}
 		err := action.Retry(ctx, s.Retry, func() error {
-			actx, cancel := context.WithTimeout(ctx, s.Timeout)
+			actx, cancel := action.WithTimeout(ctx, s.Timeout)
 			defer cancel()
 			_, err := h.doer.Do(actx, ami.Action{Name: "Hangup", Headers: []ami.Header{{Key: "Channel", Value: ch}, {Key: "Cause", Value: cause}}})
 			return err
@@ -278,7 +280,7 @@ func (h *Hanger) Channel(ctx context.Context, channel string, s Settings) action
 		return out
 	}
 	err := action.Retry(ctx, s.Retry, func() error {
-		actx, cancel := context.WithTimeout(ctx, s.Timeout)
+		actx, cancel := action.WithTimeout(ctx, s.Timeout)
 		defer cancel()
 		_, err := h.doer.Do(actx, ami.Action{Name: "Hangup", Headers: []ami.Header{{Key: "Channel", Value: channel}, {Key: "Cause", Value: strconv.Itoa(s.Cause)}}})
 		return err

@@ -127,7 +127,8 @@ type Recorder interface {
 
 // Settings are the configuration a rotation runs with, taken per call.
 type Settings struct {
-	// Timeout bounds the whole rotation, retries included.
+	// Timeout bounds the whole rotation, retries included; 0: no limit
+	// but the context's.
 	Timeout time.Duration
 	// Retry is how a failed read or change is retried.
 	Retry action.Backoff
@@ -180,7 +181,7 @@ func (r Rotator) Rotate(ctx context.Context, ext ami.Extension, rec Recorder, s 
 		res.Took = now().Sub(start)
 		return res
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
+	ctx, cancel := action.WithTimeout(ctx, s.Timeout)
 	defer cancel()
 
 	err := action.Retry(ctx, s.Retry, func() error {
