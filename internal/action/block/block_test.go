@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -35,7 +36,7 @@ func asterisk(t *testing.T, live ...string) *actiontest.Doer {
 	sip, pj, missing := d.Reply(t, "getvar-sip"), d.Reply(t, "getvar-pjsip"), d.Reply(t, "hangup-missing")
 	return &actiontest.Doer{Answer: func(a ami.Action) actiontest.Reply {
 		ch := actiontest.Header(a, "Channel")
-		if a.Name != "Getvar" || !contains(live, ch) {
+		if a.Name != "Getvar" || !slices.Contains(live, ch) {
 			return missing
 		}
 		if strings.HasPrefix(ch, "PJSIP/") {
@@ -43,15 +44,6 @@ func asterisk(t *testing.T, live ...string) *actiontest.Doer {
 		}
 		return sip
 	}}
-}
-
-func contains(s []string, x string) bool {
-	for _, v := range s {
-		if v == x {
-			return true
-		}
-	}
-	return false
 }
 
 func TestChoose(t *testing.T) {

@@ -3,6 +3,7 @@ package hangup
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -49,7 +50,7 @@ func pbx(h **Hanger, rec recorded, byName ...string) *actiontest.Doer {
 			for _, it := range r.Items {
 				gone = append(gone, it["Channel"])
 			}
-		case contains(byName, ch):
+		case slices.Contains(byName, ch):
 			r, gone = rec.byName, []string{ch}
 		default:
 			r = rec.missing
@@ -62,15 +63,6 @@ func pbx(h **Hanger, rec recorded, byName ...string) *actiontest.Doer {
 		}()
 		return r
 	}}
-}
-
-func contains(s []string, x string) bool {
-	for _, v := range s {
-		if v == x {
-			return true
-		}
-	}
-	return false
 }
 
 // The regex hangs up what it matches; the tracked channels it missed are
