@@ -38,11 +38,6 @@ type Stats struct {
 	Untracked  uint64 // new keys not tracked: the cap was full of incidents in progress
 }
 
-type extKey struct {
-	tech ami.Tech
-	name string
-}
-
 type liveCall struct {
 	uniqueid string
 	channel  string
@@ -73,7 +68,7 @@ type alertLog [numRules - 1][2]uint32
 
 type extState struct {
 	link[extState]
-	key      extKey
+	key      ami.Extension
 	lastSeen int64
 	incident int64 // an incident is in progress until this time
 	alerts   alertLog
@@ -203,14 +198,14 @@ func (s *sample) list() []string {
 type Detector struct {
 	cfg   Config
 	plan  plan
-	exts  map[extKey]*extState
+	exts  map[ami.Extension]*extState
 	addrs map[[16]byte]*addrState // by netip.Addr.As16: a key without pointers
 	extQ  lru[extState, *extState]
 	actQ  lru[extActivity, *extActivity] // extensions with call state, by last call
 	addrQ lru[addrState, *addrState]
 	calls map[string]*extState // live originated calls by Uniqueid
 
-	allowExt  map[extKey]bool
+	allowExt  map[ami.Extension]bool
 	allowName map[string]bool
 
 	now           int64
@@ -234,16 +229,16 @@ func New(cfg Config) *Detector {
 			cfg.International.Window, cfg.HighRisk.Window, cfg.FailedProbes.Window),
 		cfg:       cfg,
 		plan:      newPlan(&cfg),
-		exts:      make(map[extKey]*extState),
+		exts:      make(map[ami.Extension]*extState),
 		addrs:     make(map[[16]byte]*addrState),
 		calls:     make(map[string]*extState),
-		allowExt:  make(map[extKey]bool),
+		allowExt:  make(map[ami.Extension]bool),
 		allowName: make(map[string]bool),
 	}
 	for _, a := range cfg.AllowExtensions {
 		if tech, name, ok := strings.Cut(a, "/"); ok {
 			if t, ok := ami.ParseTech(tech); ok {
-				d.allowExt[extKey{t, name}] = true
+				d.allowExt[ami.Extension{Tech: t, Name: name}] = true
 				continue
 			}
 		}
@@ -303,7 +298,7 @@ func (d *Detector) Process(ev *ami.Event, out []Alert) []Alert {
 // LiveChannels appends the names of the live channels the extension
 // originated (as tracked from events) to dst.
 func (d *Detector) LiveChannels(tech ami.Tech, name string, dst []string) []string {
-	e := d.exts[extKey{tech, name}]
+	e := d.exts[ami.Extension{Tech: tech, Name: name}]
 	if e == nil {
 		return dst
 	}
@@ -316,15 +311,15 @@ func (d *Detector) LiveChannels(tech ami.Tech, name string, dst []string) []stri
 // Sources returns the addresses Asterisk received the extension's requests
 // from, newest first, as in alerts.
 func (d *Detector) Sources(tech ami.Tech, name string) []netip.Addr {
-	e := d.exts[extKey{tech, name}]
+	e := d.exts[ami.Extension{Tech: tech, Name: name}]
 	if e == nil {
 		return nil
 	}
 	return addrList(e.sources)
 }
 
-func (d *Detector) extAllowed(k extKey) bool {
-	return d.allowName[k.name] || d.allowExt[k]
+func (d *Detector) extAllowed(k ami.Extension) bool {
+	return d.allowName[k.Name] || d.allowExt[k]
 }
 
 func (d *Detector) addrAllowed(a netip.Addr) bool {
@@ -339,7 +334,7 @@ func (d *Detector) addrAllowed(a netip.Addr) bool {
 
 // ext returns the state of k, creating it (and evicting if at the cap); nil
 // when the cap is full of keys with incidents in progress.
-func (d *Detector) ext(k extKey) *extState {
+func (d *Detector) ext(k ami.Extension) *extState {
 	if e := d.exts[k]; e != nil {
 		e.lastSeen = d.now
 		d.extQ.touch(e)
@@ -354,10 +349,10 @@ func (d *Detector) ext(k extKey) *extState {
 		d.dropExt(victim)
 		d.stats.Evicted++
 	}
-	k.name = strings.Clone(k.name)
+	k.Name = strings.Clone(k.Name)
 	// Local channels are made by the PBX itself (Originate, call files):
 	// whoever asked for them authenticated elsewhere.
-	e := &extState{key: k, lastSeen: d.now, authed: k.tech == ami.TechLocal}
+	e := &extState{key: k, lastSeen: d.now, authed: k.Tech == ami.TechLocal}
 	d.exts[k] = e
 	d.extPeak = max(d.extPeak, len(d.exts))
 	d.extQ.pushFront(e)
@@ -466,7 +461,7 @@ func (d *Detector) newChannel(ev *ami.Event) {
 	if !ok {
 		return
 	}
-	k := extKey{cn.Tech, cn.Name}
+	k := ami.Extension{Tech: cn.Tech, Name: cn.Name}
 	if d.extAllowed(k) {
 		return
 	}
@@ -633,7 +628,7 @@ func (d *Detector) hangup(ev *ami.Event) {
 	if e != nil {
 		delete(d.calls, ev.Uniqueid)
 	} else if cn, ok := ami.ParseChannel(ev.Channel); ok {
-		e = d.exts[extKey{cn.Tech, cn.Name}] // a call the index had no room for
+		e = d.exts[ami.Extension{Tech: cn.Tech, Name: cn.Name}] // a call the index had no room for
 	}
 	if e == nil {
 		return
@@ -673,7 +668,7 @@ func (d *Detector) security(ev *ami.Event) {
 		if !ok || !ev.RemoteAddr.IsValid() || !ami.ValidName(ev.AccountID) {
 			return // AMI logins included: not an extension
 		}
-		k := extKey{tech, ev.AccountID}
+		k := ami.Extension{Tech: tech, Name: ev.AccountID}
 		if d.extAllowed(k) {
 			return
 		}
@@ -785,7 +780,7 @@ func (d *Detector) contactStatus(ev *ami.Event) {
 	if ev.Status == "Removed" || ev.Status == "Unreachable" || !ev.Addr.IsValid() || !ami.ValidName(ev.Peer) {
 		return
 	}
-	k := extKey{ami.TechPJSIP, ev.Peer}
+	k := ami.Extension{Tech: ami.TechPJSIP, Name: ev.Peer}
 	if d.extAllowed(k) {
 		return
 	}
@@ -795,16 +790,16 @@ func (d *Detector) contactStatus(ev *ami.Event) {
 }
 
 // peerName splits "SIP/200" into its key.
-func peerName(p string) (extKey, bool) {
+func peerName(p string) (ami.Extension, bool) {
 	tech, name, ok := strings.Cut(p, "/")
 	if !ok || !ami.ValidName(name) {
-		return extKey{}, false
+		return ami.Extension{}, false
 	}
 	t, ok := ami.ParseTech(tech)
 	if !ok {
-		return extKey{}, false
+		return ami.Extension{}, false
 	}
-	return extKey{t, name}, true
+	return ami.Extension{Tech: t, Name: name}, true
 }
 
 // learnSource records an address Asterisk received a request of e from. One
@@ -950,8 +945,8 @@ func (d *Detector) extAlert(e *extState, r Rule, sev Severity, count int, window
 		Seq:       d.ev.Seq,
 		Rule:      r,
 		Severity:  sev,
-		Tech:      e.key.tech,
-		Extension: e.key.name,
+		Tech:      e.key.Tech,
+		Extension: e.key.Name,
 		Sources:   addrList(e.sources),
 		Contacts:  addrList(e.contacts),
 		Count:     count,
@@ -1033,7 +1028,7 @@ func (d *Detector) Resync(now time.Time, live []LiveChannel, out []Alert) []Aler
 		if !ok {
 			continue
 		}
-		k := extKey{cn.Tech, cn.Name}
+		k := ami.Extension{Tech: cn.Tech, Name: cn.Name}
 		if d.extAllowed(k) {
 			continue
 		}

@@ -532,7 +532,7 @@ func checkAlerts(t *testing.T, d *Detector, alerts []Alert) {
 			if a.IP.IsValid() || a.Tech == ami.TechUnknown {
 				t.Fatalf("extension alert %+v", a)
 			}
-			e := d.exts[extKey{a.Tech, a.Extension}]
+			e := d.exts[ami.Extension{Tech: a.Tech, Name: a.Extension}]
 			if e == nil {
 				t.Fatalf("alert about %s/%s, which is not tracked", a.Tech, a.Extension)
 			}
@@ -576,10 +576,10 @@ func checkState(t *testing.T, d *Detector) {
 	}
 	for uid, e := range d.calls {
 		if d.exts[e.key] != e {
-			t.Fatalf("call %q indexed to %s/%s, which is not tracked", uid, e.key.tech, e.key.name)
+			t.Fatalf("call %q indexed to %s/%s, which is not tracked", uid, e.key.Tech, e.key.Name)
 		}
 		if !has[e][uid] {
-			t.Fatalf("call %q indexed to %s/%s, which does not have it", uid, e.key.tech, e.key.name)
+			t.Fatalf("call %q indexed to %s/%s, which does not have it", uid, e.key.Tech, e.key.Name)
 		}
 	}
 	for k, e := range d.exts {
@@ -593,39 +593,39 @@ func checkState(t *testing.T, d *Detector) {
 		if len(e.calls) > maxCallsPerExt || len(e.sources) > maxSourcesPerExt || len(e.contacts) > maxContactsPerExt ||
 			len(act.dests) > maxDestsPerExt || len(act.numbers.v) > maxSample {
 			t.Fatalf("%s/%s: %d calls, %d sources, %d contacts, %d destinations, %d numbers",
-				k.tech, k.name, len(e.calls), len(e.sources), len(e.contacts), len(act.dests), len(act.numbers.v))
+				k.Tech, k.Name, len(e.calls), len(e.sources), len(e.contacts), len(act.dests), len(act.numbers.v))
 		}
 		for _, r := range []struct {
 			r ring
 			t Threshold
 		}{{act.burst, cfg.CallRateBurst}, {act.rate, cfg.CallRate}, {act.intl, cfg.International}, {act.highRisk, cfg.HighRisk}, {act.probes, cfg.FailedProbes}} {
 			if len(r.r.ts) > ringSize(r.t) {
-				t.Fatalf("%s/%s: a window holds %d entries (levels %+v)", k.tech, k.name, len(r.r.ts), r.t)
+				t.Fatalf("%s/%s: a window holds %d entries (levels %+v)", k.Tech, k.Name, len(r.r.ts), r.t)
 			}
 		}
 		for _, de := range act.dests {
 			if len(de.prefixes) > ringSize(cfg.PrefixGuess) {
-				t.Fatalf("%s/%s: %d prefixes for %q", k.tech, k.name, len(de.prefixes), de.dest)
+				t.Fatalf("%s/%s: %d prefixes for %q", k.Tech, k.Name, len(de.prefixes), de.dest)
 			}
 		}
 		for _, c := range e.calls {
 			cn, ok := ami.ParseChannel(c.channel)
-			if !ok || cn.Tech != k.tech || cn.Name != k.name {
-				t.Fatalf("%s/%s tracks channel %q", k.tech, k.name, c.channel)
+			if !ok || cn.Tech != k.Tech || cn.Name != k.Name {
+				t.Fatalf("%s/%s tracks channel %q", k.Tech, k.Name, c.channel)
 			}
 			if c.number != "" && !IsDialled(c.number) {
-				t.Fatalf("%s/%s: call to %q", k.tech, k.name, c.number)
+				t.Fatalf("%s/%s: call to %q", k.Tech, k.Name, c.number)
 			}
 		}
-		if live := d.LiveChannels(k.tech, k.name, nil); len(live) != len(e.calls) {
-			t.Fatalf("%s/%s: LiveChannels gives %d of %d calls", k.tech, k.name, len(live), len(e.calls))
+		if live := d.LiveChannels(k.Tech, k.Name, nil); len(live) != len(e.calls) {
+			t.Fatalf("%s/%s: LiveChannels gives %d of %d calls", k.Tech, k.Name, len(live), len(e.calls))
 		}
-		if src := d.Sources(k.tech, k.name); len(src) != len(e.sources) {
-			t.Fatalf("%s/%s: Sources gives %d of %d", k.tech, k.name, len(src), len(e.sources))
+		if src := d.Sources(k.Tech, k.Name); len(src) != len(e.sources) {
+			t.Fatalf("%s/%s: Sources gives %d of %d", k.Tech, k.Name, len(src), len(e.sources))
 		}
 		for _, s := range slices.Concat(e.sources, e.contacts) {
 			if !s.addr.IsValid() || s.addr != s.addr.Unmap() {
-				t.Fatalf("%s/%s: address %v", k.tech, k.name, s.addr)
+				t.Fatalf("%s/%s: address %v", k.Tech, k.Name, s.addr)
 			}
 		}
 	}

@@ -9,9 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/config"
-	"github.com/astguard/astguard/internal/detector"
 )
 
 // logLine is one JSON log line of the guard: an alert or an action outcome.
@@ -173,30 +171,6 @@ func TestStaticPeerFromSIPpeersStaysCapped(t *testing.T) {
 	for _, a := range logLines(h, "fraud alert") {
 		if a.Extension == "carrier" && a.Severity == "critical" {
 			t.Errorf("the carrier went critical: %+v", a)
-		}
-	}
-}
-
-// In observe mode the block_ip line names what would be blocked: never a
-// contact.
-func TestDescribeBlockNeverAContact(t *testing.T) {
-	ip := netip.MustParseAddr
-	r := &responder{}
-	sip := detector.Alert{Tech: ami.TechSIP, Extension: "200", Contacts: []netip.Addr{ip("198.51.100.20")}}
-	withSource := sip
-	withSource.Sources = []netip.Addr{ip("203.0.113.7"), ip("192.0.2.10")}
-	for _, tc := range []struct {
-		a    detector.Alert
-		live []string
-		want string
-	}{
-		{sip, nil, "nothing: no address Asterisk received its requests from"},
-		{withSource, nil, "203.0.113.7"},
-		{withSource, []string{"SIP/200-00000001"}, "its live call's address (Getvar CHANNEL(recvip)), else 203.0.113.7"},
-		{detector.Alert{IP: ip("203.0.113.66")}, nil, "203.0.113.66"},
-	} {
-		if got := r.describe(actBlock, &tc.a, tc.live); got != tc.want {
-			t.Errorf("describe(block_ip, sources %v, contacts %v, %d live) = %q, want %q", tc.a.Sources, tc.a.Contacts, len(tc.live), got, tc.want)
 		}
 	}
 }

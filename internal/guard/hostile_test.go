@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/astguard/astguard/internal/action/firewall"
+	"github.com/astguard/astguard/internal/action/hangup"
 	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/config"
 )
@@ -184,7 +185,7 @@ func TestHostileInputReachesNothingUnvalidated(t *testing.T) {
 				}
 				tech, _ := ami.ParseTech(m[1])
 				name := strings.NewReplacer(`\.`, ".", `\+`, "+", `\*`, "*").Replace(m[2])
-				if want, ok := channelRegex(tech, name); !ok || want != v || !ami.ValidName(name) {
+				if want, ok := hangup.ChannelRegex(tech, name); !ok || want != v || !ami.ValidName(name) {
 					t.Errorf("Hangup regex %q is not one the guard builds (for %q: %q, %v)", v, name, want, ok)
 				}
 				regexes = append(regexes, v)

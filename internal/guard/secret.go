@@ -1,7 +1,6 @@
 package guard
 
 import (
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,32 +11,6 @@ import (
 
 	"github.com/astguard/astguard/internal/fsafe"
 )
-
-// secretAlphabet holds only letters and digits: a SIP secret lands in
-// sip.conf or pjsip.conf, where ';' starts a comment and other punctuation
-// trips up phones' provisioning.
-const secretAlphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
-
-// secretLen gives 24 characters from a 57-symbol alphabet: about 140 bits.
-const secretLen = 24
-
-// newSecret returns a random secret from crypto/rand, without modulo bias.
-func newSecret() (string, error) {
-	out := make([]byte, 0, secretLen)
-	var b [64]byte
-	for len(out) < secretLen {
-		if _, err := rand.Read(b[:]); err != nil {
-			return "", err
-		}
-		for _, c := range b {
-			// 57*4 = 228: accept bytes below it, so every symbol is equally likely
-			if int(c) < 4*len(secretAlphabet) && len(out) < secretLen {
-				out = append(out, secretAlphabet[int(c)%len(secretAlphabet)])
-			}
-		}
-	}
-	return string(out), nil
-}
 
 // secretsFile appends one JSON line per rotation to a file only the guard's
 // user can read. It is opened afresh for every line, through fsafe: never
