@@ -135,10 +135,12 @@ func Run(ctx context.Context, opts Options) error {
 
 	fw := opts.Firewall
 	if fw == nil {
-		var err error
-		if fw, err = NewFirewall(cfg, g.log); err != nil {
-			return err
-		}
+		// Built at its first use, and again until that works: a missing or
+		// refused iptables must not stop the hang-ups and rotations (the
+		// bans are kept and re-applied once it works), and observe mode
+		// never uses the firewall at all.
+		fw = firewall.NewLazy(func() (firewall.Firewall, error) { return NewFirewall(cfg, g.log) },
+			cfg.Response.Firewall != config.FirewallDryRun)
 	}
 	// In observe mode the ban manager reads the state and sets up no
 	// firewall: no chain, no jump, no rule, nothing written.
