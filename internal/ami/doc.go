@@ -13,5 +13,9 @@
 //   - [ParseChannel] and [ValidName] take apart channel names and check names
 //     before they go into AMI actions.
 //
-// Nothing here touches the network: the caller owns the connection.
+//   - [AppendAction] writes an [Action] for the wire, refusing what could
+//     break the framing; [Message.Response] copies a reply out of the reader.
+//
+// Nothing here touches the network: the caller owns the connection. The
+// guard's client, which does, is the subpackage client.
 package ami

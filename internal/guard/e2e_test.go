@@ -78,12 +78,6 @@ func startGuardWith(t *testing.T, transcript string, speed float64, mutate func(
 	cfg.Mode = config.ModeEnforce
 	cfg.AMI.Address = srv.Addr()
 	cfg.AMI.Secret = "guardpass"
-	// amigo cannot be stopped: after the test its sessions try to reconnect
-	// every reconnect_interval, and amigo's own data race on its connection
-	// id (defect 6) fires on the first retry. Tests that are not about
-	// reconnecting keep it beyond the test binary's life; the reconnect
-	// tests are in reconnect_test.go, built without -race.
-	cfg.AMI.ReconnectInterval = config.Duration(10 * time.Minute)
 	cfg.Response.StateFile = filepath.Join(dir, "bans.json")
 	cfg.Response.SecretsFile = filepath.Join(dir, "secrets.jsonl")
 	cfg.Response.AdminSocket = filepath.Join(dir, "admin.sock")

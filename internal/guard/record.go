@@ -12,9 +12,8 @@ import (
 // a real PBX can be replayed with `guard replay` to tune thresholds. The file
 // is rotated by size: FILE, then FILE.1 ... FILE.<keep>.
 //
-// Messages come from amigo as maps (its defect 2): headers are written with
-// Event or Response first and the rest in key order, and a repeated key
-// keeps only one value. The events the detector reads are not affected.
+// Each message is written as its bytes arrived (ami.Message.Raw: headers in
+// order, repeated keys kept), replies included, before any filtering.
 type recorder struct {
 	path     string
 	maxBytes int64

@@ -15,6 +15,7 @@ import (
 
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
 	"github.com/astguard/astguard/internal/metrics"
@@ -46,8 +47,8 @@ type protection struct {
 // responder turns critical alerts into actions, as the policy says.
 type responder struct {
 	log     zerolog.Logger
-	events  *ami.Session // config and Getvar actions
-	urgent  *ami.Session // hang-ups: never behind a slow action
+	events  *client.Client // config and Getvar actions
+	urgent  *client.Client // hang-ups: never behind a slow action
 	bans    *bans.Manager
 	secrets *secretsFile
 	now     func() time.Time
@@ -63,7 +64,7 @@ type responder struct {
 	wg        sync.WaitGroup
 }
 
-func newResponder(cfg *config.Config, log zerolog.Logger, events, urgent *ami.Session, b *bans.Manager) *responder {
+func newResponder(cfg *config.Config, log zerolog.Logger, events, urgent *client.Client, b *bans.Manager) *responder {
 	return &responder{
 		log:       log.With().Str("component", "responder").Logger(),
 		events:    events,
@@ -280,7 +281,7 @@ func (r *responder) channelAddr(ctx context.Context, cfg *config.Config, tech am
 	if err != nil {
 		return netip.Addr{}, false
 	}
-	v := resp["Value"]
+	v := resp.Get("Value")
 	if ap, err := netip.ParseAddrPort(v); err == nil {
 		return ap.Addr().Unmap(), true
 	}
@@ -347,13 +348,13 @@ func (r *responder) hangupExtension(ctx context.Context, cfg *config.Config, a *
 	cause := strconv.Itoa(cfg.Response.HangupCause)
 	hung := map[string]bool{}
 	var firstErr error
-	if re, ok := channelRegex(a.Tech, a.Extension); ok {
+	if re, ok := channelRegex(a.Tech, a.Extension); ok && hangupByRegex(r.urgent.Version()) {
 		err := retry(ctx, cfg, func() error {
 			actx, cancel := context.WithTimeout(ctx, 2*time.Duration(cfg.AMI.ActionTimeout))
 			defer cancel()
 			_, items, err := r.urgent.List(actx, ami.Action{Name: "Hangup", Headers: []ami.Header{{Key: "Channel", Value: re}, {Key: "Cause", Value: cause}}})
 			for _, it := range items {
-				hung[it["Channel"]] = true
+				hung[it.Get("Channel")] = true
 			}
 			return err
 		})
@@ -570,7 +571,7 @@ func retryable(err error) bool {
 	var ref *refusal
 	switch {
 	case errors.As(err, &ref), errors.Is(err, bans.ErrProtected), errors.Is(err, ami.ErrUnsafe),
-		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ami.ErrClosed):
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, client.ErrClosed):
 		return false
 	}
 	var ae *ami.ActionError

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/ami/client"
 )
 
 // confCategory is one section of a config file as GetConfig returns it.
@@ -28,14 +29,15 @@ func (c *confCategory) get(key string) (string, bool) {
 
 // parseGetConfig reads GetConfig's numbered headers (Category-000000,
 // Line-000000-000001: key=value) into sections, in order.
-func parseGetConfig(resp map[string]string) []confCategory {
+func parseGetConfig(resp ami.Response) []confCategory {
 	cats := map[int]*confCategory{}
 	type line struct {
 		n    int
 		k, v string
 	}
 	lines := map[int][]line{}
-	for k, v := range resp {
+	for _, h := range resp.Headers {
+		k, v := h.Key, h.Value
 		switch {
 		case strings.HasPrefix(k, "Category-"):
 			if i, err := strconv.Atoi(k[len("Category-"):]); err == nil {
@@ -161,7 +163,7 @@ func planPJSIP(cats []confCategory, name string) (rotation, error) {
 }
 
 // planRotation reads the config over AMI and decides where the secret goes.
-func planRotation(ctx context.Context, s *ami.Session, tech ami.Tech, name string) (rotation, error) {
+func planRotation(ctx context.Context, s *client.Client, tech ami.Tech, name string) (rotation, error) {
 	if !ami.ValidName(name) {
 		return rotation{}, &refusal{fmt.Sprintf("%q is not a name the guard puts into a config action (1 to %d letters, digits or - _ . + * # @ ~): change its secret by hand", name, ami.MaxNameLen)}
 	}

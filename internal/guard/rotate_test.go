@@ -8,15 +8,15 @@ import (
 )
 
 // getConfig builds GetConfig's numbered reply from sections of key=value lines.
-func getConfig(sections ...[]string) map[string]string {
-	m := map[string]string{"Response": "Success"}
+func getConfig(sections ...[]string) ami.Response {
+	r := ami.Response{Headers: []ami.Header{{Key: "Response", Value: "Success"}}}
 	for i, sec := range sections {
-		m[pad("Category-", i)] = sec[0]
+		r.Headers = append(r.Headers, ami.Header{Key: pad("Category-", i), Value: sec[0]})
 		for j, l := range sec[1:] {
-			m[pad("Line-", i)+"-"+pad6(j)] = l
+			r.Headers = append(r.Headers, ami.Header{Key: pad("Line-", i) + "-" + pad6(j), Value: l})
 		}
 	}
-	return m
+	return r
 }
 
 func pad(p string, i int) string { return p + pad6(i) }
