@@ -12,7 +12,6 @@
 //     not need it (cheaply, without allocating).
 //   - [ParseChannel] and [ValidName] take apart channel names and check names
 //     before they go into AMI actions.
-//
 //   - [AppendAction] writes an [Action] for the wire, refusing what could
 //     break the framing; [Message.Response] copies a reply out of the reader.
 //
