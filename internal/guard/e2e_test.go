@@ -68,7 +68,16 @@ func startGuardWith(t *testing.T, transcript string, speed float64, mutate func(
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := amitest.Start(amitest.Options{Username: "guard", Secret: "guardpass", Transcript: bytes.NewReader(data), Speed: speed, AutoPlay: true})
+	return startGuardOn(t, amitest.Options{Transcript: bytes.NewReader(data), Speed: speed, AutoPlay: true}, mutate, fw, nil)
+}
+
+// startGuardOn runs the guard against a fake Asterisk started with srvOpts
+// (the credentials are the guard's); more, if set, changes the guard's
+// Options before it starts.
+func startGuardOn(t *testing.T, srvOpts amitest.Options, mutate func(*config.Config), fw firewall.Firewall, more func(*Options)) *harness {
+	t.Helper()
+	srvOpts.Username, srvOpts.Secret = "guard", "guardpass"
+	srv, err := amitest.Start(srvOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,10 +101,12 @@ func startGuardWith(t *testing.T, transcript string, speed float64, mutate func(
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
-	go func() {
-		h.done <- Run(ctx, Options{Config: cfg, Logger: zerolog.New(h.logs), Firewall: fw, Record: recordTo,
-			Started: func(g *Guard) { h.guard <- g }})
-	}()
+	opts := Options{Config: cfg, Logger: zerolog.New(h.logs), Firewall: fw, Record: recordTo,
+		Started: func(g *Guard) { h.guard <- g }}
+	if more != nil {
+		more(&opts)
+	}
+	go func() { h.done <- Run(ctx, opts) }()
 	t.Cleanup(func() { h.stop(t) })
 	return h
 }

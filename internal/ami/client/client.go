@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -382,6 +383,7 @@ func (c *Client) send(ctx context.Context, a ami.Action, list bool) (*call, erro
 		defer cancel()
 	}
 	cl := &call{id: id, name: a.Name, list: list, done: make(chan struct{})}
+	start := time.Now()
 	c.mu.Lock()
 	switch {
 	case c.closed:
@@ -402,10 +404,20 @@ func (c *Client) send(ctx context.Context, a ami.Action, list bool) (*call, erro
 	}
 	c.mu.Unlock()
 
-	if err := cn.write(ctx, buf, c.opts.ActionTimeout); err != nil {
+	if n, err := cn.write(ctx, buf, c.opts.ActionTimeout); err != nil {
 		c.forget(cl)
-		// A write that failed may have left half an action on the wire:
-		// the connection cannot be used any more.
+		switch {
+		case n == 0 && ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded):
+			return nil, ctx.Err()
+		case n == 0 && (ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded)):
+			// Nothing written: the stream is whole, but Asterisk takes no
+			// more (it does not read this session's actions), or the
+			// deadline had passed.
+			c.actionTimedOut(a.Name, time.Since(start))
+			return nil, fmt.Errorf("%w: %s: not sent: %v", ErrTimeout, a.Name, err)
+		}
+		// Part of the action may be on the wire: the stream cannot be
+		// used any more.
 		cn.kill(fmt.Errorf("writing %s: %w", a.Name, err))
 		return nil, fmt.Errorf("%w: writing %s: %v", ErrConnectionLost, a.Name, err)
 	}
@@ -414,8 +426,8 @@ func (c *Client) send(ctx context.Context, a ami.Action, list bool) (*call, erro
 	case <-ctx.Done():
 		if c.forget(cl) {
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				c.actionTimedOut(a.Name)
-				return cl, fmt.Errorf("%w: %s", ErrTimeout, a.Name)
+				c.actionTimedOut(a.Name, time.Since(start))
+				return cl, fmt.Errorf("%w: %s (waited %s)", ErrTimeout, a.Name, time.Since(start).Round(time.Millisecond))
 			}
 			return nil, ctx.Err()
 		}
@@ -462,9 +474,9 @@ func (c *Client) failCalls(err error) {
 	}
 }
 
-// actionTimedOut notes an action that got no reply in time; the first of a
-// run is logged.
-func (c *Client) actionTimedOut(name string) {
+// actionTimedOut notes an action that got no reply in time (waited: how
+// long it waited); the first of a run is logged.
+func (c *Client) actionTimedOut(name string, waited time.Duration) {
 	c.stats.timeouts.Add(1)
 	c.mu.Lock()
 	first := !c.status.ActionsTimingOut
@@ -472,7 +484,7 @@ func (c *Client) actionTimedOut(name string) {
 	c.timingOut.Store(true)
 	c.mu.Unlock()
 	if first {
-		c.log.Warn().Str("action", name).Dur("timeout", c.opts.ActionTimeout).Str("address", c.opts.Address).
+		c.log.Warn().Str("action", name).Dur("waited", waited).Str("address", c.opts.Address).
 			Msg("AMI actions time out: Asterisk does not answer this session's actions")
 	}
 }

@@ -52,19 +52,23 @@ func (cn *conn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// write writes one action whole, within ctx's deadline and at most limit.
-func (cn *conn) write(ctx context.Context, b []byte, limit time.Duration) error {
+// write writes one action, within ctx's deadline and at most limit. It
+// returns how much was written: an action cut short leaves the stream
+// unusable, one not started at all does not.
+func (cn *conn) write(ctx context.Context, b []byte, limit time.Duration) (int, error) {
 	deadline := time.Now().Add(limit)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
 	cn.wmu.Lock()
 	defer cn.wmu.Unlock()
-	if err := cn.Conn.SetWriteDeadline(deadline); err != nil {
-		return err
+	if err := ctx.Err(); err != nil {
+		return 0, err
 	}
-	_, err := cn.Conn.Write(b)
-	return err
+	if err := cn.Conn.SetWriteDeadline(deadline); err != nil {
+		return 0, err
+	}
+	return cn.Conn.Write(b)
 }
 
 // kill closes the connection for err (the first reason given is kept):
@@ -221,7 +225,7 @@ func (c *Client) exchange(ctx context.Context, cn *conn, a ami.Action) (ami.Resp
 	if err != nil {
 		return ami.Response{}, &connectError{ProblemHandshake, err.Error()}
 	}
-	if err := cn.write(ctx, buf, c.opts.HandshakeTimeout); err != nil {
+	if _, err := cn.write(ctx, buf, c.opts.HandshakeTimeout); err != nil {
 		return ami.Response{}, &connectError{ProblemHandshake, "sending " + a.Name + ": " + c.ioDetail(err)}
 	}
 	var m ami.Message
@@ -497,7 +501,7 @@ func (k *keepalive) tick() error {
 		if last.After(k.pingAt) {
 			// Data arrives, but the Ping is not answered.
 			if c.forget(k.ping) {
-				c.actionTimedOut("Ping")
+				c.actionTimedOut("Ping", now.Sub(k.pingAt))
 			}
 			k.ping = nil
 		} else if now.Sub(later(k.pingAt, waitingSince)) >= c.opts.ActionTimeout {
@@ -538,8 +542,14 @@ func (k *keepalive) sendPing(now time.Time) error {
 	c.calls[id] = cl
 	c.mu.Unlock()
 	c.stats.pings.Add(1)
-	if err := k.cn.write(c.ctx, buf, c.opts.ActionTimeout); err != nil {
+	if n, err := k.cn.write(c.ctx, buf, c.opts.ActionTimeout); err != nil {
 		c.forget(cl)
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			// Asterisk takes no more bytes: it does not read this
+			// session's actions. The stream is still whole.
+			c.actionTimedOut("Ping", c.opts.ActionTimeout)
+			return nil
+		}
 		return fmt.Errorf("writing a Ping: %w", err)
 	}
 	k.ping, k.pingAt = cl, now
