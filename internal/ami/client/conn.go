@@ -583,8 +583,12 @@ func (c *Client) checkSilence() {
 
 // setUp marks the session logged in on cn and logs it.
 func (c *Client) setUp(cn *conn) {
-	n := c.stats.connects.Add(1)
 	c.mu.Lock()
+	if c.closed { // Close came during the login: serve ends at once
+		c.mu.Unlock()
+		return
+	}
+	n := c.stats.connects.Add(1)
 	prev := c.status
 	c.conn = cn
 	c.status.State, c.status.Problem, c.status.Detail, c.status.Since = StateUp, ProblemNone, "", time.Now()
