@@ -26,6 +26,7 @@ import (
 
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
 )
 
@@ -129,7 +130,7 @@ var permanentMessages = []string{
 
 // Retryable reports whether trying again may help after err. No: anything
 // marked ErrPermanent, a value the guard refused to send (ami.ErrUnsafe), a
-// closed session or ban manager, a cancelled context, a protected address
+// closed AMI client or ban manager, a cancelled context, a protected address
 // or observe mode (bans), an AMI error with a message of permanentMessages,
 // and an error that says of itself it is not temporary (a permanent
 // firewall error). Yes: every other AMI error, a timeout (an attempt's
@@ -139,9 +140,9 @@ func Retryable(err error) bool {
 	switch {
 	case err == nil:
 		return false
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, ami.ErrTimeout):
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, client.ErrTimeout):
 		return true
-	case errors.Is(err, ErrPermanent), errors.Is(err, ami.ErrUnsafe), errors.Is(err, ami.ErrClosed),
+	case errors.Is(err, ErrPermanent), errors.Is(err, ami.ErrUnsafe), errors.Is(err, client.ErrClosed),
 		errors.Is(err, context.Canceled),
 		errors.Is(err, bans.ErrProtected), errors.Is(err, bans.ErrObserving), errors.Is(err, bans.ErrClosed):
 		return false

@@ -10,6 +10,7 @@ import (
 
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/ami/client"
 )
 
 // tempErr says of itself whether it is temporary, as firewall.Error does.
@@ -34,9 +35,9 @@ func TestRetryable(t *testing.T) {
 		{"another AMI error", &ami.ActionError{Action: "UpdateConfig", Message: "Save of config failed"}, true},
 		{"wrapped AMI error", fmt.Errorf("rotating: %w", &ami.ActionError{Action: "Hangup", Message: "No such channel"}), false},
 		{"unsafe header", fmt.Errorf("%w: Hangup header %q", ami.ErrUnsafe, "Channel"), false},
-		{"session closed", ami.ErrClosed, false},
-		{"not connected", ami.ErrNotConnected, true},
-		{"no reply in time", fmt.Errorf("%w: Hangup", ami.ErrTimeout), true},
+		{"session closed", client.ErrClosed, false},
+		{"not connected", client.ErrNotConnected, true},
+		{"no reply in time", fmt.Errorf("%w: Hangup", client.ErrTimeout), true},
 		{"an attempt's deadline", fmt.Errorf("ami: Hangup list incomplete: %w", context.DeadlineExceeded), true},
 		{"cancelled", context.Canceled, false},
 		{"protected address", fmt.Errorf("bans: %w: 127.0.0.1 is in 127.0.0.0/8", bans.ErrProtected), false},
@@ -58,7 +59,7 @@ func TestRetry(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := Backoff{Attempts: 4, First: 100 * time.Millisecond}
 		calls := 0
-		errs := []error{ami.ErrNotConnected, ami.ErrNotConnected, nil}
+		errs := []error{client.ErrNotConnected, client.ErrNotConnected, nil}
 		start := time.Now()
 		err := Retry(t.Context(), b, func() error { calls++; return errs[calls-1] })
 		if err != nil || calls != 3 {
@@ -78,13 +79,13 @@ func TestRetry(t *testing.T) {
 
 		// Attempts run out: the last error.
 		calls = 0
-		if err := Retry(t.Context(), b, func() error { calls++; return ami.ErrNotConnected }); err != ami.ErrNotConnected || calls != 4 {
+		if err := Retry(t.Context(), b, func() error { calls++; return client.ErrNotConnected }); err != client.ErrNotConnected || calls != 4 {
 			t.Errorf("Retry = %v after %d calls, want ErrNotConnected after 4", err, calls)
 		}
 
 		// Zero attempts still tries once.
 		calls = 0
-		if err := Retry(t.Context(), Backoff{}, func() error { calls++; return ami.ErrNotConnected }); err == nil || calls != 1 {
+		if err := Retry(t.Context(), Backoff{}, func() error { calls++; return client.ErrNotConnected }); err == nil || calls != 1 {
 			t.Errorf("Retry with no attempts: %v after %d calls, want one try", err, calls)
 		}
 
@@ -96,9 +97,9 @@ func TestRetry(t *testing.T) {
 			if calls == 2 {
 				cancel()
 			}
-			return ami.ErrNotConnected
+			return client.ErrNotConnected
 		})
-		if err != ami.ErrNotConnected || calls != 2 {
+		if err != client.ErrNotConnected || calls != 2 {
 			t.Errorf("Retry = %v after %d calls, want to stop when the context ends", err, calls)
 		}
 	})
@@ -108,7 +109,7 @@ func TestIsNoSuchChannel(t *testing.T) {
 	if !IsNoSuchChannel(fmt.Errorf("x: %w", &ami.ActionError{Action: "Hangup", Message: "No such channel"})) {
 		t.Error("the recorded No such channel is not recognised")
 	}
-	if IsNoSuchChannel(&ami.ActionError{Action: "Hangup", Message: "Permission denied"}) || IsNoSuchChannel(ami.ErrClosed) || IsNoSuchChannel(nil) {
+	if IsNoSuchChannel(&ami.ActionError{Action: "Hangup", Message: "Permission denied"}) || IsNoSuchChannel(client.ErrClosed) || IsNoSuchChannel(nil) {
 		t.Error("another error taken for No such channel")
 	}
 }

@@ -11,8 +11,11 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -47,20 +50,83 @@ const (
 
 // AMI is the [ami] table: how to reach the Asterisk Manager Interface.
 type AMI struct {
+	// Address is host:port, or tls://host:port for AMI over TLS (Asterisk's
+	// tlsenable in manager.conf). IPv6 literals are bracketed: [::1]:5038.
 	Address  string `toml:"address"`
 	Username string `toml:"username"`
 	// Secret is the manager.conf secret. Load replaces it with the value of
 	// SecretEnv or the first line of SecretFile when those are set.
 	Secret     Secret `toml:"secret"`
 	SecretFile string `toml:"secret_file"`
-	// ReconnectInterval is the pause between reconnect attempts; a failed
-	// login waits as long.
+	// Auth is how the guard logs in: AuthMD5 (a Challenge, then a hash of
+	// the challenge and the secret: the secret never crosses the network)
+	// or AuthPlain (the secret in clear, as Login's Secret header).
+	Auth string `toml:"auth"`
+	// TLSCA is a PEM file of the certificate authorities the server's
+	// certificate must chain to, for a tls:// address ("": the system's).
+	// Load resolves a relative path against the configuration's directory.
+	TLSCA string `toml:"tls_ca"`
+	// TLSServerName is the name the server's certificate must carry (""
+	// the host of the address).
+	TLSServerName string `toml:"tls_server_name"`
+	// ReconnectInterval is the first pause before a reconnect attempt; each
+	// failed attempt doubles it, with jitter, up to ReconnectMax.
 	ReconnectInterval Duration `toml:"reconnect_interval"`
+	ReconnectMax      Duration `toml:"reconnect_max"`
 	// ActionTimeout is how long an action may wait for its reply.
 	ActionTimeout Duration `toml:"action_timeout"`
+	// Keepalive is how long a session may go without receiving anything
+	// before the guard sends a Ping; nothing at all within ActionTimeout
+	// after it and the connection is dead.
+	Keepalive Duration `toml:"keepalive"`
 	// QueueSize is how many events are buffered between the AMI reader and
 	// the detector.
 	QueueSize int `toml:"queue_size"`
+}
+
+// The values of AMI.Auth.
+const (
+	AuthMD5   = "md5"
+	AuthPlain = "plain"
+)
+
+// Endpoint returns ami.address without its tls:// prefix, and whether the
+// prefix was there.
+func (a *AMI) Endpoint() (hostport string, useTLS bool) {
+	if rest, ok := strings.CutPrefix(a.Address, tlsScheme); ok {
+		return rest, true
+	}
+	return a.Address, false
+}
+
+const tlsScheme = "tls://"
+
+// TLSConfig returns the TLS settings of a tls:// address: the CAs of
+// ami.tls_ca (the system's when empty) and ami.tls_server_name (the host of
+// the address when empty). It returns nil for a plain address.
+func (a *AMI) TLSConfig() (*tls.Config, error) {
+	hostport, useTLS := a.Endpoint()
+	if !useTLS {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: a.TLSServerName}
+	if cfg.ServerName == "" {
+		if host, _, err := net.SplitHostPort(hostport); err == nil {
+			cfg.ServerName = host
+		}
+	}
+	if a.TLSCA != "" {
+		pem, err := os.ReadFile(a.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("ami.tls_ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ami.tls_ca: %s holds no PEM certificate", a.TLSCA)
+		}
+		cfg.RootCAs = pool
+	}
+	return cfg, nil
 }
 
 // Log is the [log] table.
@@ -258,8 +324,11 @@ func Default() *Config {
 		AMI: AMI{
 			Address:           "127.0.0.1:5038",
 			Username:          "guard",
+			Auth:              AuthMD5,
 			ReconnectInterval: Duration(2 * time.Second),
+			ReconnectMax:      Duration(30 * time.Second),
 			ActionTimeout:     Duration(3 * time.Second),
+			Keepalive:         Duration(5 * time.Second),
 			QueueSize:         65536,
 		},
 		Log:     Log{Level: "info"},
@@ -359,9 +428,16 @@ func parse(file string, data []byte, resolve bool) (*Config, error) {
 		if err := c.resolveSecret(filepath.Dir(file)); err != nil {
 			errs = append(errs, err)
 		}
+		if c.AMI.TLSCA != "" && !filepath.IsAbs(c.AMI.TLSCA) {
+			c.AMI.TLSCA = filepath.Join(filepath.Dir(file), c.AMI.TLSCA)
+		}
 	}
 	if err := c.Validate(); err != nil {
 		errs = append(errs, err.(interface{ Unwrap() []error }).Unwrap()...)
+	} else if resolve {
+		if _, err := c.AMI.TLSConfig(); err != nil {
+			errs = append(errs, err) // the CA file cannot be used
+		}
 	}
 	if err := locate(file, data, errs); err != nil {
 		return nil, err

@@ -58,10 +58,25 @@ func (c *Config) Validate() error {
 	}
 
 	// [ami]
-	if !validAddress(c.AMI.Address) {
-		p.add("ami.address: %q must be host:port", c.AMI.Address)
-	} else if _, port, _ := net.SplitHostPort(c.AMI.Address); !validPort(port) {
+	hostport, useTLS := c.AMI.Endpoint()
+	if !validAddress(hostport) {
+		p.add("ami.address: %q must be host:port or tls://host:port", c.AMI.Address)
+	} else if _, port, _ := net.SplitHostPort(hostport); !validPort(port) {
 		p.add("ami.address: %q: the port must be a number from 1 to 65535", c.AMI.Address)
+	}
+	switch c.AMI.Auth {
+	case AuthMD5, AuthPlain:
+	default:
+		p.add("ami.auth: %q is not one of %s, %s", c.AMI.Auth, AuthMD5, AuthPlain)
+	}
+	if !useTLS && c.AMI.TLSCA != "" {
+		p.add("ami.tls_ca is set but ami.address does not start with tls://")
+	}
+	if !useTLS && c.AMI.TLSServerName != "" {
+		p.add("ami.tls_server_name is set but ami.address does not start with tls://")
+	}
+	if strings.ContainsFunc(c.AMI.TLSServerName, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
+		p.add("ami.tls_server_name must not contain spaces or control characters")
 	}
 	switch {
 	case c.AMI.Username == "":
@@ -73,7 +88,9 @@ func (c *Config) Validate() error {
 		p.add("ami.secret must not contain CR or LF")
 	}
 	p.positive("ami.reconnect_interval", c.AMI.ReconnectInterval)
+	p.positive("ami.reconnect_max", c.AMI.ReconnectMax)
 	p.positive("ami.action_timeout", c.AMI.ActionTimeout)
+	p.positive("ami.keepalive", c.AMI.Keepalive)
 	if c.AMI.QueueSize < minQueueSize || c.AMI.QueueSize > maxQueueSize {
 		p.add("ami.queue_size must be between %d and %d", minQueueSize, maxQueueSize)
 	}

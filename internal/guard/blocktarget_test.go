@@ -49,14 +49,15 @@ func outcomeOf(h *harness, action, ext string) (logLine, bool) {
 	return logLine{}, false
 }
 
-// waitLoggedIn waits until both AMI sessions of the guard set their event
-// mask: from then on an injected event reaches it.
+// waitLoggedIn waits until both AMI sessions of the guard logged in (the
+// event mask goes with the Login): from then on an injected event reaches
+// it.
 func waitLoggedIn(t *testing.T, h *harness) {
 	t.Helper()
-	waitFor(t, "both sessions to set their event mask", 10*time.Second, func() bool {
+	waitFor(t, "both sessions to log in", 10*time.Second, func() bool {
 		n := 0
 		for _, a := range h.srv.Actions() {
-			if a.Name == "Events" {
+			if a.Name == "Login" {
 				n++
 			}
 		}

@@ -75,7 +75,16 @@ func startGuardWith(t *testing.T, transcript string, speed float64, mutate func(
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := amitest.Start(amitest.Options{Username: "guard", Secret: "guardpass", Transcript: bytes.NewReader(data), Speed: speed, AutoPlay: true})
+	return startGuardOn(t, amitest.Options{Transcript: bytes.NewReader(data), Speed: speed, AutoPlay: true}, mutate, fw, nil)
+}
+
+// startGuardOn runs the guard against a fake Asterisk started with srvOpts
+// (the credentials are the guard's); more, if set, changes the guard's
+// Options before it starts.
+func startGuardOn(t *testing.T, srvOpts amitest.Options, mutate func(*config.Config), fw firewall.Firewall, more func(*Options)) *harness {
+	t.Helper()
+	srvOpts.Username, srvOpts.Secret = "guard", "guardpass"
+	srv, err := amitest.Start(srvOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,12 +94,6 @@ func startGuardWith(t *testing.T, transcript string, speed float64, mutate func(
 	cfg.Mode = config.ModeEnforce
 	cfg.AMI.Address = srv.Addr()
 	cfg.AMI.Secret = "guardpass"
-	// amigo cannot be stopped: after the test its sessions try to reconnect
-	// every reconnect_interval, and amigo's own data race on its connection
-	// id (defect 6) fires on the first retry. Tests that are not about
-	// reconnecting keep it beyond the test binary's life; the reconnect
-	// tests are in reconnect_test.go, built without -race.
-	cfg.AMI.ReconnectInterval = config.Duration(10 * time.Minute)
 	cfg.Response.StateFile = filepath.Join(dir, "bans.json")
 	cfg.Response.SecretsFile = filepath.Join(dir, "secrets.jsonl")
 	cfg.Response.AdminSocket = filepath.Join(dir, "admin.sock")
@@ -105,10 +108,12 @@ func startGuardWith(t *testing.T, transcript string, speed float64, mutate func(
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
-	go func() {
-		h.done <- Run(ctx, Options{Config: cfg, Logger: zerolog.New(h.logs), Firewall: fw, Record: recordTo,
-			Started: func(g *Guard) { h.guard <- g }})
-	}()
+	opts := Options{Config: cfg, Logger: zerolog.New(h.logs), Firewall: fw, Record: recordTo,
+		Started: func(g *Guard) { h.guard <- g }}
+	if more != nil {
+		more(&opts)
+	}
+	go func() { h.done <- Run(ctx, opts) }()
 	t.Cleanup(func() { h.stop(t) })
 	return h
 }

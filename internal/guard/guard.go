@@ -21,6 +21,7 @@ import (
 	"github.com/astguard/astguard/internal/action/firewall"
 	"github.com/astguard/astguard/internal/alert"
 	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
 	"github.com/astguard/astguard/internal/metrics"
@@ -63,35 +64,27 @@ type Guard struct {
 	level   levelGate
 	lookup  lookupFunc
 	never   neverState
-	events  *ami.Session
-	urgent  *ami.Session
+	events  *client.Client // events, config and Getvar actions
+	urgent  *client.Client // hang-ups only
 	bans    *bans.Manager
 	resp    *responder
-	queue   chan ami.Incoming
+	queue   chan incoming
 	connect chan struct{}
 	resync  chan resyncItem
 
 	metrics     *metrics.Metrics
 	metricsAddr string
+	warnedOld   atomic.Bool // said what an Asterisk before 12 does not show
 
 	stats struct {
-		dropped, untrusted, alerts atomic.Uint64
-		lastEvent                  atomic.Int64
+		queued, dropped, alerts atomic.Uint64
+		lastEvent               atomic.Int64
 	}
 }
 
 type resyncItem struct {
 	live  []detector.LiveChannel
 	hints []ami.Event
-}
-
-// wanted are the events the detector uses; the rest are not even queued
-// (unless recording).
-var wanted = map[string]bool{
-	"Newchannel": true, "DialBegin": true, "DialEnd": true, "Dial": true, "Hangup": true,
-	"PeerStatus": true, "ContactStatus": true, "FullyBooted": true,
-	"InvalidAccountID": true, "FailedACL": true, "InvalidPassword": true, "ChallengeResponseFailed": true,
-	"ChallengeSent": true, "SuccessfulAuth": true, "RequestNotAllowed": true, "RequestBadFormat": true,
 }
 
 // Bans returns the ban manager (the admin endpoint, tests).
@@ -109,7 +102,7 @@ func Run(ctx context.Context, opts Options) error {
 	g := &Guard{
 		opts:    opts,
 		lookup:  opts.LookupNetIP,
-		queue:   make(chan ami.Incoming, cfg.AMI.QueueSize),
+		queue:   make(chan incoming, cfg.AMI.QueueSize),
 		connect: make(chan struct{}, 1),
 		resync:  make(chan resyncItem, 1),
 	}
@@ -169,38 +162,10 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}()
 
-	want := func(ev string) bool { return wanted[ev] }
-	if opts.Record != "" {
-		want = nil
-	}
-	g.events, err = ami.Dial(ami.SessionOptions{
-		Name: "events", Address: cfg.AMI.Address, Username: cfg.AMI.Username, Secret: cfg.AMI.Secret.Reveal(),
-		EventMask: "call,security,system", Queue: g.queue, Want: want,
-		OnConnect: func() {
-			select {
-			case g.connect <- struct{}{}:
-			default:
-			}
-		},
-		OnDrop:            g.dropped,
-		ActionTimeout:     time.Duration(cfg.AMI.ActionTimeout),
-		ReconnectInterval: time.Duration(cfg.AMI.ReconnectInterval),
-		Logger:            g.log,
-	})
-	if err != nil {
+	if err := g.dialAMI(cfg, opts.Record != ""); err != nil {
 		return err
 	}
 	defer g.events.Close()
-	g.urgent, err = ami.Dial(ami.SessionOptions{
-		Name: "urgent", Address: cfg.AMI.Address, Username: cfg.AMI.Username, Secret: cfg.AMI.Secret.Reveal(),
-		EventMask:         "off",
-		ActionTimeout:     time.Duration(cfg.AMI.ActionTimeout),
-		ReconnectInterval: time.Duration(cfg.AMI.ReconnectInterval),
-		Logger:            g.log,
-	})
-	if err != nil {
-		return err
-	}
 	defer g.urgent.Close()
 	g.resp = newResponder(cfg, g.log, g.events, g.urgent, g.bans)
 	g.resp.metrics = g.metrics
@@ -279,8 +244,9 @@ func NewFirewall(cfg *config.Config, log zerolog.Logger) (firewall.Firewall, err
 	return firewall.NewIPTables(firewall.Options{Chain: cfg.Response.Chain, DisableIPv6: !cfg.Response.IPv6, KeepRulesOnSetup: true, Logger: log})
 }
 
+// dropped is told the running count of events dropped because the queue
+// was full, on the reader's goroutine.
 func (g *Guard) dropped(n uint64) {
-	g.stats.dropped.Store(n)
 	g.metrics.Dropped(n)
 	// Loud, but not once per event: at 1, 10, 100, ...
 	for p := uint64(1); p <= n; p *= 10 {
@@ -291,16 +257,12 @@ func (g *Guard) dropped(n uint64) {
 	}
 }
 
-// dropAmigoKeys are the headers amigo adds to every message (its defect 14).
-func dropAmigoKeys(k string) bool { return k == "#" || k == "TimeReceived" }
-
 // loop owns the detector: every event goes through it in order.
 func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 	cfg := g.cfg.Load()
 	det := detector.New(cfg.Detector())
 	log := g.log.With().Str("component", "detector").Logger()
 	var (
-		msg    ami.Message
 		ev     ami.Event
 		alerts []detector.Alert
 		seq    int
@@ -355,30 +317,20 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 			log.Info().Int("live_channels", len(it.live)).Int("address_hints", len(it.hints)).Msg("state rebuilt from Asterisk")
 		case in := <-g.queue:
 			seq++
-			g.stats.lastEvent.Store(in.Time.UnixNano())
-			// Header order matters only to a recording's reader.
-			setMap := msg.SetMapUnordered
-			if rec != nil {
-				setMap = msg.SetMap
-			}
-			trusted := setMap(in.Fields, dropAmigoKeys) && in.Trusted
-			if rec != nil {
-				if err := rec.write(msg.Raw(), in.Time); err != nil {
+			g.stats.lastEvent.Store(in.at.UnixNano())
+			if rec != nil && in.raw != nil {
+				if err := rec.write(in.raw, in.at); err != nil {
 					log.Error().Err(err).Msg("recording failed")
 				}
 			}
-			if !trusted {
-				n := g.stats.untrusted.Add(1)
-				log.Error().Uint64("count", n).Str("event", in.Fields["Event"]).
-					Msg("message with a line over 4096 bytes: amigo split it and its headers may be forged; not used")
-				continue
-			}
-			if !ami.Decode(&msg, &ev) {
+			if in.ev == nil {
 				g.metrics.Event(ami.KindUnknown, ami.SecOther)
 				continue
 			}
+			ev = *in.ev
+			eventPool.Put(in.ev)
 			g.metrics.Event(ev.Kind, ev.Security)
-			ev.Time, ev.Seq = in.Time, seq
+			ev.Time, ev.Seq = in.at, seq
 			alerts = det.Process(&ev, alerts[:0])
 			switch ev.Kind {
 			case ami.KindHangup:
@@ -412,10 +364,9 @@ func (g *Guard) switchMode(mode string) {
 	}
 }
 
-// resyncLoop rebuilds the view after every (re)connect: events lost across
-// the reconnect, and those amigo's login swallows, must not hide an attack.
+// resyncLoop rebuilds the view after every login of the event session:
+// events lost while the link was down must not hide an attack.
 func (g *Guard) resyncLoop(ctx context.Context) error {
-	log := g.log.With().Str("component", "resync").Logger()
 	for {
 		select {
 		case <-ctx.Done():
@@ -427,36 +378,7 @@ func (g *Guard) resyncLoop(ctx context.Context) error {
 		}
 		cfg := g.cfg.Load()
 		actx, cancel := context.WithTimeout(ctx, 4*time.Duration(cfg.AMI.ActionTimeout))
-		var it resyncItem
-		_, items, err := g.events.List(actx, ami.Action{Name: "CoreShowChannels"})
-		if err != nil {
-			log.Error().Err(err).Msg("CoreShowChannels failed: live calls not rebuilt")
-		} else {
-			for _, c := range items {
-				it.live = append(it.live, detector.LiveChannel{Channel: c["Channel"], Uniqueid: c["Uniqueid"], Linkedid: c["Linkedid"], Exten: c["Exten"]})
-			}
-		}
-		if _, peers, err := g.events.List(actx, ami.Action{Name: "SIPpeers"}); err == nil {
-			for _, p := range peers {
-				if a, perr := netip.ParseAddr(p["IPaddress"]); perr == nil && ami.ValidName(p["ObjectName"]) {
-					// Only a dynamic peer's address comes from a registration
-					// Asterisk accepted; a static one's is its configured host
-					// (a trunk), which proves no secret.
-					status := "Reachable"
-					if p["Dynamic"] == "yes" {
-						status = "Registered"
-					}
-					it.hints = append(it.hints, ami.Event{Kind: ami.KindPeerStatus, Peer: "SIP/" + p["ObjectName"], Status: status, Addr: a.Unmap()})
-				}
-			}
-		}
-		if _, contacts, err := g.events.List(actx, ami.Action{Name: "PJSIPShowContacts"}); err == nil {
-			for _, c := range contacts {
-				if a, perr := netip.ParseAddr(c["ViaAddr"]); perr == nil && ami.ValidName(c["Endpoint"]) {
-					it.hints = append(it.hints, ami.Event{Kind: ami.KindContactStatus, Peer: c["Endpoint"], Status: "Reachable", Addr: a.Unmap()})
-				}
-			}
-		}
+		it := g.rebuild(actx)
 		cancel()
 		select {
 		case g.resync <- it:

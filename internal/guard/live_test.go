@@ -51,7 +51,6 @@ func TestReloadKeepsOldConfigWhenNewIsBad(t *testing.T) {
 	dir := t.TempDir()
 	cfg := config.Default()
 	cfg.AMI.Address, cfg.AMI.Secret = srv.Addr(), "guardpass"
-	cfg.AMI.ReconnectInterval = config.Duration(10 * time.Minute)
 	cfg.Response.StateFile = filepath.Join(dir, "bans.json")
 	cfg.Response.SecretsFile = filepath.Join(dir, "secrets.jsonl")
 	cfg.Response.AdminSocket = filepath.Join(dir, "admin.sock")

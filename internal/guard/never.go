@@ -25,13 +25,14 @@ const resolveTimeout = 3 * time.Second
 // ami.address does not resolve, the error says so and the list holds the
 // rest (what the guard starts with; it tries again later).
 func NeverBlock(ctx context.Context, cfg *config.Config) ([]netip.Prefix, error) {
-	ami, err := amiAddresses(ctx, cfg.AMI.Address, net.DefaultResolver.LookupNetIP)
+	hostport, _ := cfg.AMI.Endpoint()
+	ami, err := amiAddresses(ctx, hostport, net.DefaultResolver.LookupNetIP)
 	return append(cfg.NeverBlock(), ami...), err
 }
 
-// amiAddresses returns the AMI server's addresses (address is host:port; a
-// host name is resolved with lookup) and the local address the kernel
-// picks to reach each (no packet is sent).
+// amiAddresses returns the AMI server's addresses (address is host:port,
+// without tls://; a host name is resolved with lookup) and the local
+// address the kernel picks to reach each (no packet is sent).
 func amiAddresses(ctx context.Context, address string, lookup lookupFunc) ([]netip.Prefix, error) {
 	host, port, err := net.SplitHostPort(address)
 	if err != nil {
@@ -90,7 +91,8 @@ func (g *Guard) refreshNever(ctx context.Context, why string, apply bool) []neti
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	cfg := g.cfg.Load()
-	ami, err := amiAddresses(ctx, cfg.AMI.Address, g.lookup)
+	hostport, _ := cfg.AMI.Endpoint()
+	ami, err := amiAddresses(ctx, hostport, g.lookup)
 	if err != nil {
 		ev := g.log.Error()
 		msg := "the AMI server's address does not resolve: it is not protected from a ban until it does (tried again at every reload and AMI connect)"

@@ -26,9 +26,8 @@ import (
 // a private file (fsafe.OpenPrivate: never through a symlink, a regular file
 // of the guard's user with mode 0600), since it holds the PBX's traffic.
 //
-// Messages come from amigo as maps (its defect 2): headers are written with
-// Event or Response first and the rest in key order, and a repeated key
-// keeps only one value. The events the detector reads are not affected.
+// Each message is written as its bytes arrived (ami.Message.Raw: headers in
+// order, repeated keys kept), replies included, before any filtering.
 type recorder struct {
 	path     string
 	maxBytes int64

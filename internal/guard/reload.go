@@ -110,6 +110,7 @@ func (g *Guard) reload(ctx context.Context, det *detector.Detector) ReloadResult
 	}
 	g.level.set(next.Log.Level)
 	g.metrics.SetSilenceAlarm(time.Duration(next.Metrics.SilenceAlarm))
+	g.events.SetSilenceAlarm(time.Duration(next.Metrics.SilenceAlarm))
 	det.SetConfig(next.Detector())
 	g.resp.setConfig(next)
 	if next.Mode != running.Mode {

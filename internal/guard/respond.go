@@ -17,6 +17,7 @@ import (
 	"github.com/astguard/astguard/internal/action/hangup"
 	"github.com/astguard/astguard/internal/action/secret"
 	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
 	"github.com/astguard/astguard/internal/metrics"
@@ -33,8 +34,8 @@ const (
 // responder turns critical alerts into actions, as the policy says.
 type responder struct {
 	log     zerolog.Logger
-	events  *ami.Session   // config actions (the secret's rotation)
-	urgent  *ami.Session   // hang-ups and Getvar: never behind a slow action
+	events  *client.Client // config actions (the secret's rotation)
+	urgent  *client.Client // hang-ups and Getvar: never behind a slow action
 	hangup  *hangup.Hanger // on urgent
 	block   *block.Blocker // Getvar on urgent, bans through the ban manager
 	now     func() time.Time
@@ -49,7 +50,7 @@ type responder struct {
 	wg       sync.WaitGroup
 }
 
-func newResponder(cfg *config.Config, log zerolog.Logger, events, urgent *ami.Session, b *bans.Manager) *responder {
+func newResponder(cfg *config.Config, log zerolog.Logger, events, urgent *client.Client, b *bans.Manager) *responder {
 	return &responder{
 		log:      log.With().Str("component", "responder").Logger(),
 		events:   events,
@@ -277,7 +278,7 @@ func (r *responder) blockSettings(cfg *config.Config) block.Settings {
 func (r *responder) hangupSettings(cfg *config.Config) hangup.Settings {
 	return hangup.Settings{
 		Cause:   cfg.Response.HangupCause,
-		Regex:   hangup.RegexSupported(r.urgent.Banner()),
+		Regex:   hangup.RegexSupported(r.urgent.Version()),
 		Timeout: time.Duration(cfg.AMI.ActionTimeout),
 		Retry:   backoff(cfg),
 	}

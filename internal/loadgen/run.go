@@ -97,8 +97,8 @@ type Report struct {
 	EventsSent      uint64            `json:"events_sent"`
 	BytesSent       uint64            `json:"bytes_sent"`
 	RateSent        float64           `json:"events_per_s_sent"`
-	GuardReceived   uint64            `json:"guard_received"` // events amigo handed to the guard's session (its messages less the action replies)
-	GuardLost       uint64            `json:"guard_lost"`     // sent but never handed to the guard (lost with a connection amigo dropped)
+	GuardReceived   uint64            `json:"guard_received"` // events the guard's event session read (its events less those in action replies)
+	GuardLost       uint64            `json:"guard_lost"`     // sent but never read by the guard (lost with a dropped connection)
 	Reconnects      int               `json:"reconnects"`     // logins beyond the guard's two sessions
 	GuardQueued     uint64            `json:"guard_queued"`
 	GuardDropped    uint64            `json:"guard_dropped"`

@@ -2,6 +2,8 @@ package loadgen
 
 import (
 	"bytes"
+	"crypto/md5"
+	"encoding/hex"
 	"errors"
 	"net"
 	"regexp"
@@ -32,13 +34,14 @@ type conn struct {
 	dead   atomic.Bool
 	// replies counts the messages of action answers written.
 	replies atomic.Uint64
+	// challenge is the MD5 login's challenge (the serve goroutine's).
+	challenge string
 }
 
 // reply writes an action's answer and counts the events in it (list
-// items, the login's FullyBooted): amigo hands every message with an Event
-// header to the guard's handler, responses without one only to the waiting
-// action, so the generator's events the guard received are its messages
-// less these.
+// items, the login's FullyBooted): the guard's client counts every message
+// with an Event header it reads, responses without one not, so the
+// generator's events the guard received are its events less these.
 func (c *conn) reply(b []byte) error {
 	c.replies.Add(uint64(bytes.Count(b, []byte("\nEvent: "))))
 	return c.write(b)
@@ -85,10 +88,8 @@ func newServer(user, secret string, gen *generator) (*server, error) {
 
 func (s *server) addr() string { return s.ln.Addr().String() }
 
-// close stops accepting. The sessions stay open: amigo's goroutines
-// cannot be stopped, and a closed connection would make them reconnect
-// forever (racing on amigo's connection id, its defect 6); the sessions
-// end with the process.
+// close stops accepting. The sessions stay open until the guard, stopped
+// first, closes them.
 func (s *server) close() {
 	s.ln.Close()
 }
@@ -216,18 +217,36 @@ func (s *server) handle(c *conn, m *ami.Message, at time.Time) bool {
 	name := strings.ToLower(m.Get("Action"))
 	aid := m.Get("ActionID")
 	s.count(name)
-	if name != "login" && name != "logoff" && !c.authed.Load() {
+	if name != "login" && name != "logoff" && name != "challenge" && !c.authed.Load() {
 		return c.reply(errorReply(aid, "Permission denied")) == nil
 	}
 	switch name {
+	case "challenge":
+		if !strings.EqualFold(m.Get("AuthType"), "md5") {
+			return c.reply(errorReply(aid, "Must specify AuthType")) == nil
+		}
+		c.challenge = strconv.FormatInt(time.Now().UnixNano()%(1<<31), 10)
+		return c.reply(new(reply).h("Response", "Success").id(aid).h("Challenge", c.challenge).end().b) == nil
 	case "login":
-		if m.Get("Username") != s.user || m.Get("Secret") != s.secret {
+		ok := m.Get("Username") == s.user && m.Get("Secret") == s.secret
+		if strings.EqualFold(m.Get("AuthType"), "md5") {
+			sum := md5.Sum([]byte(c.challenge + s.secret))
+			ok = m.Get("Username") == s.user && c.challenge != "" && m.Get("Key") == hex.EncodeToString(sum[:])
+		}
+		if !ok {
 			time.Sleep(time.Second)
 			_ = c.reply(errorReply(aid, "Authentication failed"))
 			return false
 		}
 		if m.Has("Events") {
-			c.mask.Store(parseMask(m.Get("Events")))
+			mask := parseMask(m.Get("Events"))
+			if s.gen != nil && s.gen.opts.AllEvents && mask != 0 {
+				mask = classAll
+			}
+			c.mask.Store(mask)
+			if mask != 0 {
+				s.maskOnce.Do(func() { close(s.maskSet) })
+			}
 		}
 		up := strconv.Itoa(int(time.Since(s.start).Seconds()))
 		r := new(reply).h("Response", "Success").id(aid).h("Message", "Authentication accepted").end()
@@ -263,7 +282,7 @@ func (s *server) handle(c *conn, m *ami.Message, at time.Time) bool {
 	case "ping":
 		now := time.Now()
 		ts := strconv.FormatInt(now.Unix(), 10) + "." + pad6(now.Nanosecond()/1000)
-		// Not counted: amigo keeps its own pings' replies from the handler.
+		// Not counted: a Ping's reply has no Event header.
 		return c.write(new(reply).h("Response", "Success").id(aid).h("Ping", "Pong").h("Timestamp", ts).end().b) == nil
 	case "coreshowchannels":
 		// The generator's calls are not listed: the guard learns them from

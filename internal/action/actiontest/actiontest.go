@@ -20,11 +20,11 @@ import (
 // error that stands for the transport failing (no reply at all).
 type Reply struct {
 	Resp  ami.Response
-	Items []map[string]string
+	Items []ami.Response
 	Err   error
 }
 
-// Doer is a fake AMI session with the shape of ami.Session's Do and List.
+// Doer is a fake AMI client with the shape of client.Client's Do and List.
 // Each action goes to Answer; like the real session, a reply whose
 // Response is not Success (or Follows, Goodbye) comes back with an
 // *ami.ActionError. It records every action it was given. Safe for
@@ -43,16 +43,16 @@ func (d *Doer) Do(ctx context.Context, a ami.Action) (ami.Response, error) {
 }
 
 // List answers a with Answer's reply and list items.
-func (d *Doer) List(ctx context.Context, a ami.Action) (ami.Response, []map[string]string, error) {
+func (d *Doer) List(ctx context.Context, a ami.Action) (ami.Response, []ami.Response, error) {
 	return d.answer(ctx, a)
 }
 
-func (d *Doer) answer(ctx context.Context, a ami.Action) (ami.Response, []map[string]string, error) {
+func (d *Doer) answer(ctx context.Context, a ami.Action) (ami.Response, []ami.Response, error) {
 	d.mu.Lock()
 	d.sent = append(d.sent, a)
 	d.mu.Unlock()
 	if err := ctx.Err(); err != nil {
-		return nil, nil, err
+		return ami.Response{}, nil, err
 	}
 	r := d.Answer(a)
 	if r.Err != nil {
@@ -124,20 +124,20 @@ func LoadDialog(t testing.TB, name string) *Dialog {
 		switch {
 		case aid == "":
 		case msg["Response"] != "":
-			resp := ami.Response{}
+			var resp ami.Response
 			for _, k := range order {
 				if k != "ActionID" {
-					resp[k] = msg[k]
+					resp.Headers = append(resp.Headers, ami.Header{Key: k, Value: msg[k]})
 				}
 			}
 			d.replies[aid] = Reply{Resp: resp}
 		case msg["EventList"] == "Complete" || strings.HasSuffix(msg["Event"], "Complete"):
 		case msg["Event"] == "": // not a message of the session's own
-		default: // a list item, as ami.Session.List gives it
+		default: // a list item, as client.Client.List gives it
 			r := d.replies[aid]
-			item := map[string]string{}
+			var item ami.Response
 			for _, k := range order {
-				item[k] = msg[k]
+				item.Headers = append(item.Headers, ami.Header{Key: k, Value: msg[k]})
 			}
 			r.Items = append(r.Items, item)
 			d.replies[aid] = r
@@ -213,7 +213,7 @@ func moduleRoot() (string, error) {
 // `key => value` lines follow, `;` starts a comment. With category, only
 // the sections of that name.
 func GetConfig(conf, category string) ami.Response {
-	resp := ami.Response{"Response": "Success"}
+	resp := ami.Response{Headers: []ami.Header{{Key: "Response", Value: "Success"}}}
 	cat, line := -1, 0
 	skip := false
 	for l := range strings.Lines(conf) {
@@ -230,7 +230,7 @@ func GetConfig(conf, category string) ami.Response {
 			if !skip {
 				cat++
 				line = 0
-				resp[fmt.Sprintf("Category-%06d", cat)] = name
+				resp.Headers = append(resp.Headers, ami.Header{Key: fmt.Sprintf("Category-%06d", cat), Value: name})
 			}
 			continue
 		}
@@ -242,7 +242,7 @@ func GetConfig(conf, category string) ami.Response {
 			continue
 		}
 		v = strings.TrimPrefix(v, ">")
-		resp[fmt.Sprintf("Line-%06d-%06d", cat, line)] = strings.TrimSpace(k) + "=" + strings.TrimSpace(v)
+		resp.Headers = append(resp.Headers, ami.Header{Key: fmt.Sprintf("Line-%06d-%06d", cat, line), Value: strings.TrimSpace(k) + "=" + strings.TrimSpace(v)})
 		line++
 	}
 	return resp

@@ -220,7 +220,7 @@ func (b *Blocker) channelAddr(ctx context.Context, channel, variable string, s S
 	if err != nil {
 		return netip.Addr{}, false
 	}
-	v := resp["Value"]
+	v := resp.Get("Value")
 	if ap, err := netip.ParseAddrPort(v); err == nil {
 		return ap.Addr().Unmap(), true
 	}

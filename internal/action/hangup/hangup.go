@@ -32,7 +32,7 @@ import (
 // *ami.ActionError.
 type Doer interface {
 	Do(ctx context.Context, a ami.Action) (ami.Response, error)
-	List(ctx context.Context, a ami.Action) (ami.Response, []map[string]string, error)
+	List(ctx context.Context, a ami.Action) (ami.Response, []ami.Response, error)
 }
 
 // DefaultConfirm is how long Extension waits for the Hangup events of the
@@ -150,7 +150,7 @@ func (h *Hanger) Extension(ctx context.Context, ext ami.Extension, live []string
 			defer cancel()
 			_, items, err := h.doer.List(actx, ami.Action{Name: "Hangup", Headers: []ami.Header{{Key: "Channel", Value: re}, {Key: "Cause", Value: cause}}})
 			for _, it := range items {
-				if ch := it["Channel"]; ch != "" && !hung[ch] {
+				if ch := it.Get("Channel"); ch != "" && !hung[ch] {
 					hung[ch] = true
 					res.ByRegex++
 				}
@@ -322,23 +322,9 @@ func ChannelRegex(tech ami.Tech, name string) (string, bool) {
 	return "", false
 }
 
-// RegexSupported reports whether an Asterisk with this AMI banner
-// ("Asterisk Call Manager/1.3") has Hangup by /regex/: AMI 1.3 (Asterisk
-// 11) and later. Asterisk 1.8 (AMI 1.1) and 10 (1.2) take the regex for a
-// channel name. A banner it cannot read counts as a recent Asterisk.
-func RegexSupported(banner string) bool {
-	_, v, ok := strings.Cut(banner, "/")
-	if !ok {
-		return true
-	}
-	parts := strings.SplitN(strings.TrimSpace(v), ".", 3)
-	major, err := strconv.Atoi(parts[0])
-	if err != nil {
-		return true
-	}
-	if major != 1 || len(parts) < 2 {
-		return major >= 1
-	}
-	minor, err := strconv.Atoi(parts[1])
-	return err != nil || minor >= 3
-}
+// RegexSupported reports whether an Asterisk of this AMI version (from its
+// banner, "Asterisk Call Manager/1.3": client.Client.Version) has Hangup by
+// /regex/: AMI 1.3 (Asterisk 11) and later. Asterisk 1.8 (AMI 1.1) and 10
+// (1.2) take the regex for a channel name. An unknown version (0.0: not
+// connected yet, or a banner without one) counts as a recent Asterisk.
+func RegexSupported(major, minor int) bool { return major != 1 || minor >= 3 }

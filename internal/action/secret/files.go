@@ -82,14 +82,15 @@ func (c *confCategory) get(key string) (string, bool) {
 
 // parseGetConfig reads GetConfig's numbered headers (Category-000000,
 // Line-000000-000001: key=value) into sections, in order.
-func parseGetConfig(resp map[string]string) []confCategory {
+func parseGetConfig(resp ami.Response) []confCategory {
 	cats := map[int]*confCategory{}
 	type line struct {
 		n    int
 		k, v string
 	}
 	lines := map[int][]line{}
-	for k, v := range resp {
+	for _, h := range resp.Headers {
+		k, v := h.Key, h.Value
 		switch {
 		case strings.HasPrefix(k, "Category-"):
 			if i, err := strconv.Atoi(k[len("Category-"):]); err == nil {

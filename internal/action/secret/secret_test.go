@@ -12,6 +12,7 @@ import (
 	"github.com/astguard/astguard/internal/action/actiontest"
 	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/ami/amitest"
+	"github.com/astguard/astguard/internal/ami/client"
 )
 
 var (
@@ -86,7 +87,7 @@ func TestPlanRefusals(t *testing.T) {
 	}{
 		{"md5secret", sip200, "[200]\ntype=friend\nmd5secret=0123456789abcdef\nsecret=x\n", nil, MD5Secret, "uses md5secret", 1},
 		{"no section: realtime", sip200, "[201]\ntype=friend\nsecret=y\n", nil, NoSection, "realtime (sippeers)", 1},
-		{"sip.conf unreadable", sip200, "", &actiontest.Reply{Resp: ami.Response{"Response": "Error", "Message": "Config file not found"}}, NoSection,
+		{"sip.conf unreadable", sip200, "", &actiontest.Reply{Resp: ami.Response{Headers: []ami.Header{{Key: "Response", Value: "Error"}, {Key: "Message", Value: "Config file not found"}}}}, NoSection,
 			"GetConfig of [200] in sip.conf failed (Config file not found)", 1},
 		{"secret from a template", sip200, "[200](phones)\ntype=friend\nhost=dynamic\n", nil, Template, "no secret line of its own", 1},
 		{"shared auth section", pjsip300, endpoint + auth + "[301]\ntype=endpoint\nauth=300-auth\n", nil, SharedAuth, "shared by endpoints 300, 301", 1},
@@ -251,7 +252,7 @@ func TestRotateTemporaryErrorRetried(t *testing.T) {
 		d := pbx(r, func() actiontest.Reply {
 			if fails > 0 {
 				fails--
-				return actiontest.Reply{Resp: ami.Response{"Response": "Error", "Message": "Save of config failed"}}
+				return actiontest.Reply{Resp: ami.Response{Headers: []ami.Header{{Key: "Response", Value: "Error"}, {Key: "Message", Value: "Save of config failed"}}}}
 			}
 			return r.updated
 		})
@@ -319,10 +320,10 @@ func TestRotateRefused(t *testing.T) {
 // a later try may help.
 func TestRotateUnreadable(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		d := &actiontest.Doer{Answer: func(ami.Action) actiontest.Reply { return actiontest.Reply{Err: ami.ErrNotConnected} }}
+		d := &actiontest.Doer{Answer: func(ami.Action) actiontest.Reply { return actiontest.Reply{Err: client.ErrNotConnected} }}
 		rec := &recorder{}
 		res := Rotator{Store: ConfigFiles{Doer: d}, Generate: fixed}.Rotate(t.Context(), pjsip300, rec, settings)
-		if res.Result != action.Failed || !errors.Is(res.Err, ami.ErrNotConnected) || !res.Retryable || d.Count("GetConfig") != 3 || len(rec.lines) != 0 {
+		if res.Result != action.Failed || !errors.Is(res.Err, client.ErrNotConnected) || !res.Retryable || d.Count("GetConfig") != 3 || len(rec.lines) != 0 {
 			t.Fatalf("result %+v after %d GetConfig", res, d.Count("GetConfig"))
 		}
 	})

@@ -2,6 +2,7 @@ package amitest
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"regexp"
 	"sort"
 	"strconv"
@@ -31,7 +32,8 @@ func (s *Server) actChallenge(q *req) bool {
 		return true
 	}
 	if q.c.challenge == "" {
-		q.c.challenge = fakeHex(9, "challenge", strconv.Itoa(q.c.id), time.Now().String())
+		// manager.c prints ast_random() with %ld: a decimal number below 2^31.
+		q.c.challenge = strconv.FormatInt(rand.Int64N(1<<31), 10)
 	}
 	q.c.enqueue(new(reply).h("Response", "Success").id(q.aid).h("Challenge", q.c.challenge).end().b, false)
 	return true

@@ -38,9 +38,14 @@
 // (PeerEntry + PeerlistComplete); Getvar CHANNEL(recvip) (the address the
 // call's INVITE came from: the last challenge naming a peer with a secret,
 // the host of a peer matched by address; it differs from peerip, the
-// registration's contact address, as chan_sip's does with nat=no); the Events action's reply ("Events: On" /
-// "Events: Off"); Challenge / MD5 login; the AMI security event of a failed
-// login (InvalidPassword or InvalidAccountID, to the other sessions);
+// registration's contact address, as chan_sip's does with nat=no); the
+// Events action's reply ("Events: On" / "Events: Off"); Challenge (a
+// decimal nonce, as manager.c prints ast_random()) and the MD5 login (the
+// Key compared exactly with the lower-case hex md5 of nonce and secret, as
+// manager.c's authenticate); the AMI security event of a failed login
+// (InvalidPassword, InvalidAccountID, or ChallengeResponseFailed with an
+// empty AccountID for a wrong MD5 Key, to the other sessions; none for an
+// MD5 login without a challenge);
 // "Permission denied" before Login; "Missing action in request"; the error
 // texts of UpdateConfig's other failures ("Update did not complete
 // successfully" for an Update of a missing variable, as manager.c's

@@ -128,11 +128,16 @@ func (c *session) writeLoop() {
 // serve reads and answers the actions of one session.
 func (s *Server) serve(c *session) {
 	defer s.wg.Done()
-	c.enqueue([]byte(s.opts.Banner+"\r\n"), false)
+	s.mu.Lock()
+	noBanner := s.noBanner
+	s.mu.Unlock()
+	if !noBanner {
+		c.enqueue([]byte(s.opts.Banner+"\r\n"), false)
+	}
 	r := ami.NewReader(c.conn, ami.ReaderOptions{})
 	var m ami.Message
 	for {
-		if !s.waitRunning(c.quit) {
+		if !s.waitRunning(c.quit) || !s.waitHearing(c) {
 			return
 		}
 		err := r.Next(&m)
@@ -300,22 +305,46 @@ func init() {
 func (s *Server) login(q *req) bool {
 	c := q.c
 	user, secret := q.get("Username"), q.get("Secret")
-	ok := strings.EqualFold(user, s.opts.Username)
-	if ok {
-		if strings.EqualFold(q.get("AuthType"), "md5") {
-			sum := md5.Sum([]byte(c.challenge + s.opts.Secret))
-			ok = c.challenge != "" && strings.EqualFold(q.get("Key"), hex.EncodeToString(sum[:]))
-		} else {
-			ok = secret == s.opts.Secret
+	// As manager.c's authenticate: the user name is matched ignoring case;
+	// an MD5 login needs a challenge asked first on this connection and a
+	// Key equal to the lower-case hex md5 of challenge and secret (compared
+	// exactly); otherwise the Secret must match. Each failure but the MD5
+	// login without a challenge (only a debug line in Asterisk) raises a
+	// security event.
+	var (
+		ok       bool
+		typ, ver = "InvalidAccountID", 1
+		extra    [][2]string
+	)
+	switch {
+	case user == "":
+		typ = ""
+	case !strings.EqualFold(user, s.opts.Username):
+	case strings.EqualFold(q.get("AuthType"), "md5"):
+		sum := md5.Sum([]byte(c.challenge + s.opts.Secret))
+		want := hex.EncodeToString(sum[:])
+		key := q.get("Key")
+		switch {
+		case c.challenge == "" || key == "":
+			typ = ""
+		case key == want:
+			ok = true
+		default:
+			// Asterisk has not copied the user name into the session yet:
+			// the event's AccountID is empty.
+			typ, ver, user = "ChallengeResponseFailed", 1, ""
+			extra = [][2]string{{"Challenge", c.challenge}, {"Response", key}, {"ExpectedResponse", want}}
 		}
+	case secret == s.opts.Secret:
+		ok = true
+	default:
+		typ, ver = "InvalidPassword", 2
 	}
 	if !ok {
 		// The failure is a security event for the other sessions.
-		typ, ver := "InvalidPassword", 2
-		if !strings.EqualFold(user, s.opts.Username) {
-			typ, ver = "InvalidAccountID", 1
+		if typ != "" {
+			s.securityEventAs(c, user, typ, "Error", ver, extra, false)
 		}
-		s.securityEventAs(c, user, typ, "Error", ver, nil, false)
 		s.logf("amitest: session %d login failed", c.id)
 		return false
 	}
