@@ -18,7 +18,7 @@ import (
 
 const fuzzTranscripts = "../../testdata/transcripts/"
 
-var fuzzFixtures = []string{"attack-mixed.ami", "after-rotation.ami", "hangup-events.ami", "pjsip-bruteforce.ami"}
+var fuzzFixtures = []string{"attack-mixed.ami", "after-rotation.ami", "hangup-events.ami", "pjsip-bruteforce.ami", "asterisk11-attack-sip.ami"}
 
 // fixtureEvents returns the decoded events of every fixture transcript.
 func fixtureEvents(tb testing.TB) [][]ami.Event {
