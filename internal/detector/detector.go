@@ -36,6 +36,7 @@ type Stats struct {
 	Evicted    uint64 // keys evicted because a cap was reached
 	Expired    uint64 // keys dropped after idle_expiry
 	Untracked  uint64 // new keys not tracked: the cap was full of incidents in progress
+	Forged     uint64 // events not processed: they repeat a header (ami.Event.Forged)
 }
 
 type extKey struct {
@@ -264,7 +265,15 @@ func (d *Detector) Stats() Stats {
 // Process feeds one event and appends the alerts it raised to out. Events
 // must come in stream order; time is taken from ev.Time and never goes
 // backwards (an older time counts as the newest seen).
+//
+// A forged event (one that repeats a header the guard attributes by, see
+// [ami.Decode]) is counted in Stats.Forged and otherwise ignored: whatever
+// it names, it blames no one.
 func (d *Detector) Process(ev *ami.Event, out []Alert) []Alert {
+	if ev.Forged {
+		d.stats.Forged++
+		return out
+	}
 	d.stats.Events++
 	if t := ev.Time.UnixNano(); !ev.Time.IsZero() && t > d.now {
 		d.now = t

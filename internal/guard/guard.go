@@ -382,6 +382,11 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 			g.metrics.Event(ev.Kind, ev.Security)
 			ev.Time, ev.Seq = in.Time, seq
 			alerts = det.Process(&ev, alerts[:0])
+			if ev.Forged {
+				log.Warn().Uint64("count", det.Stats().Forged).Str("event", ev.Kind.String()).
+					Str("field", ev.ForgedField).Msg("message repeats a header the guard attributes by (forged in a caller name or user name?): not used")
+				continue
+			}
 			switch ev.Kind {
 			case ami.KindHangup:
 				g.resp.channelGone(ev.Channel)
