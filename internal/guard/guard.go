@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -391,7 +392,7 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 			case ami.KindHangup:
 				g.resp.channelGone(ev.Channel)
 			case ami.KindNewchannel:
-				if ev.Uniqueid == ev.Linkedid {
+				if detector.IsCall(&ev) {
 					if cn, ok := ami.ParseChannel(ev.Channel); ok {
 						g.resp.newChannel(ctx, cn.Tech, cn.Name, ev.Channel)
 					}
@@ -449,7 +450,17 @@ func (g *Guard) resyncLoop(ctx context.Context) error {
 			log.Error().Err(err).Msg("CoreShowChannels failed: live calls not rebuilt")
 		} else {
 			for _, c := range items {
-				it.live = append(it.live, detector.LiveChannel{Channel: c["Channel"], Uniqueid: c["Uniqueid"], Linkedid: c["Linkedid"], Exten: c["Exten"]})
+				it.live = append(it.live, detector.LiveChannelFrom(func(key string) string {
+					if v, ok := c[key]; ok {
+						return v
+					}
+					for k, v := range c { // Asterisk 11 spells UniqueID
+						if strings.EqualFold(k, key) {
+							return v
+						}
+					}
+					return ""
+				}))
 			}
 		}
 		if _, peers, err := g.events.List(actx, ami.Action{Name: "SIPpeers"}); err == nil {
