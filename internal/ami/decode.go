@@ -69,6 +69,16 @@ var fieldDisplay = [nFields]string{
 	fSubEvent: "SubEvent", fPrivilege: "Privilege",
 }
 
+// fieldBit is the bit of each field in the set of fields a message has:
+// DestChannel and the 1.8/11 Destination are two spellings of one field.
+var fieldBit = func() (t [nFields]uint32) {
+	for f := range t {
+		t[f] = 1 << f
+	}
+	t[fDestination] = t[fDestChannel]
+	return t
+}()
+
 // fieldsByLen lists the fields by the length of their name.
 var fieldsByLen = func() (t [14][]field) {
 	for f, name := range fieldNames {
@@ -193,16 +203,11 @@ func Decode(m *Message, ev *Event) bool {
 		if !ok {
 			continue
 		}
-		bit := uint32(1) << f
-		if f == fDestination {
-			bit = 1 << fDestChannel // two spellings of one field
-		}
-		if seen&bit != 0 && forged == nFields {
-			forged = f
-		}
-		seen |= bit
-		if vals[f] == nil {
+		if bit := fieldBit[f]; seen&bit == 0 {
+			seen |= bit
 			vals[f] = m.Value(i)
+		} else if forged == nFields {
+			forged = f
 		}
 	}
 	switch kind {

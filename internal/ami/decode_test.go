@@ -576,7 +576,7 @@ func TestDecodeForged(t *testing.T) {
 			func(ev *Event) bool { return ev.Kind == KindDialBegin }},
 		{"11 Dial, DestChannel beside Destination",
 			inject(frame11DialBegin, "CallerIDName: Alice", "DestChannel: SIP/999-00000001"), "DestChannel",
-			func(ev *Event) bool { return ev.DestChannel == "SIP/999-00000001" }},
+			func(ev *Event) bool { return ev.DestChannel == "SIP/carrier-000000ab" }},
 		{"20 Newchannel, Exten and Linkedid in the caller name",
 			inject(frameNewchannel, "CallerIDName: Bob", "Exten: 0099\nLinkedid: 1"), "Exten",
 			func(ev *Event) bool { return ev.Exten == "0099" && ev.Linkedid == "1" }},
