@@ -195,8 +195,12 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 			status = 1
 			continue
 		}
+		if res.Detector.Forged > 0 {
+			log.Warn().Str("file", file).Uint64("forged", res.Detector.Forged).
+				Msg("messages repeat a header the guard attributes by (a forged header in a caller name or user name?): not used")
+		}
 		log.Info().Str("file", file).Int("messages", res.Messages).Int("events", res.Events).
-			Int("malformed", res.Malformed).Int("alerts", res.Alerts).
+			Int("malformed", res.Malformed).Uint64("forged", res.Detector.Forged).Int("alerts", res.Alerts).
 			Int("extensions", res.Detector.Extensions).Int("addresses", res.Detector.Addresses).
 			Msg("replayed")
 	}

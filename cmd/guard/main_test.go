@@ -150,3 +150,63 @@ func contains(ss []string, s string) bool {
 	}
 	return false
 }
+
+// TestReplayAsterisk11CountsForged replays the real Asterisk 11 attack with
+// two of 200's Newchannel frames given a forged Channel in the caller name:
+// stderr counts them, and they are not counted as calls of anyone.
+func TestReplayAsterisk11CountsForged(t *testing.T) {
+	raw, err := os.ReadFile(fixtures + "asterisk11-attack-sip.ami")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clean, _ := replayOut(t, fixtures+"asterisk11-attack-sip.ami")
+	crit := false
+	for _, r := range clean {
+		crit = crit || r.Severity == "critical" && r.Extension == "200"
+		if r.Severity == "critical" && r.Extension != "200" {
+			t.Errorf("critical for another than 200: %+v", r)
+		}
+	}
+	if !crit {
+		t.Fatalf("no critical for SIP/200 in the Asterisk 11 recording: %+v", clean)
+	}
+	old := []byte("CallerIDNum: 200\r\nCallerIDName: Alice\r\nAccountCode: \r\n")
+	forged := bytes.Replace(raw, old, []byte("CallerIDNum: 200\r\nCallerIDName: Alice\r\nChannel: SIP/999-00000001\r\nAccountCode: \r\n"), 2)
+	if bytes.Equal(forged, raw) {
+		t.Fatal("no Newchannel of 200 to alter")
+	}
+	file := filepath.Join(t.TempDir(), "forged.ami")
+	if err := os.WriteFile(file, forged, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	recs, logs := replayOut(t, file)
+	var summary struct {
+		Forged  *int `json:"forged"`
+		Alerts  int  `json:"alerts"`
+		Message string
+	}
+	warned := false
+	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+		var l struct {
+			Level, Message string
+			Forged         int
+		}
+		if err := json.Unmarshal([]byte(line), &l); err != nil {
+			t.Fatalf("stderr line is not JSON: %q", line)
+		}
+		if l.Message == "replayed" {
+			if err := json.Unmarshal([]byte(line), &summary); err != nil {
+				t.Fatal(err)
+			}
+		}
+		warned = warned || l.Level == "warn" && l.Forged == 2
+	}
+	if summary.Forged == nil || *summary.Forged != 2 || summary.Alerts != len(recs) || !warned {
+		t.Errorf("stderr does not report 2 forged messages:\n%s", logs)
+	}
+	for _, r := range recs {
+		if r.Extension == "999" {
+			t.Errorf("alert blames the forged channel: %+v", r)
+		}
+	}
+}

@@ -105,6 +105,13 @@ type Event struct {
 	Status string     // PeerStatus PeerStatus / ContactStatus ContactStatus
 	Addr   netip.Addr // the address in PeerStatus Address or the ContactStatus URI host
 	Port   uint16
+
+	// Forged is set when the message repeats a header Decode reads: text
+	// an attacker controls carried a line break and forged headers. Its
+	// fields must not be used to attribute anything. ForgedField names
+	// the first repeated header, as Asterisk spells it (e.g. "Channel").
+	Forged      bool
+	ForgedField string
 }
 
 // Reset clears e for reuse.

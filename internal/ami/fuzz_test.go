@@ -22,7 +22,7 @@ func addSeeds(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	for _, name := range []string{"attack-mixed.ami", "after-rotation.ami", "hangup-events.ami", "pjsip-bruteforce.ami"} {
+	for _, name := range []string{"attack-mixed.ami", "after-rotation.ami", "hangup-events.ami", "pjsip-bruteforce.ami", "asterisk11-attack-sip.ami"} {
 		data := readFixture(f, name)
 		for i, off := 0, 0; i < 6 && off < len(data); i++ {
 			end := min(off+1500+i*300, len(data))
@@ -112,6 +112,9 @@ func FuzzDecode(f *testing.F) {
 			if ev.Kind == KindUnknown || ev.Kind > KindFullyBooted {
 				t.Fatalf("Decode returned true with kind %v", ev.Kind)
 			}
+			if rep := repeatedField(&m); ev.Forged != (rep != "") || ev.ForgedField != rep {
+				t.Fatalf("Forged %v %q, repeated %q in %q", ev.Forged, ev.ForgedField, rep, m.Raw())
+			}
 			switch ev.Kind {
 			case KindNewchannel, KindHangup, KindDialBegin, KindDialEnd:
 				if ev.Channel != m.Get("Channel") || ev.Uniqueid != m.Get("Uniqueid") {
@@ -124,4 +127,32 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// repeatedField is what Decode's ForgedField must be, found the slow way:
+// the first header, in message order, whose field Decode reads and that was
+// already seen (DestChannel and Destination count as one field).
+func repeatedField(m *Message) string {
+	seen := map[string]bool{}
+	for i := 0; i < m.Len(); i++ {
+		key := strings.ToLower(string(m.Key(i)))
+		f := -1
+		for j, name := range fieldNames {
+			if name == key {
+				f = j
+			}
+		}
+		if f < 0 {
+			continue
+		}
+		k := key
+		if k == "destination" {
+			k = "destchannel"
+		}
+		if seen[k] {
+			return fieldDisplay[f]
+		}
+		seen[k] = true
+	}
+	return ""
 }

@@ -36,6 +36,7 @@ type Stats struct {
 	Evicted    uint64 // keys evicted because a cap was reached
 	Expired    uint64 // keys dropped after idle_expiry
 	Untracked  uint64 // new keys not tracked: the cap was full of incidents in progress
+	Forged     uint64 // events not processed: they repeat a header (ami.Event.Forged)
 }
 
 type liveCall struct {
@@ -266,7 +267,15 @@ func (d *Detector) Stats() Stats {
 // Process feeds one event and appends the alerts it raised to out. Events
 // must come in stream order; time is taken from ev.Time and never goes
 // backwards (an older time counts as the newest seen).
+//
+// A forged event (one that repeats a header the guard attributes by, see
+// [ami.Decode]) is counted in Stats.Forged and otherwise ignored: whatever
+// it names, it blames no one.
 func (d *Detector) Process(ev *ami.Event, out []Alert) []Alert {
+	if ev.Forged {
+		d.stats.Forged++
+		return out
+	}
 	d.stats.Events++
 	if t := ev.Time.UnixNano(); !ev.Time.IsZero() && t > d.now {
 		d.now = t
@@ -453,8 +462,46 @@ func shrink[K comparable, V any](m map[K]V, peak int) (map[K]V, int) {
 
 // ---- calls ----
 
+// IsCall reports whether a Newchannel is a call its channel's endpoint
+// originated, as opposed to a leg Asterisk created toward someone (the
+// outbound leg of a Dial, a Local channel's second half). Only those are
+// counted for the extension in the channel name.
+func IsCall(ev *ami.Event) bool {
+	return isCall(ev.Channel, ev.Uniqueid, ev.Linkedid, ev.Exten)
+}
+
+// isCall decides from a channel's name, ids and dialplan extension:
+//
+//   - Asterisk 12 and later: the call's first channel gives the call its
+//     Linkedid, so a channel whose Uniqueid equals its Linkedid started
+//     the call; every leg made for it carries the Linkedid of that first
+//     channel.
+//   - Asterisk 1.8 and 11 send no Linkedid at all. There a channel that a
+//     phone or a trunk brought in is created with the extension it asked
+//     for (the dialled number, `s` when none), while a channel Asterisk
+//     requests for a Dial or an Originate is created with an empty Exten
+//     (observed on 11: the caller's leg has Exten = the number, the carrier
+//     leg an empty Exten, and it is named as Dial's Destination right
+//     after). So a channel with an Exten is a call of its endpoint: an
+//     extension's outgoing calls and a trunk's incoming ones alike; the leg
+//     that rings the carrier, or rings an extension, is not. Local channels
+//     are left out: both halves carry the Local extension whether a phone
+//     dialled them (a ring group, a queue member, follow-me) or the PBX
+//     originated them, so without Linkedid a leg cannot be told from a
+//     call, and counting them would count every ring-group call for each
+//     member.
+func isCall(channel, uniqueid, linkedid, exten string) bool {
+	switch {
+	case uniqueid == "":
+		return false
+	case linkedid != "":
+		return uniqueid == linkedid
+	}
+	return exten != "" && !strings.HasPrefix(channel, "Local/")
+}
+
 func (d *Detector) newChannel(ev *ami.Event) {
-	if ev.Uniqueid == "" || ev.Uniqueid != ev.Linkedid {
+	if !IsCall(ev) {
 		return // a leg created toward someone, not a call this channel originated
 	}
 	cn, ok := ami.ParseChannel(ev.Channel)
@@ -576,14 +623,20 @@ func (act *extActivity) notePrefix(prefix, dest string, now, window int64, size 
 
 func (d *Detector) dialBegin(ev *ami.Event) {
 	// Only a call whose number was not known at Newchannel (Originate, call
-	// files, Local channels) learns it here, from the linked call.
-	e := d.calls[ev.Linkedid]
+	// files, Local channels; a trunk's call answered by `s` that dials out
+	// again) learns it here, from the linked call. Asterisk 1.8/11 send no
+	// Linkedid: there only a channel that is itself the call can name it.
+	call := ev.Linkedid
+	if call == "" {
+		call = ev.Uniqueid
+	}
+	e := d.calls[call]
 	if e == nil {
 		return
 	}
 	for i := range e.calls {
 		c := &e.calls[i]
-		if c.uniqueid != ev.Linkedid {
+		if c.uniqueid != call {
 			continue
 		}
 		if c.number != "" {
@@ -621,7 +674,11 @@ func dialNumber(ev *ami.Event) string {
 }
 
 func (d *Detector) hangup(ev *ami.Event) {
-	if ev.Uniqueid == "" || ev.Uniqueid != ev.Linkedid {
+	// A 1.8/11 Hangup has neither Linkedid nor Exten: whether the channel
+	// was a call was decided at its Newchannel, and only a tracked call
+	// counts when it ends.
+	legacy := ev.Linkedid == ""
+	if ev.Uniqueid == "" || !legacy && ev.Uniqueid != ev.Linkedid {
 		return
 	}
 	e := d.calls[ev.Uniqueid]
@@ -633,11 +690,16 @@ func (d *Detector) hangup(ev *ami.Event) {
 	if e == nil {
 		return
 	}
+	tracked := false
 	for i := range e.calls {
 		if e.calls[i].uniqueid == ev.Uniqueid {
 			e.calls = slices.Delete(e.calls, i, i+1)
+			tracked = true
 			break
 		}
+	}
+	if legacy && !tracked {
+		return
 	}
 	switch ev.Cause {
 	case 1, 3, 28: // unallocated number, no route to destination, invalid number format
@@ -988,9 +1050,23 @@ func (d *Detector) emit(a Alert) {
 	d.out = append(d.out, a)
 }
 
-// LiveChannel is a channel Asterisk lists as up (CoreShowChannels).
+// LiveChannel is a channel Asterisk lists as up (CoreShowChannels). On
+// Asterisk 1.8 and 11 Linkedid is empty.
 type LiveChannel struct {
 	Channel, Uniqueid, Linkedid, Exten string
+}
+
+// LiveChannelFrom reads a CoreShowChannel list item of any Asterisk
+// version. get returns the value of a header, "" when absent, with the key's
+// case ignored (Asterisk 11 spells UniqueID). Asterisk 12 and later send
+// Channel, Uniqueid, Linkedid and Exten; 1.8 and 11 send Channel, UniqueID
+// and Extension, and no Linkedid.
+func LiveChannelFrom(get func(key string) string) LiveChannel {
+	c := LiveChannel{Channel: get("Channel"), Uniqueid: get("Uniqueid"), Linkedid: get("Linkedid"), Exten: get("Exten")}
+	if c.Exten == "" {
+		c.Exten = get("Extension")
+	}
+	return c
 }
 
 // Resync replaces the tracked live calls with what Asterisk says is up, after
@@ -1021,7 +1097,7 @@ func (d *Detector) Resync(now time.Time, live []LiveChannel, out []Alert) []Aler
 		})
 	}
 	for _, c := range live {
-		if c.Uniqueid == "" || c.Uniqueid != c.Linkedid || d.calls[c.Uniqueid] != nil {
+		if !isCall(c.Channel, c.Uniqueid, c.Linkedid, c.Exten) || d.calls[c.Uniqueid] != nil {
 			continue
 		}
 		cn, ok := ami.ParseChannel(c.Channel)

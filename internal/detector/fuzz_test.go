@@ -18,7 +18,7 @@ import (
 
 const fuzzTranscripts = "../../testdata/transcripts/"
 
-var fuzzFixtures = []string{"attack-mixed.ami", "after-rotation.ami", "hangup-events.ami", "pjsip-bruteforce.ami"}
+var fuzzFixtures = []string{"attack-mixed.ami", "after-rotation.ami", "hangup-events.ami", "pjsip-bruteforce.ami", "asterisk11-attack-sip.ami"}
 
 // fixtureEvents returns the decoded events of every fixture transcript.
 func fixtureEvents(tb testing.TB) [][]ami.Event {
@@ -205,7 +205,8 @@ const (
 )
 
 // encodeEvents writes events in the format decodeEvents reads: per event an
-// op byte (kind in the low nibble, security type in the high nibble), the
+// op byte (kind in the low nibble, security type in the high nibble; 0xF
+// there marks the event forged, see ami.Event.Forged), the
 // time step from the previous event (int16, units of 10 ms), a 16-bit mask
 // of the fields present and each present field (a length byte and its
 // bytes; Cause as one byte, which for a security event is UsingPassword in
@@ -215,7 +216,11 @@ func encodeEvents(evs []ami.Event) []byte {
 	var prev time.Time
 	for i := range evs {
 		ev := &evs[i]
-		b = append(b, byte(ev.Kind)|byte(ev.Security)<<4)
+		op := byte(ev.Kind) | byte(ev.Security)<<4
+		if ev.Forged {
+			op |= forgedOp
+		}
+		b = append(b, op)
 		step := int64(0)
 		if !prev.IsZero() && !ev.Time.IsZero() {
 			step = int64(ev.Time.Sub(prev) / (10 * time.Millisecond))
@@ -267,6 +272,9 @@ const (
 	kindReload = 14
 	kindResync = 15
 )
+
+// forgedOp in an op byte's high nibble marks the event forged.
+const forgedOp = 0xf0
 
 // fuzzPools are values a field can name by reference: a length byte of
 // 0xF0 or more picks one, so that mutations easily make events about the
@@ -344,6 +352,9 @@ func (s *fuzzStream) next(ev *ami.Event, now *time.Time) (op byte, ok bool) {
 		return 0, false
 	}
 	*ev = ami.Event{Kind: ami.Kind(op & 0x0f), Security: ami.SecurityType(op >> 4)}
+	if op&forgedOp == forgedOp {
+		ev.Security, ev.Forged, ev.ForgedField = ami.SecOther, true, "Channel"
+	}
 	*now = now.Add(time.Duration(int16(step)) * 10 * time.Millisecond)
 	ev.Time = *now
 	var fields [fzCause]string
@@ -446,6 +457,7 @@ func FuzzDetector(f *testing.F) {
 				DestChannel: "SIP/201-00000022", DestExten: "00442079460000"},
 			ami.Event{Kind: ami.KindHangup, Channel: "Local/200@ctx-0000000" + string(rune('a'+i)) + ";1", Uniqueid: uid, Linkedid: uid, Cause: 3},
 			ami.Event{Kind: ami.KindFullyBooted},
+			ami.Event{Kind: ami.KindNewchannel, Channel: "SIP/200-0000000a", Uniqueid: uid + "9", Exten: "0011442079460000", Forged: true},
 		)
 	}
 	for i := range tour {
@@ -485,7 +497,13 @@ func FuzzDetector(f *testing.F) {
 				alerts = alerts[:0]
 			default:
 				ev.Seq = i + 1
+				before := d.Stats()
 				alerts = d.Process(&ev, alerts[:0])
+				// A forged event is counted and changes nothing else.
+				if after := d.Stats(); ev.Forged && (len(alerts) != 0 || after.Forged != before.Forged+1 ||
+					after.Events != before.Events || after.Extensions != before.Extensions || after.Addresses != before.Addresses) {
+					t.Fatalf("forged event %+v: %d alerts, stats %+v -> %+v", ev, len(alerts), before, after)
+				}
 			}
 			checkAlerts(t, d, alerts)
 			// The caps after every event; everything every 64 events

@@ -332,11 +332,16 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 			g.metrics.Event(ev.Kind, ev.Security)
 			ev.Time, ev.Seq = in.at, seq
 			alerts = det.Process(&ev, alerts[:0])
+			if ev.Forged {
+				log.Warn().Uint64("count", det.Stats().Forged).Str("event", ev.Kind.String()).
+					Str("field", ev.ForgedField).Msg("message repeats a header the guard attributes by (forged in a caller name or user name?): not used")
+				continue
+			}
 			switch ev.Kind {
 			case ami.KindHangup:
 				g.resp.channelGone(ev.Channel)
 			case ami.KindNewchannel:
-				if ev.Uniqueid == ev.Linkedid {
+				if detector.IsCall(&ev) {
 					if cn, ok := ami.ParseChannel(ev.Channel); ok {
 						g.resp.newChannel(ctx, cn.Tech, cn.Name, ev.Channel)
 					}

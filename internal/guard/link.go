@@ -145,9 +145,10 @@ func hasSIPpeers(major int) bool { return major < 10 }
 // 16, AMI 5, and later).
 func hasPJSIPShowContacts(major int) bool { return major == 0 || major >= 5 }
 
-// liveChannel is one CoreShowChannels item as the detector takes it.
+// liveChannel is one CoreShowChannels item as the detector takes it, on
+// every version (Response.Get ignores case: Asterisk 11 spells UniqueID).
 func liveChannel(it ami.Response) detector.LiveChannel {
-	return detector.LiveChannel{Channel: it.Get("Channel"), Uniqueid: it.Get("Uniqueid"), Linkedid: it.Get("Linkedid"), Exten: it.Get("Exten")}
+	return detector.LiveChannelFrom(it.Get)
 }
 
 // rebuild asks Asterisk what is up now: the live channels, the chan_sip

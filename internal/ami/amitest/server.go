@@ -28,12 +28,35 @@ var (
 	PJSIPConf22 string
 )
 
+// Version is the Asterisk release a [Server] answers as.
+type Version string
+
+// The versions the server imitates.
+const (
+	// Asterisk20 (the default) answers as Asterisk 20.20.1 (and, with
+	// Banner22 and PJSIPConf22, as 22.10.1): testdata/asterisk-20 and -22.
+	Asterisk20 Version = "20"
+	// Asterisk11 answers as Asterisk 11.25.3, AMI 1.3: testdata/asterisk-11.
+	// No security events, no PJSIP, the 1.8/11 event and list formats.
+	Asterisk11 Version = "11"
+	// Asterisk1_8 answers as Asterisk 11 does, except where Asterisk 1.8's
+	// manager.c differs in what the guard uses: AMI 1.1, and Hangup takes
+	// no /regex/ (the value is looked up as a channel name or uniqueid, so
+	// a regex answers "No such channel"). Not recorded: no 1.8 was at hand.
+	Asterisk1_8 Version = "1.8"
+)
+
+// legacy reports whether v is Asterisk 1.8 or 11.
+func (v Version) legacy() bool { return v == Asterisk11 || v == Asterisk1_8 }
+
 // Defaults for [Options].
 const (
 	DefaultUsername       = "guard"
 	DefaultSecret         = "guardpass"
 	DefaultBanner         = "Asterisk Call Manager/9.0.0" // Asterisk 20.20.1
 	Banner22              = "Asterisk Call Manager/11.0.0"
+	Banner11              = "Asterisk Call Manager/1.3" // Asterisk 11 (the default with Asterisk11)
+	Banner1_8             = "Asterisk Call Manager/1.1" // Asterisk 1.8 (the default with Asterisk1_8)
 	DefaultLoginFailDelay = time.Second
 	DefaultWriteTimeout   = 100 * time.Millisecond // Asterisk's writetimeout default
 )
@@ -49,9 +72,12 @@ const pjsipHangupDelay = 20 * time.Millisecond
 // Options configures a [Server]. The zero value is usable.
 type Options struct {
 	Username, Secret string // accepted credentials (default "guard"/"guardpass")
-	Banner           string // default DefaultBanner
+	// Version is the Asterisk to answer as (default Asterisk20).
+	Version Version
+	Banner  string // default DefaultBanner, Banner11 or Banner1_8 by Version
 	// SIPConf and PJSIPConf are the initial texts of sip.conf and pjsip.conf
-	// (default DefaultSIPConf / DefaultPJSIPConf).
+	// (default DefaultSIPConf / DefaultPJSIPConf). Asterisk 1.8 and 11 have
+	// no pjsip.conf.
 	SIPConf, PJSIPConf string
 	// Transcript holds events to stream, in the `.ami` format of the
 	// fixtures; nil streams nothing. It is read completely by Start.
@@ -132,8 +158,20 @@ func Start(opts Options) (*Server, error) {
 	if opts.Secret == "" {
 		opts.Secret = DefaultSecret
 	}
+	banner := DefaultBanner
+	switch opts.Version {
+	case "":
+		opts.Version = Asterisk20
+	case Asterisk20:
+	case Asterisk11:
+		banner = Banner11
+	case Asterisk1_8:
+		banner = Banner1_8
+	default:
+		return nil, fmt.Errorf("amitest: unknown Asterisk version %q", opts.Version)
+	}
 	if opts.Banner == "" {
-		opts.Banner = DefaultBanner
+		opts.Banner = banner
 	}
 	if opts.SIPConf == "" {
 		opts.SIPConf = DefaultSIPConf
@@ -161,6 +199,9 @@ func Start(opts Options) (*Server, error) {
 			"sip.conf":   parseConf("sip.conf", opts.SIPConf),
 			"pjsip.conf": parseConf("pjsip.conf", opts.PJSIPConf),
 		},
+	}
+	if opts.Version.legacy() {
+		delete(s.files, "pjsip.conf")
 	}
 	if opts.Transcript != nil {
 		script, err := loadScript(opts.Transcript)
@@ -549,8 +590,8 @@ func (s *Server) drop(c *session, why string) {
 // all of classes (classes == 0: anyWithEvents decides whether sessions with
 // events on get it). Callers hold s.mu.
 func (s *Server) broadcast(frame []byte, classes uint32, anyWithEvents bool) {
-	if len(frame) == 0 {
-		return
+	if len(frame) == 0 || classes == classSecurity && s.opts.Version.legacy() {
+		return // Asterisk 1.8 and 11 send no security events over AMI
 	}
 	for _, id := range s.sessionIDs() {
 		c := s.sessions[id]

@@ -267,6 +267,11 @@ func (s *Server) handle(c *session, m *ami.Message) bool {
 	}
 	defer s.mu.Unlock()
 	h := actionHandlers[lname]
+	if s.opts.Version.legacy() {
+		if _, ok := pjsipActions[lname]; ok {
+			h = nil // PJSIP does not exist before Asterisk 12
+		}
+	}
 	if h == nil {
 		c.enqueue(errorReply(q.aid, "Invalid/unknown command: "+name+". Use Action: ListCommands to show available commands."), false)
 		s.securityEvent(c, "RequestBadFormat", "Error", 1, [][2]string{{"RequestType", "Action: " + name}}, true)
@@ -278,6 +283,9 @@ func (s *Server) handle(c *session, m *ami.Message) bool {
 // actionHandlers answer actions, holding s.mu. They return false to end the
 // session.
 var actionHandlers map[string]func(*Server, *req) bool
+
+// pjsipActions are the actions of res_pjsip (Asterisk 12 and later).
+var pjsipActions = map[string]struct{}{"pjsipshowcontacts": {}, "pjsipshowendpoint": {}, "pjsiphangup": {}}
 
 func init() {
 	actionHandlers = map[string]func(*Server, *req) bool{
@@ -354,19 +362,24 @@ func (s *Server) login(q *req) bool {
 		c.mask = eventMask(q.get("Events"))
 	}
 	r := new(reply).h("Response", "Success").id(q.aid).h("Message", "Authentication accepted").end()
-	if c.mask&classSystem != 0 {
+	switch {
+	case c.mask&classSystem == 0:
+	case s.opts.Version.legacy():
+		r.h("Event", "FullyBooted").h("Privilege", "system,all").h("Status", "Fully Booted").end()
+	default:
 		up := strconv.Itoa(int(time.Since(s.start).Seconds()))
 		r.h("Event", "FullyBooted").h("Privilege", "system,all").h("Uptime", up).h("LastReload", up).h("Status", "Fully Booted").end()
 	}
 	auth := s.securityFrame(c, c.user, "SuccessfulAuth", "Informational", 1, [][2]string{{"UsingPassword", "0"}})
-	if c.mask&classSecurity != 0 {
+	noSecurity := s.opts.Version.legacy() // Asterisk 1.8 and 11 send none
+	if c.mask&classSecurity != 0 && !noSecurity {
 		r.b = append(r.b, auth...)
 	}
 	c.enqueue(r.b, false)
 	// Every other session with security events sees the login too.
 	for _, id := range s.sessionIDs() {
 		o := s.sessions[id]
-		if o != c && o.authed && o.mask&classSecurity != 0 {
+		if o != c && o.authed && o.mask&classSecurity != 0 && !noSecurity {
 			o.enqueue(auth, false)
 		}
 	}
@@ -389,6 +402,9 @@ func (s *Server) securityEvent(c *session, typ, severity string, version int, ex
 // securityEventAs broadcasts an AMI security event; includeSelf says
 // whether c gets it too.
 func (s *Server) securityEventAs(c *session, account, typ, severity string, version int, extra [][2]string, includeSelf bool) {
+	if s.opts.Version.legacy() {
+		return // Asterisk 1.8 and 11 send no security events over AMI
+	}
 	f := s.securityFrame(c, account, typ, severity, version, extra)
 	for _, id := range s.sessionIDs() {
 		o := s.sessions[id]
