@@ -176,9 +176,11 @@ func eventKind(name []byte) (Kind, SecurityType) {
 // tampered with: a value Asterisk printed (a caller name, say) held a line
 // break and the rest of it reads as headers. Asterisk itself never repeats
 // them (the keys it does repeat, Output, ChanVariable and DestChanVariable,
-// are not read here), nor sends both DestChannel and Destination. Such a message is still decoded, the first value of
-// each header kept, but ev.Forged is set and ev.ForgedField names the first
-// repeated header: it must not be used to blame anyone.
+// are not read here), nor sends both DestChannel and Destination, nor a
+// Linkedid before the Uniqueid. Such a message is still decoded, the first
+// value of each header kept, but ev.Forged is set and ev.ForgedField names
+// the first repeated (or misplaced) header: it must not be used to blame
+// anyone.
 //
 // Addresses that do not parse leave a zero netip.Addr and port 0; IPv4-mapped
 // IPv6 addresses are unmapped. The strings of ev are copied out of m with one
@@ -207,6 +209,14 @@ func Decode(m *Message, ev *Event) bool {
 		if bit := fieldBit[f]; seen&bit == 0 {
 			seen |= bit
 			vals[f] = m.Value(i)
+			// Asterisk 12+ writes Linkedid right after Uniqueid; 1.8 and
+			// 11 write none. One before the Uniqueid came from a value
+			// printed earlier (the caller name): on 11, where it is not
+			// repeated, it would otherwise make an extension's call look
+			// like a leg of another call.
+			if f == fLinkedid && seen&fieldBit[fUniqueid] == 0 && forged == nFields {
+				forged = f
+			}
 		} else if forged == nFields {
 			forged = f
 		}

@@ -131,7 +131,8 @@ func FuzzDecode(f *testing.F) {
 
 // repeatedField is what Decode's ForgedField must be, found the slow way:
 // the first header, in message order, whose field Decode reads and that was
-// already seen (DestChannel and Destination count as one field).
+// already seen (DestChannel and Destination count as one field), or a
+// Linkedid before any Uniqueid.
 func repeatedField(m *Message) string {
 	seen := map[string]bool{}
 	for i := 0; i < m.Len(); i++ {
@@ -149,7 +150,7 @@ func repeatedField(m *Message) string {
 		if k == "destination" {
 			k = "destchannel"
 		}
-		if seen[k] {
+		if seen[k] || k == "linkedid" && !seen["uniqueid"] {
 			return fieldDisplay[f]
 		}
 		seen[k] = true
