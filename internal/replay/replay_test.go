@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"runtime"
 	"testing"
 
 	"github.com/astguard/astguard/internal/detector"
@@ -144,4 +145,53 @@ func TestFilesStopsWhenDoneSaysSo(t *testing.T) {
 	if calls != 3 {
 		t.Errorf("done called %d times, want 3", calls)
 	}
+}
+
+// BenchmarkReplay replays attack-mixed.ami from memory, reading every
+// message in full, then skipping the events the detector does not use.
+// msgs/s counts every message, skipped ones included.
+func BenchmarkReplay(b *testing.B) {
+	data := fixture(b, "attack-mixed.ami")
+	cfg := detector.Default()
+	for _, bc := range []struct {
+		name string
+		skip bool
+	}{{"full", false}, {"skip", true}} {
+		b.Run(bc.name, func(b *testing.B) {
+			var msgs int
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			for b.Loop() {
+				res, err := read(bytes.NewReader(data), cfg, bc.skip, 0, func(*detector.Alert) {})
+				if err != nil || res.Alerts != 15 {
+					b.Fatal(res, err)
+				}
+				msgs += res.Messages
+			}
+			b.ReportMetric(float64(msgs)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkFiles is `guard replay` over 50 copies of attack-mixed.ami less
+// the JSON output: files read from disk (the page cache), side by side on
+// every core.
+func BenchmarkFiles(b *testing.B) {
+	paths := make([]string, 50)
+	for i := range paths {
+		paths[i] = transcripts + "attack-mixed.ami"
+	}
+	cfg := detector.Default()
+	var msgs int
+	b.ReportAllocs()
+	for b.Loop() {
+		Files(paths, cfg, runtime.GOMAXPROCS(0), func(fr *FileResult) bool {
+			if fr.Err != nil {
+				b.Fatal(fr.Err)
+			}
+			msgs += fr.Result.Messages
+			return true
+		})
+	}
+	b.ReportMetric(float64(msgs)/b.Elapsed().Seconds(), "msgs/s")
 }

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Measures `guard replay` over COPIES copies of attack-mixed.ami against
+# fail2ban-regex (Debian package fail2ban, its asterisk filter) over the
+# messages log Asterisk 20 writes for the same traffic (cmd/asterisklog), one
+# after the other in one run, and prints messages/s and lines/s: the best and
+# the median of RUNS runs each, wall time of the whole process (start-up
+# included), with the machine's load before and after.
+#
+#   docs/bench-replay.sh                  # COPIES=50 RUNS=7 F2B_RUNS=3
+#   RUNS=11 F2B_RUNS=5 docs/bench-replay.sh
+#
+# Figures and how to read them: docs/load-report.md, "guard replay against
+# fail2ban-regex".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+COPIES=${COPIES:-50}
+RUNS=${RUNS:-7}
+F2B_RUNS=${F2B_RUNS:-3}
+transcript=testdata/transcripts/attack-mixed.ami
+filter=/etc/fail2ban/filter.d/asterisk.conf
+
+command -v fail2ban-regex >/dev/null || { echo "fail2ban-regex is missing: apt-get install fail2ban" >&2; exit 1; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+go build -o "$work/guard" ./cmd/guard
+go run ./cmd/asterisklog --copies "$COPIES" "$transcript" >"$work/messages" 2>/dev/null
+files=()
+for _ in $(seq "$COPIES"); do files+=("$transcript"); done
+
+load() {
+	echo "  uptime: $(uptime)"
+	echo "  /proc/pressure/cpu: $(head -1 /proc/pressure/cpu)"
+}
+
+# elapsed runs a command, its output discarded, and prints its wall time in
+# seconds.
+elapsed() {
+	local t0 t1
+	t0=$(date +%s%N)
+	"$@" >/dev/null 2>&1 </dev/null
+	t1=$(date +%s%N)
+	echo "scale=6; ($t1 - $t0) / 1000000000" | bc
+}
+
+# stats reads times (seconds, one a line) and a count, and prints the best
+# and median rates.
+stats() {
+	sort -n | awk -v n="$1" -v unit="$2" '
+		{ t[NR] = $1 }
+		END {
+			med = (NR % 2) ? t[(NR + 1) / 2] : (t[NR / 2] + t[NR / 2 + 1]) / 2
+			printf "  best %.3f s = %.0f %s; median %.3f s = %.0f %s (%d runs)\n", t[1], n / t[1], unit, med, n / med, unit, NR
+			printf "%.0f %.0f\n", n / t[1], n / med > "/dev/stderr"
+		}'
+}
+
+echo "machine: $(nproc) cores; before:"
+load
+
+# The counts, and a check that both find what they should.
+"$work/guard" replay "${files[@]}" >"$work/alerts" 2>"$work/summary"
+msgs=$(sed -n 's/^total: .*), \([0-9]*\) messages .*/\1/p' "$work/summary")
+alerts=$(wc -l <"$work/alerts")
+lines=$(wc -l <"$work/messages")
+fail2ban-regex "$work/messages" "$filter" >"$work/f2b" 2>&1
+matched=$(awk '/^Lines:/ { print $6 }' "$work/f2b")
+echo "guard replay: $COPIES copies of $transcript, $msgs messages, $alerts alerts ($((alerts / COPIES)) a copy)"
+echo "fail2ban-regex: $lines lines, $matched matched ($((matched / COPIES)) a copy)"
+if [ "$alerts" -ne $((15 * COPIES)) ] || [ "$matched" -ne $((28 * COPIES)) ]; then
+	echo "unexpected counts: want 15 alerts and 28 matched lines a copy" >&2
+	exit 1
+fi
+
+echo "guard replay (wall time of the process, $RUNS runs):"
+for _ in $(seq "$RUNS"); do
+	elapsed "$work/guard" replay "${files[@]}" >>"$work/guard-times"
+done
+stats "$msgs" msgs/s <"$work/guard-times" 2>"$work/guard-rates"
+
+echo "fail2ban-regex (wall time of the process, $F2B_RUNS runs):"
+for _ in $(seq "$F2B_RUNS"); do
+	elapsed fail2ban-regex "$work/messages" "$filter" >>"$work/f2b-times"
+done
+stats "$lines" lines/s <"$work/f2b-times" 2>"$work/f2b-rates"
+own=$(sed -n 's/.*processed in \([0-9.]*\) sec.*/\1/p' "$work/f2b")
+echo "  fail2ban-regex's own count of its first run, start-up left out: $own s = $(echo "$lines / $own" | bc) lines/s"
+
+read -r gbest gmed <"$work/guard-rates"
+read -r fbest fmed <"$work/f2b-rates"
+echo "guard replay / fail2ban-regex: best $(echo "scale=1; $gbest / $fbest" | bc)x, median $(echo "scale=1; $gmed / $fmed" | bc)x"
+echo "after:"
+load
