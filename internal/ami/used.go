@@ -1,15 +1,5 @@
 package ami
 
-// securityEvents are the names of the events Asterisk raises in the
-// security class (main/security_events.c). Decode takes every one of them,
-// those without a SecurityType of their own as SecOther.
-var securityEvents = []string{
-	"FailedACL", "InvalidAccountID", "SessionLimit", "MemoryLimit", "LoadAverageLimit",
-	"RequestNotSupported", "RequestNotAllowed", "AuthMethodNotAllowed", "RequestBadFormat",
-	"SuccessfulAuth", "UnexpectedAddress", "ChallengeResponseFailed", "InvalidPassword",
-	"ChallengeSent", "InvalidTransport",
-}
-
 // UsedEvent reports whether Decode may turn an event of this name (ASCII
 // case ignored) into an Event: the names it knows, and the security events of
 // Asterisk. Every other event is one the guard does not use, so a reader can
@@ -22,10 +12,22 @@ func UsedEvent(name []byte) bool {
 	if k, _ := eventKind(name); k != KindUnknown {
 		return true
 	}
-	for _, s := range securityEvents {
-		if equalFold(name, s) {
-			return true
-		}
+	var buf [24]byte
+	if len(name) > len(buf) {
+		return false
+	}
+	for i, c := range name {
+		buf[i] = lower(c)
+	}
+	// The events Asterisk raises in the security class
+	// (main/security_events.c), which Decode takes, those without a
+	// SecurityType of their own as SecOther.
+	switch string(buf[:len(name)]) {
+	case "failedacl", "invalidaccountid", "sessionlimit", "memorylimit", "loadaveragelimit",
+		"requestnotsupported", "requestnotallowed", "authmethodnotallowed", "requestbadformat",
+		"successfulauth", "unexpectedaddress", "challengeresponsefailed", "invalidpassword",
+		"challengesent", "invalidtransport":
+		return true
 	}
 	return false
 }

@@ -61,3 +61,19 @@ func TestUsedEventCoversDecode(t *testing.T) {
 		t.Errorf("%d events used, %d not", used, skipped)
 	}
 }
+
+func BenchmarkUsedEvent(b *testing.B) {
+	names := [][]byte{[]byte("VarSet"), []byte("Newexten"), []byte("Newchannel"), []byte("InvalidPassword"), []byte("BridgeEnter")}
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		for _, name := range names {
+			if UsedEvent(name) {
+				n++
+			}
+		}
+	}
+	if n == 0 {
+		b.Fatal("nothing used")
+	}
+}
