@@ -35,6 +35,13 @@ type Result struct {
 // skipUnused is the reader's Skip: every event the detector does not use.
 func skipUnused(name []byte) bool { return !ami.UsedEvent(name) }
 
+// readers keep the transcript readers (and their 256 KiB buffers) of finished
+// replays for the next ones: [0] reads in full, [1] skips unused events.
+var readers = [2]sync.Pool{
+	{New: func() any { return ami.NewTranscriptOptions(nil, ami.ReaderOptions{}) }},
+	{New: func() any { return ami.NewTranscriptOptions(nil, ami.ReaderOptions{Skip: skipUnused}) }},
+}
+
 // Reader replays one transcript from r, with fresh detector state, calling
 // emit for every alert in stream order.
 //
@@ -79,14 +86,17 @@ func (*lostTime) Error() string { return "a message needs the time of a skipped 
 // With skip it returns a *lostTime where the Transcript says
 // ami.ErrSkippedTime.
 func read(r io.Reader, cfg detector.Config, skip bool, emitted int, emit func(*detector.Alert)) (Result, error) {
-	var (
-		res  Result
-		opts ami.ReaderOptions
-	)
+	var res Result
+	pool := &readers[0]
 	if skip {
-		opts.Skip = skipUnused
+		pool = &readers[1]
 	}
-	tr := ami.NewTranscriptOptions(r, opts)
+	tr := pool.Get().(*ami.Transcript)
+	tr.Reset(r)
+	defer func() {
+		tr.Reset(nil)
+		pool.Put(tr)
+	}()
 	if _, err := tr.Banner(); err != nil {
 		return res, err
 	}
