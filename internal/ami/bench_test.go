@@ -25,8 +25,8 @@ func BenchmarkReader(b *testing.B) {
 		opts        ReaderOptions
 		read, wantN int
 	}{
-		{"full", ReaderOptions{}, 4093, 4093},
-		{"skip", ReaderOptions{Skip: skipUnused}, 4093, 364}, // 363 events and the login response
+		{"read=full", ReaderOptions{}, 4093, 4093},
+		{"read=skip", ReaderOptions{Skip: skipUnused}, 4093, 364}, // 363 events and the login response
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			src := bytes.NewReader(data)

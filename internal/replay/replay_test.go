@@ -156,7 +156,7 @@ func BenchmarkReplay(b *testing.B) {
 	for _, bc := range []struct {
 		name string
 		skip bool
-	}{{"full", false}, {"skip", true}} {
+	}{{"read=full", false}, {"read=skip", true}} {
 		b.Run(bc.name, func(b *testing.B) {
 			var msgs int
 			b.SetBytes(int64(len(data)))
