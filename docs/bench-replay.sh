@@ -4,7 +4,8 @@
 # messages log Asterisk 20 writes for the same traffic (cmd/asterisklog), one
 # after the other in one run, and prints messages/s and lines/s: the best and
 # the median of RUNS runs each, wall time of the whole process (start-up
-# included), with the machine's load before and after.
+# included), and per second of CPU time, with the machine's load before and
+# after.
 #
 #   docs/bench-replay.sh                  # COPIES=50 RUNS=7 F2B_RUNS=3
 #   RUNS=11 F2B_RUNS=5 docs/bench-replay.sh
@@ -34,26 +35,30 @@ load() {
 	echo "  /proc/pressure/cpu: $(head -1 /proc/pressure/cpu)"
 }
 
-# elapsed runs a command, its output discarded, and prints its wall time in
-# seconds.
+# elapsed runs a command, its output discarded, and prints its wall time and
+# the CPU time it used (user + system), in seconds.
 elapsed() {
-	local t0 t1
-	t0=$(date +%s%N)
-	"$@" >/dev/null 2>&1 </dev/null
-	t1=$(date +%s%N)
-	echo "scale=6; ($t1 - $t0) / 1000000000" | bc
+	local TIMEFORMAT='%3R %3U %3S'
+	{ time "$@" >/dev/null 2>&1 </dev/null; } 2>&1 | awk '{ printf "%s %.3f\n", $1, $2 + $3 }'
 }
 
-# stats reads times (seconds, one a line) and a count, and prints the best
-# and median rates.
+# median prints the median of numbers, one a line.
+median() {
+	sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# stats reads a file of "wall cpu" lines and a count, and prints the best and
+# median rates of the wall times and the rate per median CPU time.
 stats() {
-	sort -n | awk -v n="$1" -v unit="$2" '
-		{ t[NR] = $1 }
-		END {
-			med = (NR % 2) ? t[(NR + 1) / 2] : (t[NR / 2] + t[NR / 2 + 1]) / 2
-			printf "  best %.3f s = %.0f %s; median %.3f s = %.0f %s (%d runs)\n", t[1], n / t[1], unit, med, n / med, unit, NR
-			printf "%.0f %.0f\n", n / t[1], n / med > "/dev/stderr"
-		}'
+	local best med cpu
+	best=$(cut -d' ' -f1 "$1" | sort -n | head -1)
+	med=$(cut -d' ' -f1 "$1" | median)
+	cpu=$(cut -d' ' -f2 "$1" | median)
+	awk -v n="$2" -v unit="$3" -v best="$best" -v med="$med" -v cpu="$cpu" -v runs="$(wc -l <"$1")" 'BEGIN {
+		printf "  wall: best %.3f s = %.0f %s; median %.3f s = %.0f %s (%d runs)\n", best, n / best, unit, med, n / med, unit, runs
+		printf "  CPU time (user + system): median %.3f s = %.0f %s a CPU second\n", cpu, n / cpu, unit
+		printf "%.0f %.0f %.0f\n", n / best, n / med, n / cpu > "/dev/stderr"
+	}'
 }
 
 echo "machine: $(nproc) cores; before:"
@@ -73,22 +78,22 @@ if [ "$alerts" -ne $((15 * COPIES)) ] || [ "$matched" -ne $((28 * COPIES)) ]; th
 	exit 1
 fi
 
-echo "guard replay (wall time of the process, $RUNS runs):"
+echo "guard replay ($RUNS runs of the whole process):"
 for _ in $(seq "$RUNS"); do
 	elapsed "$work/guard" replay "${files[@]}" >>"$work/guard-times"
 done
-stats "$msgs" msgs/s <"$work/guard-times" 2>"$work/guard-rates"
+stats "$work/guard-times" "$msgs" msgs/s 2>"$work/guard-rates"
 
-echo "fail2ban-regex (wall time of the process, $F2B_RUNS runs):"
+echo "fail2ban-regex ($F2B_RUNS runs of the whole process):"
 for _ in $(seq "$F2B_RUNS"); do
 	elapsed fail2ban-regex "$work/messages" "$filter" >>"$work/f2b-times"
 done
-stats "$lines" lines/s <"$work/f2b-times" 2>"$work/f2b-rates"
+stats "$work/f2b-times" "$lines" lines/s 2>"$work/f2b-rates"
 own=$(sed -n 's/.*processed in \([0-9.]*\) sec.*/\1/p' "$work/f2b")
 echo "  fail2ban-regex's own count of its first run, start-up left out: $own s = $(echo "$lines / $own" | bc) lines/s"
 
-read -r gbest gmed <"$work/guard-rates"
-read -r fbest fmed <"$work/f2b-rates"
-echo "guard replay / fail2ban-regex: best $(echo "scale=1; $gbest / $fbest" | bc)x, median $(echo "scale=1; $gmed / $fmed" | bc)x"
+read -r gbest gmed gcpu <"$work/guard-rates"
+read -r fbest fmed fcpu <"$work/f2b-rates"
+echo "guard replay / fail2ban-regex: best $(echo "scale=1; $gbest / $fbest" | bc)x, median $(echo "scale=1; $gmed / $fmed" | bc)x; per CPU second $(echo "scale=1; $gcpu / $fcpu" | bc)x"
 echo "after:"
 load
