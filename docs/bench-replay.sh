@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Measures `guard replay` over COPIES copies of attack-mixed.ami against
 # fail2ban-regex (Debian package fail2ban, its asterisk filter) over the
-# messages log Asterisk 20 writes for the same traffic (cmd/asterisklog), one
-# after the other in one run, and prints messages/s and lines/s: the best and
-# the median of RUNS runs each, wall time of the whole process (start-up
-# included), and per second of CPU time, with the machine's load before and
-# after.
+# messages log Asterisk 20 writes for the same traffic (cmd/asterisklog), the
+# runs of the two taking turns in one run, and prints messages/s and lines/s:
+# the best and the median of the runs, wall time of the whole process
+# (start-up included), and per second of CPU time, with the machine's load
+# before and after.
 #
-#   docs/bench-replay.sh                  # COPIES=50 RUNS=7 F2B_RUNS=3
-#   RUNS=11 F2B_RUNS=5 docs/bench-replay.sh
+#   docs/bench-replay.sh                  # COPIES=50 RUNS=21 F2B_RUNS=3
+#   RUNS=41 F2B_RUNS=5 docs/bench-replay.sh
 #
 # Figures and how to read them: docs/load-report.md, "guard replay against
 # fail2ban-regex".
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 COPIES=${COPIES:-50}
-RUNS=${RUNS:-7}
+RUNS=${RUNS:-21}
 F2B_RUNS=${F2B_RUNS:-3}
 transcript=testdata/transcripts/attack-mixed.ami
 filter=/etc/fail2ban/filter.d/asterisk.conf
@@ -78,16 +78,19 @@ if [ "$alerts" -ne $((15 * COPIES)) ] || [ "$matched" -ne $((28 * COPIES)) ]; th
 	exit 1
 fi
 
-echo "guard replay ($RUNS runs of the whole process):"
-for _ in $(seq "$RUNS"); do
+# The runs of the two take turns, so that both meet the same load.
+every=$(((RUNS + F2B_RUNS - 1) / F2B_RUNS))
+f2b=0
+for i in $(seq "$RUNS"); do
 	elapsed "$work/guard" replay "${files[@]}" >>"$work/guard-times"
+	if [ $((i % every)) -eq 0 ] || { [ "$i" -eq "$RUNS" ] && [ "$f2b" -lt "$F2B_RUNS" ]; }; then
+		elapsed fail2ban-regex "$work/messages" "$filter" >>"$work/f2b-times"
+		f2b=$((f2b + 1))
+	fi
 done
+echo "guard replay ($RUNS runs of the whole process):"
 stats "$work/guard-times" "$msgs" msgs/s 2>"$work/guard-rates"
-
-echo "fail2ban-regex ($F2B_RUNS runs of the whole process):"
-for _ in $(seq "$F2B_RUNS"); do
-	elapsed fail2ban-regex "$work/messages" "$filter" >>"$work/f2b-times"
-done
+echo "fail2ban-regex ($f2b runs of the whole process, between those of guard replay):"
 stats "$work/f2b-times" "$lines" lines/s 2>"$work/f2b-rates"
 own=$(sed -n 's/.*processed in \([0-9.]*\) sec.*/\1/p' "$work/f2b")
 echo "  fail2ban-regex's own count of its first run, start-up left out: $own s = $(echo "$lines / $own" | bc) lines/s"
