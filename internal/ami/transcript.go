@@ -80,7 +80,8 @@ func (t *Transcript) Stats() ReaderStats { return t.r.Stats() }
 //
 // Messages skipped by ReaderOptions.Skip count in seq, but their times are
 // not read: a message that would take its time from a skipped one gets
-// ErrSkippedTime instead.
+// ErrSkippedTime instead, and a rejected message comes with the time of the
+// last message read.
 func (t *Transcript) Next(m *Message) (seq int, tm time.Time, err error) {
 	if t.err != nil {
 		return 0, time.Time{}, t.err
