@@ -13,6 +13,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
@@ -20,6 +21,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -43,7 +45,7 @@ const usage = `usage:
   guard run [--config FILE] [--record FILE] [--allow-shared-files]
                                                the live guard: watch AMI, stop fraud as the policy says
                                                (FILE: /etc/astguard/config.toml unless named)
-  guard replay [--config FILE] TRANSCRIPT...   print the alerts found in recorded AMI traffic (JSON lines)
+  guard replay [--config FILE] TRANSCRIPT...   print the alerts found in recorded AMI traffic (JSON lines; a summary on stderr)
   guard check-config [--config FILE]           validate a configuration file (exit 0 or 1)
   guard bans [--config FILE] [--json]         list the bans (from the running guard, else its state file)
   guard unblock [--config FILE] ADDRESS        lift a ban
@@ -174,35 +176,52 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return 1
 	}
-	log := newLogger(stderr, cfg.Log.Level).With().Str("component", "replay").Logger()
-	dcfg := cfg.Detector()
-	enc := json.NewEncoder(stdout)
+	pol := replay.Policy{Acts: policyActs(cfg), Enforce: cfg.Mode == config.ModeEnforce}
+	out := bufio.NewWriterSize(stdout, 64<<10)
+	enc := json.NewEncoder(out)
 	enc.SetEscapeHTML(false)
-	status := 0
-	for _, file := range fs.Args() {
-		var werr error
-		res, err := replay.File(file, dcfg, func(a *detector.Alert) {
-			if werr == nil {
-				werr = enc.Encode(alert.FromAlert(a, file))
+	var (
+		summaries []replay.FileSummary
+		werr      error
+	)
+	// Each transcript on its own core; the alerts come out in the order of
+	// the files, as if they were replayed one after the other.
+	replay.Files(fs.Args(), cfg.Detector(), runtime.GOMAXPROCS(0), func(fr *replay.FileResult) bool {
+		for i := range fr.Alerts {
+			if werr = enc.Encode(alert.FromAlert(&fr.Alerts[i], fr.Path)); werr != nil {
+				return false
 			}
-		})
-		if werr != nil {
-			log.Error().Err(werr).Msg("cannot write alerts")
+		}
+		if werr = out.Flush(); werr != nil {
+			return false
+		}
+		summaries = append(summaries, replay.Summarize(fr, pol))
+		return true
+	})
+	if werr != nil {
+		fmt.Fprintf(stderr, "replay: cannot write the alerts: %v\n", werr)
+		return 1
+	}
+	if err := replay.WriteSummary(stderr, summaries); err != nil {
+		return 1
+	}
+	for _, s := range summaries {
+		if s.Err != nil {
 			return 1
 		}
-		if err != nil {
-			log.Error().Err(err).Str("file", file).Int("messages", res.Messages).Msg("replay failed")
-			status = 1
-			continue
-		}
-		if res.Detector.Forged > 0 {
-			log.Warn().Str("file", file).Uint64("forged", res.Detector.Forged).
-				Msg("messages repeat a header the guard attributes by (a forged header in a caller name or user name?): not used")
-		}
-		log.Info().Str("file", file).Int("messages", res.Messages).Int("events", res.Events).
-			Int("malformed", res.Malformed).Uint64("forged", res.Detector.Forged).Int("alerts", res.Alerts).
-			Int("extensions", res.Detector.Extensions).Int("addresses", res.Detector.Addresses).
-			Msg("replayed")
 	}
-	return status
+	return 0
+}
+
+// policyActs reports whether the policy of cfg acts on an alert of a rule
+// and severity (any action but logging it).
+func policyActs(cfg *config.Config) func(detector.Rule, detector.Severity) bool {
+	return func(r detector.Rule, s detector.Severity) bool {
+		for _, a := range cfg.Policy.Actions(r.String(), s.String()) {
+			if a != config.ActionAlert {
+				return true
+			}
+		}
+		return false
+	}
 }
