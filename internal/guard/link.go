@@ -17,16 +17,9 @@ import (
 // only hang-ups, so that a hang-up never waits behind a slow UpdateConfig
 // (Asterisk runs one session's actions one after another).
 
-// wanted are the events the detector uses; the rest are skipped by name on
-// the reader goroutine, unseen (unless recording).
-var wanted = map[string]bool{
-	"Newchannel": true, "DialBegin": true, "DialEnd": true, "Dial": true, "Hangup": true,
-	"PeerStatus": true, "ContactStatus": true, "FullyBooted": true,
-	"InvalidAccountID": true, "FailedACL": true, "InvalidPassword": true, "ChallengeResponseFailed": true,
-	"ChallengeSent": true, "SuccessfulAuth": true, "RequestNotAllowed": true, "RequestBadFormat": true,
-}
-
-func skipUnwanted(name []byte) bool { return !wanted[string(name)] }
+// skipUnwanted skips, by name on the reader goroutine and unseen (unless
+// recording), every event the detector does not use.
+func skipUnwanted(name []byte) bool { return !ami.UsedEvent(name) }
 
 // incoming is one message queued from the AMI reader to the detector loop.
 type incoming struct {
@@ -93,7 +86,7 @@ func (g *Guard) takeEvent(m *ami.Message, at time.Time) {
 // queued with a copy of its bytes, decoded too when it is a wanted event.
 func (g *Guard) takeRecorded(m *ami.Message, at time.Time) {
 	in := incoming{raw: append([]byte(nil), m.Raw()...), at: at}
-	if m.IsEvent() && wanted[string(m.Value(0))] {
+	if m.IsEvent() && ami.UsedEvent(m.Value(0)) {
 		ev := eventPool.Get().(*ami.Event)
 		if ami.Decode(m, ev) {
 			in.ev = ev

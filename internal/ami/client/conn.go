@@ -172,9 +172,9 @@ func (c *Client) handshake(ctx context.Context, cn *conn) error {
 		}
 		cn.Conn = tc
 	}
-	// The one place the reader is made: when ami.ReaderOptions gains
-	// Skip, pass c.skip here and drop its call in dispatch.
-	cn.rd = ami.NewReader(cn, ami.ReaderOptions{})
+	// Events the owner skips are passed over inside the reader, by their
+	// name alone, before their headers are indexed.
+	cn.rd = ami.NewReader(cn, ami.ReaderOptions{Skip: func(name []byte) bool { return c.skipped(cn, name) }})
 	banner, err := cn.rd.ReadBanner()
 	if err != nil {
 		switch {
@@ -345,10 +345,6 @@ func (c *Client) dispatch(cn *conn, m *ami.Message) {
 		if c.watchingLists() && c.listItem(m) {
 			return
 		}
-		if c.skip(m.Value(0)) {
-			c.stats.skipped.Add(1)
-			return
-		}
 	}
 	if h := c.opts.Handler; h != nil {
 		c.stats.handled.Add(1)
@@ -356,12 +352,20 @@ func (c *Client) dispatch(cn *conn, m *ami.Message) {
 	}
 }
 
-// skip is the event filter, decided by the event's name alone. It keeps
-// everything while a list reply may still bring items (their names are
-// the owner's to ignore only once no action waits for them) and while
-// the Tap records.
-func (c *Client) skip(name []byte) bool {
-	return c.opts.Skip != nil && c.opts.Tap == nil && !c.watchingLists() && c.opts.Skip(name)
+// skipped is the reader's event filter, decided by the event's name alone:
+// an event skipped is counted and keeps the silence alarm quiet like any
+// other, and nothing else is done with it. It keeps everything while a
+// list reply may still bring items (their names are the owner's to ignore
+// only once no action waits for them) and while the Tap records.
+func (c *Client) skipped(cn *conn, name []byte) bool {
+	if c.opts.Skip == nil || c.opts.Tap != nil || c.watchingLists() || !c.opts.Skip(name) {
+		return false
+	}
+	c.stats.messages.Add(1)
+	c.stats.events.Add(1)
+	c.stats.skipped.Add(1)
+	c.lastEvent.Store(cn.at.UnixNano())
+	return true
 }
 
 // watchingLists reports whether events must be checked for list items: a
