@@ -14,7 +14,15 @@
 // action decided is never decided again after a crash, and Load reads it
 // back at start. In observe mode it keeps its incidents in memory only.
 //
-// How the guard uses it, for each alert a of the detector:
+// How the guard uses it. At start, after the bans manager's Start:
+//
+//	book, err := incident.New(incident.Options{Quiet: time.Duration(cfg.Response.IncidentQuiet), Mode: policy.ModeOf(cfg.Mode), Store: bansManager})
+//	err = book.Load(bansManager.Incidents(), time.Now()) // an error: log it at error, go on with an empty book
+//	table, err := policy.NewTable(&cfg.Policy)
+//
+// On a reload: a new table from the new policy table, book.SetQuiet, and
+// book.SetMode after bansManager.Enforce or Observe. For each alert a of
+// the detector:
 //
 //	decs, err := book.Decide(table, &a, time.Now(), decs[:0])
 //	// err: the incidents were not saved (log it at error); act anyway.
@@ -32,6 +40,10 @@
 //	if stop, ok := book.Stopped(tech, name, time.Now()); ok { /* hang it up, naming stop */ }
 //
 // and, once a second, book.Expire(time.Now()) (log the incidents it closed).
+// Before an extension's incident blocks an address, book.Owner says
+// whether another incident (ref.ID != d.Incident) holds it already.
+// `guard incidents` prints book.List, `guard release EXT` calls
+// book.Release(policy.ExtensionKey(tech, name), time.Now()).
 package incident
 
 import (

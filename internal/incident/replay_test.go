@@ -202,6 +202,9 @@ func find(t *testing.T, l Listing, key policy.Key) Record {
 	return Record{}
 }
 
+// The bans manager keeps the book in the state file.
+var _ Store = (*bans.Manager)(nil)
+
 // startBans starts a bans manager, enforcing with a dry-run firewall, on
 // the state file at path.
 func startBans(t *testing.T, path string) *bans.Manager {
