@@ -170,7 +170,8 @@ type extKey struct {
 }
 
 // ownership is an address an extension's open incident blocked, or is
-// blocking (real), or would have blocked in observe mode.
+// blocking (real: decided in enforce mode, even if the firewall is a dry
+// run), or would have blocked in observe mode.
 type ownership struct {
 	inc  *incident
 	real bool
@@ -417,8 +418,11 @@ func (b *Book) Outcome(id string, act policy.Action, o Outcome) error {
 			}
 			inc.pending = netip.Addr{}
 		}
+		// Decided in enforce mode: the address is the incident's, whether
+		// the ban is real, through a dry-run firewall (Would) or recorded
+		// and not applied yet (Failed).
 		if addr, err := netip.ParseAddr(o.Target); err == nil && isOpen && o.Result != policy.Skipped {
-			b.own(inc, addr, o.Result != policy.Would)
+			b.own(inc, addr, true)
 		}
 	}
 	b.dirty = true

@@ -397,3 +397,22 @@ func TestConcurrentUse(t *testing.T) {
 		}
 	}
 }
+
+// With a dry-run firewall block_ip's outcome is Would: final for the
+// incident, and the address is the incident's, so neither a later alert
+// nor the address's own incident records it again.
+func TestDryRunBlockOnce(t *testing.T) {
+	r := newResponder(t, mustBook(t, Options{Quiet: quiet, Mode: policy.Enforce}))
+	r.result = policy.Would
+	first := r.alert(critical(detector.RuleCallRate, t0, thief))
+	if got := responses(first); !slices.Equal(got, everything) {
+		t.Fatalf("first critical: %v", got)
+	}
+	if got := responses(r.alert(critical(detector.RulePrefixGuess, t0.Add(time.Second), thief))); got != nil {
+		t.Fatalf("second critical after a dry run: %v", got)
+	}
+	got := r.alert(addrCritical(thief, t0.Add(2*time.Second)))
+	if g := responses(got); !slices.Equal(g, []ar{{policy.BlockIP, policy.Skipped}}) || got[1].BlockedBy.ID != first[0].Incident {
+		t.Fatalf("address alert after the extension's dry-run block: %+v", got)
+	}
+}

@@ -346,9 +346,10 @@ func (b *Book) Load(raw json.RawMessage, now time.Time) error {
 			b.stops[extKey{inc.key.Tech, inc.key.Name}] = inc
 		}
 		if inc.key.IsExtension() {
+			real := inc.view.Progress(policy.BlockIP).Attempts > 0 // decided in enforce mode
 			for _, o := range inc.outcomes[slot(policy.BlockIP)] {
 				if addr, err := netip.ParseAddr(o.Target); err == nil && o.Result != policy.Skipped {
-					b.own(inc, addr, o.Result != policy.Would)
+					b.own(inc, addr, real)
 				}
 			}
 		}

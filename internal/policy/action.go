@@ -133,14 +133,16 @@ const (
 	// Failed: tried and failed; a later alert of the incident may decide it
 	// again, up to MaxAttempts times in all.
 	Failed
-	// Skipped: refused, or pointless (an rotation refused because the
-	// peer has an md5secret, an address that is never blocked, no address
-	// to block); never decided again in the incident, except a block_ip
+	// Skipped: refused, or pointless (a rotation refused because the peer
+	// has an md5secret, an address that is never blocked, no address to
+	// block); never decided again in the incident, except a block_ip
 	// skipped because an extension's incident blocked the address, which
 	// may run once that incident is over.
 	Skipped
-	// Would: decided in observe mode. Never decided again in observe mode;
-	// in enforce mode (after a reload) it is decided for real.
+	// Would: decided in observe mode, or carried out by a dry run (a ban
+	// through a dry-run firewall). Never decided again, except one decided
+	// in observe mode (no attempt counted) once the mode is enforce (after
+	// a reload): it is then decided for real.
 	Would
 	numResults
 )

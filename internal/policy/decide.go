@@ -175,10 +175,15 @@ func decide(act Action, mode Mode, inc *Incident, key Key) (Result, string) {
 	p := inc.progress[act]
 	switch p.Result {
 	case None:
-	case Would, Failed:
-		// Would: observe mode decided it; enforce mode decides it for real.
-		// Failed: tried again, a bounded number of times.
-		if mode != Enforce || p.Result == Failed && p.Attempts >= MaxAttempts {
+	case Would:
+		// Observe mode decided it (no attempt): enforce mode decides it for
+		// real. A dry run carried it out (an attempt): that was it.
+		if mode != Enforce || p.Attempts > 0 {
+			return None, ""
+		}
+	case Failed:
+		// Tried again, a bounded number of times.
+		if mode != Enforce || p.Attempts >= MaxAttempts {
 			return None, ""
 		}
 	case Skipped:

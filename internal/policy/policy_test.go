@@ -217,6 +217,9 @@ func TestDecide(t *testing.T) {
 				{Action: BlockIP, Result: Running, Key: sip200, Addr: thief, Incident: id, OpenedBy: cr, Attempt: 1},
 				{Action: RotateSecret, Result: Running, Key: sip200, Incident: id, OpenedBy: cr, Attempt: 1},
 			}},
+		{"a dry run's would is final", extAlert(pg, detector.Critical, thief), Enforce,
+			incWith(id, cr, map[Action]Progress{Hangup: {Result: Done, Attempts: 1}, BlockIP: {Result: Would, Attempts: 1}, RotateSecret: {Result: Done, Attempts: 1}}),
+			[]brief{{Action: Alert, Result: Running, Key: sip200, Incident: id, OpenedBy: cr}}},
 		{"address an extension's incident blocked", addrAlert(af, detector.Critical, guesser), Enforce, Incident{Owner: owner}, []brief{
 			{Action: Alert, Result: Running, Key: guessKey, OpenedBy: af},
 			{Action: BlockIP, Result: Skipped, Key: guessKey, Addr: guesser, OpenedBy: af, BlockedBy: own},
