@@ -233,9 +233,14 @@ type Allow struct {
 // Response is the [response] table: how the guard acts on alerts.
 type Response struct {
 	BanDuration Duration `toml:"ban_duration"` // how long block_ip drops an address
-	Firewall    string   `toml:"firewall"`     // FirewallIPTables or FirewallDryRun
-	Chain       string   `toml:"chain"`        // the guard's own iptables chain
-	IPv6        bool     `toml:"ipv6"`         // also manage ip6tables
+	// IncidentQuiet closes an incident when no alert of its extension or
+	// address has come for this long. Each action runs at most once per
+	// incident, and a stopped extension's new calls are hung up while its
+	// incident is open.
+	IncidentQuiet Duration `toml:"incident_quiet"`
+	Firewall      string   `toml:"firewall"` // FirewallIPTables or FirewallDryRun
+	Chain         string   `toml:"chain"`    // the guard's own iptables chain
+	IPv6          bool     `toml:"ipv6"`     // also manage ip6tables
 	// StateFile, SecretsFile and AdminSocket are absolute paths.
 	StateFile   string `toml:"state_file"`   // the bans, kept across restarts
 	SecretsFile string `toml:"secrets_file"` // new SIP secrets, one JSON line each
@@ -363,6 +368,7 @@ func Default() *Config {
 			WidestIPv4: 8, WidestIPv6: 32, ConfirmWide: []string{}},
 		Response: Response{
 			BanDuration:            Duration(24 * time.Hour),
+			IncidentQuiet:          Duration(15 * time.Minute),
 			Firewall:               FirewallIPTables,
 			Chain:                  "ASTGUARD",
 			IPv6:                   true,

@@ -187,6 +187,14 @@ func (c *Config) Validate() error {
 	c.Allow.validateWide(&p, c.Response.NeverBlock)
 
 	c.Response.validate(&p, &c.Allow)
+	// The detector raises one alert per rule, key and severity per
+	// cooldown: an attack that trips one rule alerts only that often, and
+	// a shorter incident_quiet would close its incident between two of its
+	// alerts, so that the next one opened a new incident and ran every
+	// action (a new secret) again.
+	if q, cd := c.Response.IncidentQuiet, c.Detection.Cooldown; q > 0 && q < cd {
+		p.add("response.incident_quiet (%s) must not be shorter than detector.cooldown (%s)", q, cd)
+	}
 	c.Policy.validate(&p)
 
 	return errors.Join(p...)
@@ -215,6 +223,7 @@ const maxSocketPath = 107
 // never_block.
 func (r *Response) validate(p *problems, allow *Allow) {
 	p.positive("response.ban_duration", r.BanDuration)
+	p.positive("response.incident_quiet", r.IncidentQuiet)
 	switch r.Firewall {
 	case FirewallIPTables, FirewallDryRun:
 	default:

@@ -197,6 +197,12 @@ var badConfigs = []struct {
 	// [response]
 	{"ban_duration 0", `response.ban_duration = "0s"`, `response.ban_duration must be > 0`},
 	{"ban_duration negative", `response.ban_duration = "-24h"`, `response.ban_duration must be > 0`},
+	{"incident_quiet 0", `response.incident_quiet = "0s"`, `response.incident_quiet must be > 0`},
+	{"incident_quiet negative", `response.incident_quiet = "-15m"`, `response.incident_quiet must be > 0`},
+	{"incident_quiet below cooldown", `response.incident_quiet = "4m"`,
+		`response.incident_quiet (4m) must not be shorter than detector.cooldown (5m)`},
+	{"incident_quiet below a raised cooldown", "detector.cooldown = \"20m\"\n[response]\nincident_quiet = \"15m\"",
+		`response.incident_quiet (15m) must not be shorter than detector.cooldown (20m)`},
 	{"firewall unknown", `response.firewall = "nft"`, `response.firewall: "nft" is not one of iptables, dry-run`},
 	{"firewall empty", `response.firewall = ""`, `response.firewall: "" is not one of iptables, dry-run`},
 	{"chain with space", `response.chain = "BAD CHAIN"`, `response.chain: "BAD CHAIN" must be 1 to 28 letters, digits, _ or -`},
@@ -464,6 +470,8 @@ func TestGoodValues(t *testing.T) {
 		`response.retry_max = 1`,
 		`response.retry_max = 100`,
 		`response.retry_backoff = "1ns"`,
+		`response.incident_quiet = "5m"`, // the cooldown
+		"detector.cooldown = \"1m\"\n[response]\nincident_quiet = \"1m\"",
 		// An empty list is allowed: no action.
 		"[policy.call_rate]\nwarning = []\ncritical = []",
 		`policy.new_source.critical = ["block_ip", "rotate_secret", "hangup", "alert"]`,

@@ -47,7 +47,8 @@ var restartKeys = []string{
 // metrics.silence_alarm, the detector's thresholds and allow-lists
 // (Detector.SetConfig), the never-blocked networks (bans.SetNever) and the
 // responder's settings, read for every action: response.secrets_file is
-// the file of the next rotation.
+// the file of the next rotation; response.incident_quiet is the incident
+// book's (incident.Book.SetQuiet), counted from each incident's last alert.
 var liveKeys = []string{
 	"mode",
 	"log",
@@ -55,6 +56,7 @@ var liveKeys = []string{
 	"detector",
 	"allow",
 	"response.ban_duration",
+	"response.incident_quiet",
 	"response.secrets_file",
 	"response.never_block",
 	"response.protect_previous_sources",

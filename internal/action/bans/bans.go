@@ -13,7 +13,9 @@
 package bans
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -56,8 +58,8 @@ type Ban struct {
 	DryRun bool `json:"dry_run"`
 	// Origin says who decided the ban: OriginAstguard, this guard.
 	Origin string `json:"origin"`
-	// Incident names the incident that owns the ban; the guard records
-	// none yet, so it stays empty, and a file that has one keeps it.
+	// Incident names the incident that owns the ban (Request.Incident,
+	// e.g. "inc-3f9a0c12"); empty when the request named none.
 	Incident string `json:"incident,omitempty"`
 }
 
@@ -92,6 +94,9 @@ type Request struct {
 	Reason    string
 	Rule      string
 	Extension string
+	// Incident is the incident that decided the ban; a re-ban by another
+	// incident takes its name.
+	Incident string
 }
 
 // Options configures New.
@@ -190,6 +195,9 @@ type Manager struct {
 	problem   string
 	lock      *stateLock
 	runs      sync.WaitGroup
+	// incidents is the incident book's part of the state file, opaque
+	// here: as read at Start, then as SaveIncidents last set it.
+	incidents json.RawMessage
 
 	wake chan struct{} // tells Run that deadlines or the mode changed
 	stop chan struct{} // closed by Close
@@ -368,6 +376,7 @@ func (m *Manager) Start(ctx context.Context) error {
 
 	m.mu.Lock()
 	m.loadLocked(st.Bans)
+	m.incidents = st.Incidents
 	m.lock = lock
 	m.started = true
 	m.unsaved = m.unsaved || migrated
@@ -585,7 +594,7 @@ func (m *Manager) saveLocked() error {
 	}
 	bs := slices.Collect(maps.Values(m.bans))
 	sortBans(bs)
-	if err := writeState(m.path, bs); err != nil {
+	if err := writeState(m.path, bs, m.incidents); err != nil {
 		if !m.dirty {
 			m.log.Error().Err(err).Msg("bans state not saved, will retry")
 		}
@@ -688,6 +697,9 @@ func (m *Manager) Ban(ctx context.Context, req Request) (Ban, error) {
 	if req.Extension != "" {
 		b.Extension = req.Extension
 	}
+	if req.Incident != "" {
+		b.Incident = req.Incident
+	}
 	m.bans[p] = b
 	saveErr := m.saveLocked()
 	m.mu.Unlock()
@@ -783,6 +795,50 @@ func (m *Manager) Unban(ctx context.Context, addr netip.Addr) error {
 	m.log.Info().Str("ip", a.String()).Msg("ban lifted")
 	if saveErr != nil {
 		return fmt.Errorf("bans: %s unblocked but not saved yet: %w", a, saveErr)
+	}
+	return nil
+}
+
+// Incidents returns the incident book's part of the state file (a JSON
+// array, or nil when there is none): as read at Start (nil when the file
+// was missing or corrupt), or as SaveIncidents last set it. The slice is
+// the caller's.
+func (m *Manager) Incidents() json.RawMessage {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.incidents)
+}
+
+// SaveIncidents replaces the incident book's part of the state file with
+// raw, a JSON array this package stores as it is, and writes the file at
+// once (atomically, with the bans) unless raw is what it holds already.
+// It returns when the file is written, so a caller that saves before it
+// acts never acts twice across a restart.
+//
+// In observe mode nothing is kept or written and the error wraps
+// ErrObserving: observe mode writes nothing to the state file. raw that is
+// not a JSON array is refused. A failed write keeps raw in memory, Run
+// retries the write (as for a ban) and the error is returned.
+func (m *Manager) SaveIncidents(raw json.RawMessage) error {
+	if !json.Valid(raw) || !isArray(raw) {
+		return errors.New("bans: incidents must be a JSON array")
+	}
+	raw = compactJSON(raw)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.checkOpenLocked(); err != nil {
+		return err
+	}
+	if m.observing {
+		return fmt.Errorf("bans: incidents not saved: %w", ErrObserving)
+	}
+	if bytes.Equal(raw, m.incidents) && !m.dirty {
+		return nil
+	}
+	m.incidents = raw
+	if err := m.saveLocked(); err != nil {
+		m.poke()
+		return err
 	}
 	return nil
 }
@@ -1215,7 +1271,7 @@ func UnbanOffline(ctx context.Context, path string, fw firewall.Firewall, addr n
 			return fmt.Errorf("bans: %w", err)
 		}
 		kept := slices.DeleteFunc(st.Bans, func(b Ban) bool { return covers(b.Prefix, a) })
-		if err := writeState(path, kept); err != nil {
+		if err := writeState(path, kept, st.Incidents); err != nil {
 			return fmt.Errorf("bans: %w", err)
 		}
 	}

@@ -29,6 +29,11 @@ const StateVersion = 2
 type State struct {
 	Version int   `json:"version"`
 	Bans    []Ban `json:"bans"`
+	// Incidents is kept for the guard's incident book (package incident),
+	// which owns its content: this package only checks that it is a JSON
+	// array and stores it as it is. Absent when the book has never saved;
+	// version 1 has none.
+	Incidents json.RawMessage `json:"incidents,omitempty"`
 }
 
 // ErrCorrupt marks a state file whose content cannot be used: not JSON, an
@@ -82,8 +87,9 @@ func ReadState(path string) (State, error) {
 // unknown field or trailing data is an error.
 func decodeState(data []byte) (State, error) {
 	var doc struct {
-		Version int             `json:"version"`
-		Bans    json.RawMessage `json:"bans"`
+		Version   int             `json:"version"`
+		Bans      json.RawMessage `json:"bans"`
+		Incidents json.RawMessage `json:"incidents"`
 	}
 	if err := strictDecode(data, &doc); err != nil {
 		return State{}, err
@@ -93,6 +99,9 @@ func decodeState(data []byte) (State, error) {
 	}
 	switch doc.Version {
 	case 1:
+		if doc.Incidents != nil && string(doc.Incidents) != "null" {
+			return State{}, errors.New("version 1 has no incidents")
+		}
 		var v1 []banV1
 		if err := strictDecode(doc.Bans, &v1); err != nil {
 			return State{}, err
@@ -113,6 +122,12 @@ func decodeState(data []byte) (State, error) {
 		if err := strictDecode(doc.Bans, &st.Bans); err != nil {
 			return State{}, err
 		}
+		if doc.Incidents != nil && string(doc.Incidents) != "null" {
+			if !isArray(doc.Incidents) {
+				return State{}, errors.New("incidents is not a list")
+			}
+			st.Incidents = compactJSON(doc.Incidents)
+		}
 		for i, b := range st.Bans {
 			switch {
 			case !b.Prefix.IsValid():
@@ -128,6 +143,22 @@ func decodeState(data []byte) (State, error) {
 		return st, nil
 	}
 	return State{}, fmt.Errorf("version %d, want 1 or %d", doc.Version, StateVersion)
+}
+
+// isArray reports whether raw, valid JSON, is an array.
+func isArray(raw json.RawMessage) bool {
+	raw = bytes.TrimLeft(raw, " \t\r\n")
+	return len(raw) > 0 && raw[0] == '['
+}
+
+// compactJSON returns raw, valid JSON, without insignificant space, in a
+// slice of its own.
+func compactJSON(raw json.RawMessage) json.RawMessage {
+	var b bytes.Buffer
+	if err := json.Compact(&b, raw); err != nil {
+		return slices.Clone(raw) // not reached: raw was decoded
+	}
+	return b.Bytes()
 }
 
 func strictDecode(data []byte, v any) error {
@@ -180,14 +211,15 @@ func (s *State) Upgrade(ctx context.Context, fw firewall.Firewall) (real, dry in
 	return real, dry, nil
 }
 
-// writeState replaces the state file at path with bans, atomically and
-// privately (fsafe.WriteFileAtomic: a reader sees the old or the new
-// complete file, mode 0600, never written through a symlink).
-func writeState(path string, bans []Ban) error {
+// writeState replaces the state file at path with bans and incidents (nil:
+// none), atomically and privately (fsafe.WriteFileAtomic: a reader sees
+// the old or the new complete file, mode 0600, never written through a
+// symlink).
+func writeState(path string, bans []Ban, incidents json.RawMessage) error {
 	if bans == nil {
 		bans = []Ban{}
 	}
-	data, err := json.MarshalIndent(State{Version: StateVersion, Bans: bans}, "", "  ")
+	data, err := json.MarshalIndent(State{Version: StateVersion, Bans: bans, Incidents: incidents}, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode bans state: %w", err)
 	}
