@@ -29,6 +29,7 @@ import (
 const (
 	NameEvents         = "astguard_events_total"
 	NameEventsDropped  = "astguard_events_dropped_total"
+	NameEventsForged   = "astguard_events_forged_total"
 	NameAMIRejected    = "astguard_ami_messages_rejected_total"
 	NameLastEvent      = "astguard_last_event_timestamp_seconds"
 	NameQueueDepth     = "astguard_queue_depth"
@@ -129,6 +130,7 @@ type Metrics struct {
 	// The detector's figures, published by the loop that owns it.
 	extensions, addresses atomic.Int64
 	evicted, untracked    atomic.Uint64
+	forged                atomic.Uint64
 }
 
 // New builds the registry: the guard's metrics, and the Go runtime's and
@@ -202,6 +204,10 @@ func New(opts Options) *Metrics {
 			Name: NameEventsDropped,
 			Help: "Events dropped because the queue to the detector was full: the guard did not see them.",
 		}, func() float64 { return float64(m.dropped.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: NameEventsForged,
+			Help: "Events not used because they repeat a header the guard attributes by (a forged header in a caller name or user name).",
+		}, func() float64 { return float64(m.forged.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name:        NameAMIRejected,
 			Help:        "AMI messages rejected by the reader and not used, by reason (malformed: a line that is not a header; oversized: over 64 KiB).",
@@ -354,6 +360,7 @@ func (m *Metrics) SetDetector(s detector.Stats) {
 	m.addresses.Store(int64(s.Addresses))
 	m.evicted.Store(s.Evicted)
 	m.untracked.Store(s.Untracked)
+	m.forged.Store(s.Forged)
 }
 
 // SetSilenceAlarm changes how long without an event makes /healthz
