@@ -37,7 +37,11 @@ func TestForgedChannelMovesNoCall(t *testing.T) {
 			}
 		}
 	}
-	if n := len(logLines(h, "fraud alert")); n != 0 {
-		t.Errorf("%d alerts from forged messages:\n%s", n, h.logs.String())
+	// (200's channels are real: the resync after the login may list them
+	// from Asterisk, and alerts for 200 are then right.)
+	for _, l := range logLines(h, "fraud alert") {
+		if l.Extension == "201" {
+			t.Errorf("an alert blames 201, named only in a forged header: %+v", l)
+		}
 	}
 }
