@@ -1,8 +1,12 @@
 # astguard: a static binary in a small image with the iptables tools.
-# Run it next to Asterisk with the host's network and NET_ADMIN:
-#   docker run -d --name astguard --network host --cap-add NET_ADMIN \
+# Run it next to Asterisk with the host's network and NET_ADMIN, with
+# /etc/astguard (config.toml and ami-secret, mode 0600, root) set up as in
+# the README's Install section:
+#   docker run -d --name astguard --network host --cap-add NET_ADMIN --cap-add NET_RAW \
 #     -v /etc/astguard:/etc/astguard:ro -v /var/lib/astguard:/var/lib/astguard \
-#     -v /run/astguard:/run/astguard -e ASTGUARD_AMI_SECRET=... astguard
+#     -v /run/astguard:/run/astguard astguard
+# On a mount whose mode cannot be changed (files every user can read), add
+# the command: run --config /etc/astguard/config.toml --allow-shared-files
 
 FROM golang:1.26-bookworm AS build
 WORKDIR /src

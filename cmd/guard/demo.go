@@ -102,7 +102,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	var banned []string
 	if g != nil {
 		for _, b := range g.Bans().List() {
-			banned = append(banned, b.Addr.String())
+			banned = append(banned, b.Target())
 		}
 	}
 	cancel()
@@ -112,7 +112,11 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	}
 
 	fmt.Fprintln(stdout, "\nWhat the guard did:")
-	fmt.Fprintf(stdout, "  blocked:            %s (firewall: %s)\n", strings.Join(banned, ", "), cfg.Response.Firewall)
+	if *useFW {
+		fmt.Fprintf(stdout, "  blocked:            %s (iptables chain %s)\n", strings.Join(banned, ", "), cfg.Response.Chain)
+	} else {
+		fmt.Fprintf(stdout, "  would block:        %s (dry-run firewall: nothing dropped; add --firewall to drop)\n", strings.Join(banned, ", "))
+	}
 	for _, f := range []string{"sip.conf", "pjsip.conf"} {
 		changed := "unchanged"
 		if srv.Conf(f) != before[f] {

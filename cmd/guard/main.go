@@ -1,20 +1,29 @@
 // Command guard is astguard, a real-time toll-fraud guard for Asterisk.
 //
 //	guard demo [--firewall]                      the whole story against a simulated Asterisk
-//	guard run --config FILE [--record FILE]      the live guard
+//	guard run [--config FILE] [--record FILE]   the live guard
 //	guard replay [--config FILE] TRANSCRIPT...   detect fraud in recorded AMI traffic
 //	guard check-config [--config FILE]           validate a configuration file
 //	guard bans [--config FILE]                   list the bans
 //	guard unblock [--config FILE] ADDRESS        lift a ban
 //	guard version
+//
+// guard run reads /etc/astguard/config.toml unless --config names another
+// file; guard bans and guard unblock read it when it exists.
 package main
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
+	"runtime"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -22,6 +31,7 @@ import (
 	"github.com/astguard/astguard/internal/alert"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
+	"github.com/astguard/astguard/internal/guard"
 	"github.com/astguard/astguard/internal/replay"
 )
 
@@ -32,8 +42,10 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 const usage = `usage:
   guard demo [--firewall]                      run the guard against a simulated Asterisk 20 under attack
-  guard run --config FILE [--record FILE]      the live guard: watch AMI, stop fraud as the policy says
-  guard replay [--config FILE] TRANSCRIPT...   print the alerts found in recorded AMI traffic (JSON lines)
+  guard run [--config FILE] [--record FILE] [--allow-shared-files]
+                                               the live guard: watch AMI, stop fraud as the policy says
+                                               (FILE: /etc/astguard/config.toml unless named)
+  guard replay [--config FILE] TRANSCRIPT...   print the alerts found in recorded AMI traffic (JSON lines; a summary on stderr)
   guard check-config [--config FILE]           validate a configuration file (exit 0 or 1)
   guard bans [--config FILE] [--json]         list the bans (from the running guard, else its state file)
   guard unblock [--config FILE] ADDRESS        lift a ban
@@ -108,7 +120,8 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "check-config: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	if _, ok := configOrSay(*path, stderr); !ok {
+	cfg, ok := configOrSay(*path, stderr)
+	if !ok {
 		return 1
 	}
 	name := *path
@@ -116,7 +129,36 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 		name = "defaults"
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", name)
+	// What the guard would never block, the AMI server's addresses
+	// resolved as at its start.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	never, err := guard.NeverBlock(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: warning: %v: the guard would start without protecting the AMI server from a ban, "+
+			"and resolve it again at every reload and AMI connect\n", name, err)
+	}
+	fmt.Fprintf(stdout, "never blocked: %s\n", prefixList(never))
 	return 0
+}
+
+// prefixList writes the networks once each, in order, without the /32 or
+// /128 of a single address.
+func prefixList(ps []netip.Prefix) string {
+	var out []string
+	for _, p := range ps {
+		s := p.String()
+		if p.IsSingleIP() {
+			s = p.Addr().String()
+		}
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	if len(out) == 0 {
+		return "nothing"
+	}
+	return strings.Join(out, ", ")
 }
 
 func cmdReplay(args []string, stdout, stderr io.Writer) int {
@@ -134,31 +176,52 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return 1
 	}
-	log := newLogger(stderr, cfg.Log.Level).With().Str("component", "replay").Logger()
-	dcfg := cfg.Detector()
-	enc := json.NewEncoder(stdout)
+	pol := replay.Policy{Acts: policyActs(cfg), Enforce: cfg.Mode == config.ModeEnforce}
+	out := bufio.NewWriterSize(stdout, 64<<10)
+	enc := json.NewEncoder(out)
 	enc.SetEscapeHTML(false)
-	status := 0
-	for _, file := range fs.Args() {
-		var werr error
-		res, err := replay.File(file, dcfg, func(a *detector.Alert) {
-			if werr == nil {
-				werr = enc.Encode(alert.FromAlert(a, file))
+	var (
+		summaries []replay.FileSummary
+		werr      error
+	)
+	// Each transcript on its own core; the alerts come out in the order of
+	// the files, as if they were replayed one after the other.
+	replay.Files(fs.Args(), cfg.Detector(), runtime.GOMAXPROCS(0), func(fr *replay.FileResult) bool {
+		for i := range fr.Alerts {
+			if werr = enc.Encode(alert.FromAlert(&fr.Alerts[i], fr.Path)); werr != nil {
+				return false
 			}
-		})
-		if werr != nil {
-			log.Error().Err(werr).Msg("cannot write alerts")
+		}
+		if werr = out.Flush(); werr != nil {
+			return false
+		}
+		summaries = append(summaries, replay.Summarize(fr, pol))
+		return true
+	})
+	if werr != nil {
+		fmt.Fprintf(stderr, "replay: cannot write the alerts: %v\n", werr)
+		return 1
+	}
+	if err := replay.WriteSummary(stderr, summaries); err != nil {
+		return 1
+	}
+	for _, s := range summaries {
+		if s.Err != nil {
 			return 1
 		}
-		if err != nil {
-			log.Error().Err(err).Str("file", file).Int("messages", res.Messages).Msg("replay failed")
-			status = 1
-			continue
-		}
-		log.Info().Str("file", file).Int("messages", res.Messages).Int("events", res.Events).
-			Int("malformed", res.Malformed).Int("alerts", res.Alerts).
-			Int("extensions", res.Detector.Extensions).Int("addresses", res.Detector.Addresses).
-			Msg("replayed")
 	}
-	return status
+	return 0
+}
+
+// policyActs reports whether the policy of cfg acts on an alert of a rule
+// and severity (any action but logging it).
+func policyActs(cfg *config.Config) func(detector.Rule, detector.Severity) bool {
+	return func(r detector.Rule, s detector.Severity) bool {
+		for _, a := range cfg.Policy.Actions(r.String(), s.String()) {
+			if a != config.ActionAlert {
+				return true
+			}
+		}
+		return false
+	}
 }

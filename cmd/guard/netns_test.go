@@ -119,7 +119,7 @@ admin_socket = %q
 		// The ban is recorded before it is applied (rule, then conntrack
 		// entries deleted): wait for the daemon's list and the outcome line.
 		bs, err := cl.Bans(context.Background())
-		if err == nil && slices.ContainsFunc(bs, func(b bans.Ban) bool { return b.Addr == netip.MustParseAddr("127.0.0.2") }) &&
+		if err == nil && slices.ContainsFunc(bs, func(b bans.Ban) bool { return b.Prefix.Addr() == netip.MustParseAddr("127.0.0.2") }) &&
 			slices.ContainsFunc(strings.Split(logs.String(), "\n"), func(l string) bool {
 				return strings.Contains(l, `"action":"block_ip","result":"done"`) && strings.Contains(l, `"target":"127.0.0.2"`)
 			}) {

@@ -49,9 +49,9 @@ func TestSIGKILLRestartKeepsBans(t *testing.T) {
 	dir := t.TempDir()
 	state := filepath.Join(dir, "bans.json")
 	// A ban that expired while the guard was down.
-	old := []bans.Ban{{Addr: netip.MustParseAddr("198.51.100.66"), Since: time.Now().Add(-48 * time.Hour),
-		Until: time.Now().Add(-time.Hour), Reason: "old"}}
-	raw, _ := json.Marshal(map[string]any{"version": 1, "bans": old})
+	old := []bans.Ban{{Prefix: netip.MustParsePrefix("198.51.100.66/32"), Since: time.Now().Add(-48 * time.Hour),
+		Until: time.Now().Add(-time.Hour), Reason: "old", DryRun: true, Origin: bans.OriginAstguard}}
+	raw, _ := json.Marshal(bans.State{Version: bans.StateVersion, Bans: old})
 	if err := os.WriteFile(state, raw, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -74,10 +74,10 @@ func TestSIGKILLRestartKeepsBans(t *testing.T) {
 	want := []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.4"), netip.MustParseAddr("127.0.0.5")}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		bs, _ := bans.ReadState(state)
+		st, _ := bans.ReadState(state)
 		n := 0
-		for _, b := range bs {
-			if slices.Contains(want, b.Addr) {
+		for _, b := range st.Bans {
+			if slices.Contains(want, b.Prefix.Addr()) {
 				n++
 			}
 		}
@@ -86,7 +86,7 @@ func TestSIGKILLRestartKeepsBans(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			_ = child.Process.Kill()
-			t.Fatalf("the child never banned %v: %v", want, bs)
+			t.Fatalf("the child never banned %v: %v", want, st.Bans)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -114,7 +114,7 @@ func TestSIGKILLRestartKeepsBans(t *testing.T) {
 	}
 	var addrs []netip.Addr
 	for _, b := range got {
-		addrs = append(addrs, b.Addr)
+		addrs = append(addrs, b.Prefix.Addr())
 	}
 	for _, w := range want {
 		if !slices.Contains(addrs, w) {

@@ -13,7 +13,10 @@ import (
 )
 
 // Record is the wire form of an alert. Field names are part of the guard's
-// interface: log routers and the README depend on them.
+// interface: log routers and the README depend on them. Sources are the
+// addresses Asterisk received the extension's requests from; Contacts are
+// addresses the client supplied (Contact header, PeerStatus Address,
+// ContactStatus URI), never acted on.
 type Record struct {
 	Time      string   `json:"time"` // event time of the tripping message, RFC 3339
 	File      string   `json:"file,omitempty"`
@@ -24,6 +27,7 @@ type Record struct {
 	Extension string   `json:"extension,omitempty"`
 	IP        string   `json:"ip,omitempty"`
 	Sources   []string `json:"sources"`
+	Contacts  []string `json:"contacts,omitempty"`
 	Accounts  []string `json:"accounts,omitempty"`
 	Count     int      `json:"count"`
 	Window    string   `json:"window"`
@@ -49,6 +53,9 @@ func FromAlert(a *detector.Alert, file string) Record {
 	}
 	for _, s := range a.Sources {
 		r.Sources = append(r.Sources, s.String())
+	}
+	for _, c := range a.Contacts {
+		r.Contacts = append(r.Contacts, c.String())
 	}
 	var who string
 	if a.IsExtension() {
@@ -85,7 +92,11 @@ func Log(l *zerolog.Logger, a *detector.Alert) {
 	if r.IP != "" {
 		ev = ev.Str("ip", r.IP)
 	}
-	ev = ev.Strs("sources", r.Sources).Int("count", r.Count).Str("window", r.Window)
+	ev = ev.Strs("sources", r.Sources)
+	if len(r.Contacts) > 0 {
+		ev = ev.Strs("contacts", r.Contacts)
+	}
+	ev = ev.Int("count", r.Count).Str("window", r.Window)
 	if len(r.Accounts) > 0 {
 		ev = ev.Strs("accounts", r.Accounts)
 	}

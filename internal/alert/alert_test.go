@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -35,6 +36,13 @@ func TestRecordJSON(t *testing.T) {
 		}, `{"time":"2026-11-25T12:46:59.534813Z","file":"x.ami","seq":93,"rule":"auth_failures","severity":"warning",` +
 			`"ip":"2001:db8::4","sources":[],"accounts":["200","admin"],"count":3,"window":"1m0s",` +
 			`"reason":"address 2001:db8::4: 3 failed authentications in 1m0s"}`},
+		{"contact only", detector.Alert{
+			Time: at, Seq: 434, Rule: detector.RuleCallRate, Severity: detector.Critical,
+			Tech: ami.TechSIP, Extension: "200", Contacts: []netip.Addr{netip.MustParseAddr("198.51.100.20"), netip.MustParseAddr("2001:db8::20")},
+			Count: 5, Window: time.Second, Reason: "calls started",
+		}, `{"time":"2026-11-25T12:46:59.534813Z","file":"x.ami","seq":434,"rule":"call_rate","severity":"critical",` +
+			`"tech":"SIP","extension":"200","sources":[],"contacts":["198.51.100.20","2001:db8::20"],"count":5,"window":"1s",` +
+			`"reason":"extension SIP/200: 5 calls started in 1s"}`},
 		{"new source", detector.Alert{
 			Time: at, Seq: 6, Rule: detector.RuleNewSource, Severity: detector.Warning,
 			Tech: ami.TechPJSIP, Extension: "300", Sources: []netip.Addr{netip.MustParseAddr("203.0.113.9")},
@@ -71,6 +79,36 @@ func TestLogLevels(t *testing.T) {
 		}
 		if m["level"] != want || m["message"] != "fraud alert" || m["extension"] != "300" || m["rule"] != "prefix_guess" {
 			t.Errorf("log line %v: want level %s, message \"fraud alert\", extension and rule", m, want)
+		}
+	}
+}
+
+// The log line carries sources and contacts apart: an address only the
+// client supplied is in contacts, never in sources.
+func TestLogContactsApart(t *testing.T) {
+	var buf bytes.Buffer
+	l := zerolog.New(&buf)
+	a := detector.Alert{Time: at, Rule: detector.RuleCallRate, Severity: detector.Critical, Tech: ami.TechSIP, Extension: "200",
+		Sources: []netip.Addr{netip.MustParseAddr("203.0.113.7")}, Contacts: []netip.Addr{netip.MustParseAddr("198.51.100.20")},
+		Count: 5, Window: time.Second, Reason: "calls started"}
+	Log(&l, &a)
+	a.Sources, a.Contacts = nil, nil
+	Log(&l, &a)
+	dec := json.NewDecoder(&buf)
+	for _, want := range []struct{ sources, contacts []string }{
+		{[]string{"203.0.113.7"}, []string{"198.51.100.20"}},
+		{[]string{}, nil},
+	} {
+		var line struct {
+			Sources  []string `json:"sources"`
+			Contacts []string `json:"contacts"`
+		}
+		if err := dec.Decode(&line); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(line.Sources, want.sources) || !slices.Equal(line.Contacts, want.contacts) ||
+			(line.Sources == nil) != (want.sources == nil) {
+			t.Errorf("sources %q contacts %q, want %q and %q", line.Sources, line.Contacts, want.sources, want.contacts)
 		}
 	}
 }

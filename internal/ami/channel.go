@@ -36,6 +36,17 @@ func ParseTech(s string) (Tech, bool) {
 	return TechUnknown, false
 }
 
+// Extension names an extension (a chan_sip peer, a PJSIP endpoint, an IAX2
+// user) by its technology and name: the key the detector counts by and the
+// actions act on. Comparable, so it serves as a map key.
+type Extension struct {
+	Tech Tech
+	Name string
+}
+
+// String returns the extension as Asterisk writes a peer: "SIP/200".
+func (e Extension) String() string { return e.Tech.String() + "/" + e.Name }
+
 // ChannelName is a channel name taken apart.
 type ChannelName struct {
 	Tech    Tech

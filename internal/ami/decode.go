@@ -28,6 +28,7 @@ const (
 	fSessionID
 	fACLName
 	fRemoteAddress
+	fUsingPassword
 	fPeer
 	fPeerStatus
 	fAddress
@@ -40,6 +41,10 @@ const (
 	nFields
 )
 
+// Decode keeps the fields it has seen in a uint32: this fails to compile
+// when there are more than 32.
+const _ = uint32(1) << (nFields - 1)
+
 // fieldNames are the header names of the fields, in lower case.
 var fieldNames = [nFields]string{
 	fChannel: "channel", fUniqueid: "uniqueid", fLinkedid: "linkedid", fExten: "exten",
@@ -47,10 +52,33 @@ var fieldNames = [nFields]string{
 	fDestination: "destination", fDestUniqueid: "destuniqueid", fDestExten: "destexten",
 	fDialString: "dialstring", fDialStatus: "dialstatus", fCause: "cause", fService: "service",
 	fAccountID: "accountid", fSessionID: "sessionid", fACLName: "aclname",
-	fRemoteAddress: "remoteaddress", fPeer: "peer", fPeerStatus: "peerstatus", fAddress: "address",
+	fRemoteAddress: "remoteaddress", fUsingPassword: "usingpassword", fPeer: "peer", fPeerStatus: "peerstatus", fAddress: "address",
 	fPort: "port", fEndpointName: "endpointname", fContactStatus: "contactstatus", fURI: "uri",
 	fSubEvent: "subevent", fPrivilege: "privilege",
 }
+
+// fieldDisplay are the header names as Asterisk spells them, for
+// Event.ForgedField (constants: naming the field allocates nothing).
+var fieldDisplay = [nFields]string{
+	fChannel: "Channel", fUniqueid: "Uniqueid", fLinkedid: "Linkedid", fExten: "Exten",
+	fContext: "Context", fCallerIDNum: "CallerIDNum", fDestChannel: "DestChannel",
+	fDestination: "Destination", fDestUniqueid: "DestUniqueid", fDestExten: "DestExten",
+	fDialString: "DialString", fDialStatus: "DialStatus", fCause: "Cause", fService: "Service",
+	fAccountID: "AccountID", fSessionID: "SessionID", fACLName: "ACLName",
+	fRemoteAddress: "RemoteAddress", fPeer: "Peer", fPeerStatus: "PeerStatus", fAddress: "Address",
+	fPort: "Port", fEndpointName: "EndpointName", fContactStatus: "ContactStatus", fURI: "URI",
+	fSubEvent: "SubEvent", fPrivilege: "Privilege",
+}
+
+// fieldBit is the bit of each field in the set of fields a message has:
+// DestChannel and the 1.8/11 Destination are two spellings of one field.
+var fieldBit = func() (t [nFields]uint32) {
+	for f := range t {
+		t[f] = 1 << f
+	}
+	t[fDestination] = t[fDestChannel]
+	return t
+}()
 
 // fieldsByLen lists the fields by the length of their name.
 var fieldsByLen = func() (t [14][]field) {
@@ -136,13 +164,23 @@ func eventKind(name []byte) (Kind, SecurityType) {
 //     Destination; any other SubEvent is not needed.
 //   - The security events named by [SecurityType], and any other event whose
 //     Privilege starts with the class security (as SecOther): Service,
-//     AccountID, SessionID, ACLName, and RemoteAddress split into RemoteAddr
-//     and RemotePort.
+//     AccountID, SessionID, ACLName, RemoteAddress split into RemoteAddr
+//     and RemotePort, and UsingPassword (true only for `UsingPassword: 1`).
 //   - PeerStatus: Peer, Status (from PeerStatus), Address (`ip:port`,
 //     `[v6]:port` or a bare address; a Port header fills a missing port).
 //   - ContactStatus: Peer (from EndpointName), Status (from ContactStatus),
 //     the host and port of URI (`sip:300@127.0.0.5:5073;ob`).
 //   - FullyBooted: the kind only.
+//
+// A message that carries one of the headers above more than once has been
+// tampered with: a value Asterisk printed (a caller name, say) held a line
+// break and the rest of it reads as headers. Asterisk itself never repeats
+// them (the keys it does repeat, Output, ChanVariable and DestChanVariable,
+// are not read here), nor sends both DestChannel and Destination, nor a
+// Linkedid before the Uniqueid. Such a message is still decoded, the first
+// value of each header kept, but ev.Forged is set and ev.ForgedField names
+// the first repeated (or misplaced) header: it must not be used to blame
+// anyone.
 //
 // Addresses that do not parse leave a zero netip.Addr and port 0; IPv4-mapped
 // IPv6 addresses are unmapped. The strings of ev are copied out of m with one
@@ -158,10 +196,29 @@ func Decode(m *Message, ev *Event) bool {
 	if kind == KindUnknown && !isSecurityClass(m.GetBytes("Privilege")) {
 		return false
 	}
-	var vals [nFields][]byte
+	var (
+		vals   [nFields][]byte
+		seen   uint32 // bit f: field f was read
+		forged = nFields
+	)
 	for i := range m.hdrs {
-		if f, ok := lookupField(m.Key(i)); ok && vals[f] == nil {
+		f, ok := lookupField(m.Key(i))
+		if !ok {
+			continue
+		}
+		if bit := fieldBit[f]; seen&bit == 0 {
+			seen |= bit
 			vals[f] = m.Value(i)
+			// Asterisk 12+ writes Linkedid right after Uniqueid; 1.8 and
+			// 11 write none. One before the Uniqueid came from a value
+			// printed earlier (the caller name): on 11, where it is not
+			// repeated, it would otherwise make an extension's call look
+			// like a leg of another call.
+			if f == fLinkedid && seen&fieldBit[fUniqueid] == 0 && forged == nFields {
+				forged = f
+			}
+		} else if forged == nFields {
+			forged = f
 		}
 	}
 	switch kind {
@@ -181,6 +238,9 @@ func Decode(m *Message, ev *Event) bool {
 		kind = KindSecurity
 	}
 	ev.Kind = kind
+	if forged < nFields {
+		ev.Forged, ev.ForgedField = true, fieldDisplay[forged]
+	}
 	var addr string // the address text, parsed below without another allocation
 	switch kind {
 	case KindNewchannel, KindHangup:
@@ -203,6 +263,7 @@ func Decode(m *Message, ev *Event) bool {
 		fill(target{vals[fService], &ev.Service}, target{vals[fAccountID], &ev.AccountID},
 			target{vals[fSessionID], &ev.SessionID}, target{vals[fACLName], &ev.ACLName}, target{a, &addr})
 		ev.RemoteAddr, ev.RemotePort = parseAddr(addr, port)
+		ev.UsingPassword = bytes.Equal(bytes.TrimSpace(vals[fUsingPassword]), []byte("1"))
 	case KindPeerStatus:
 		a, port := splitHostPort(bytes.TrimSpace(vals[fAddress]))
 		fill(target{vals[fPeer], &ev.Peer}, target{vals[fPeerStatus], &ev.Status}, target{a, &addr})

@@ -298,7 +298,7 @@ func TestDecode(t *testing.T) {
 		}},
 		{"SuccessfulAuth PJSIP", frameSuccessfulAuthPJSIP, Event{
 			Kind: KindSecurity, Security: SecSuccessfulAuth, Service: "PJSIP", AccountID: "300",
-			SessionID: "1-28445@127.0.0.5", RemoteAddr: ip("127.0.0.5"), RemotePort: 5072,
+			SessionID: "1-28445@127.0.0.5", RemoteAddr: ip("127.0.0.5"), RemotePort: 5072, UsingPassword: true,
 		}},
 		{"SuccessfulAuth AMI", frameSuccessfulAuthAMI, Event{
 			Kind: KindSecurity, Security: SecSuccessfulAuth, Service: "AMI", AccountID: "guard",
@@ -323,6 +323,12 @@ func TestDecode(t *testing.T) {
 			Event{Kind: KindSecurity, Security: SecInvalidPassword, RemoteAddr: ip("127.0.0.4")}},
 		{"other security event", "Event: UnexpectedAddress\nPrivilege: security,all\nService: SIP\nAccountID: 200\nRemoteAddress: IPV4/UDP/10.0.0.1/5060\n",
 			Event{Kind: KindSecurity, Security: SecOther, Service: "SIP", AccountID: "200", RemoteAddr: ip("10.0.0.1"), RemotePort: 5060}},
+		{"SuccessfulAuth without password", "Event: SuccessfulAuth\nPrivilege: security,all\nService: SIP\nAccountID: carrier\nRemoteAddress: IPV4/UDP/127.0.0.9/5090\nUsingPassword: 0\n",
+			Event{Kind: KindSecurity, Security: SecSuccessfulAuth, Service: "SIP", AccountID: "carrier", RemoteAddr: ip("127.0.0.9"), RemotePort: 5090}},
+		{"UsingPassword other than 1", "Event: SuccessfulAuth\nPrivilege: security,all\nService: SIP\nAccountID: 200\nUsingPassword: yes\n",
+			Event{Kind: KindSecurity, Security: SecSuccessfulAuth, Service: "SIP", AccountID: "200"}},
+		{"UsingPassword case and spaces", "event: successfulauth\nprivilege: security,all\nservice: PJSIP\naccountid: 300\nusingpassword:  1 \n",
+			Event{Kind: KindSecurity, Security: SecSuccessfulAuth, Service: "PJSIP", AccountID: "300", UsingPassword: true}},
 		{"PeerStatus IPv6", "Event: PeerStatus\nPrivilege: system,all\nPeer: SIP/200\nPeerStatus: Registered\nAddress: [2001:db8::1]:5070\n",
 			Event{Kind: KindPeerStatus, Peer: "SIP/200", Status: "Registered", Addr: ip("2001:db8::1"), Port: 5070}},
 		{"PeerStatus bare IPv6 and Port header", "Event: PeerStatus\nPrivilege: system,all\nPeer: IAX2/trunk\nPeerStatus: Reachable\nAddress: 2001:db8::1\nPort: 4569\n",
@@ -361,8 +367,8 @@ Dialstring: carrier/011442079460000
 			Event{Kind: KindDialEnd, Channel: "SIP/200-00000001", Uniqueid: "1795610783.2", DialStatus: "ANSWER"}},
 		{"Hangup without Cause", "Event: Hangup\nPrivilege: call,all\nChannel: SIP/200-00000001\nCause: x\n",
 			Event{Kind: KindHangup, Channel: "SIP/200-00000001"}},
-		{"first of repeated headers wins", "Event: Hangup\nChannel: SIP/a-00000001\nChannel: SIP/b-00000001\nCause: 21\nCause: 16\n",
-			Event{Kind: KindHangup, Channel: "SIP/a-00000001", Cause: 21}},
+		{"repeated headers: the first kept, forged", "Event: Hangup\nChannel: SIP/a-00000001\nChannel: SIP/b-00000001\nCause: 21\nCause: 16\n",
+			Event{Kind: KindHangup, Channel: "SIP/a-00000001", Cause: 21, Forged: true, ForgedField: "Channel"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -388,6 +394,10 @@ func TestDecodeNotNeeded(t *testing.T) {
 		"Dial no SubEvent": "Event: Dial\nPrivilege: call,all\nSource: SIP/200-00000001\n",
 		"long name":        "Event: " + strings.Repeat("A", 40) + "\nPrivilege: call,all\n",
 		"long security":    "Event: " + strings.Repeat("A", 40) + "\nPrivilege: reporting,all\n",
+		// A repeated header in an event the guard does not need costs
+		// nothing either.
+		"VarSet repeating Channel": strings.Replace(frameVarSet, "CallerIDName: <unknown>",
+			"CallerIDName: x\nChannel: SIP/999-00000001", 1),
 	} {
 		m := readOne(t, crlf(frame))
 		ev := Event{Kind: KindHangup, Channel: "stale"}
@@ -451,6 +461,7 @@ func TestDecodeTranscripts(t *testing.T) {
 		ev     Event
 		counts = map[Kind]int{}
 		secs   = map[SecurityType]int{}
+		pw     []string
 	)
 	for {
 		_, _, err := tr.Next(&m)
@@ -461,6 +472,9 @@ func TestDecodeTranscripts(t *testing.T) {
 			counts[ev.Kind]++
 			if ev.Kind == KindSecurity {
 				secs[ev.Security]++
+				if ev.UsingPassword {
+					pw = append(pw, ev.Service+"/"+ev.AccountID)
+				}
 				if !ev.RemoteAddr.IsValid() || ev.RemotePort == 0 {
 					t.Errorf("security event without address: %s", m.Raw())
 				}
@@ -479,5 +493,171 @@ func TestDecodeTranscripts(t *testing.T) {
 		SecFailedACL: 4, SecChallengeResponseFailed: 1}
 	if fmt.Sprint(counts) != fmt.Sprint(want) || fmt.Sprint(secs) != fmt.Sprint(wantSec) {
 		t.Errorf("counts %v, want %v\nsecurity %v, want %v", counts, want, secs, wantSec)
+	}
+	// UsingPassword: 1 on the REGISTERs of 201 and 200 and on every
+	// authenticated PJSIP request of 300; 0 on the guard's AMI login.
+	wantPw := "[SIP/201 SIP/200 PJSIP/300 PJSIP/300 PJSIP/300 PJSIP/300 PJSIP/300 PJSIP/300 PJSIP/300]"
+	if fmt.Sprint(pw) != wantPw {
+		t.Errorf("UsingPassword on %v, want %v", pw, wantPw)
+	}
+}
+
+// Frames copied from ../../testdata/transcripts/asterisk11-attack-sip.ami
+// (Asterisk 11.25.3).
+const (
+	frame11Newchannel = `
+Event: Newchannel
+Privilege: call,all
+Channel: SIP/200-000000aa
+ChannelState: 0
+ChannelStateDesc: Down
+CallerIDNum: 200
+CallerIDName: Alice
+AccountCode: 
+Exten: 00442071838750
+Context: from-internal
+Uniqueid: 1796000640.170
+TimeReceived: 2026-11-30T01:04:00.762962Z
+`
+	frame11DialBegin = `
+Event: Dial
+Privilege: call,all
+SubEvent: Begin
+Channel: SIP/200-000000aa
+Destination: SIP/carrier-000000ab
+CallerIDNum: 200
+CallerIDName: Alice
+ConnectedLineNum: <unknown>
+ConnectedLineName: <unknown>
+UniqueID: 1796000640.170
+DestUniqueID: 1796000640.171
+Dialstring: carrier/00442071838750
+TimeReceived: 2026-11-30T01:04:00.767318Z
+`
+	frame11PeerStatus = `
+Event: PeerStatus
+Privilege: system,all
+ChannelType: SIP
+Peer: SIP/200
+PeerStatus: Registered
+Address: 127.0.0.12:5070
+TimeReceived: 2026-11-30T01:03:59.709034Z
+`
+)
+
+func TestDecodeAsterisk11(t *testing.T) {
+	ip := netip.MustParseAddr
+	for name, tc := range map[string]struct {
+		frame string
+		want  Event
+	}{
+		"Newchannel": {frame11Newchannel, Event{Kind: KindNewchannel, Channel: "SIP/200-000000aa",
+			Uniqueid: "1796000640.170", Exten: "00442071838750", Context: "from-internal", CallerIDNum: "200"}},
+		"Dial Begin": {frame11DialBegin, Event{Kind: KindDialBegin, Channel: "SIP/200-000000aa",
+			Uniqueid: "1796000640.170", CallerIDNum: "200", DestChannel: "SIP/carrier-000000ab",
+			DestUniqueid: "1796000640.171", DialString: "carrier/00442071838750"}},
+		"PeerStatus": {frame11PeerStatus, Event{Kind: KindPeerStatus, Peer: "SIP/200", Status: "Registered",
+			Addr: ip("127.0.0.12"), Port: 5070}},
+	} {
+		var ev Event
+		if !Decode(readOne(t, crlf(tc.frame)), &ev) || ev != tc.want {
+			t.Errorf("%s:\n got  %+v\n want %+v", name, ev, tc.want)
+		}
+	}
+}
+
+// TestDecodeForged alters real frames the way an attacker would: a value
+// Asterisk prints before the headers the guard reads (a caller name, a SIP
+// user name) carries a line break and headers of its own.
+func TestDecodeForged(t *testing.T) {
+	inject := func(frame, old, extra string) string {
+		t.Helper()
+		if !strings.Contains(frame, old) {
+			t.Fatalf("frame lacks %q", old)
+		}
+		return strings.Replace(frame, old, old+"\n"+extra, 1)
+	}
+	for _, tc := range []struct {
+		name, frame, field string
+		check              func(*Event) bool
+	}{
+		{"11 Newchannel, Channel in the caller name",
+			inject(frame11Newchannel, "CallerIDName: Alice", "Channel: SIP/999-00000001"), "Channel",
+			func(ev *Event) bool { return ev.Channel == "SIP/200-000000aa" }},
+		{"11 Newchannel, Uniqueid in the caller name",
+			inject(frame11Newchannel, "CallerIDName: Alice", "Uniqueid: 1796000640.1"), "Uniqueid",
+			func(ev *Event) bool { return ev.Uniqueid == "1796000640.1" }},
+		{"11 Newchannel, Linkedid in the caller name (11 has none: not repeated)",
+			inject(frame11Newchannel, "CallerIDName: Alice", "Linkedid: 1796000640.1"), "Linkedid",
+			func(ev *Event) bool { return ev.Linkedid == "1796000640.1" }},
+		{"11 Dial, UniqueID in the caller name",
+			inject(frame11DialBegin, "CallerIDName: Alice", "UniqueID: 1796000640.1"), "Uniqueid",
+			func(ev *Event) bool { return ev.Kind == KindDialBegin }},
+		{"11 Dial, DestChannel beside Destination",
+			inject(frame11DialBegin, "CallerIDName: Alice", "DestChannel: SIP/999-00000001"), "DestChannel",
+			func(ev *Event) bool { return ev.DestChannel == "SIP/carrier-000000ab" }},
+		{"20 Newchannel, Exten and Linkedid in the caller name",
+			inject(frameNewchannel, "CallerIDName: Bob", "Exten: 0099\nLinkedid: 1"), "Linkedid",
+			func(ev *Event) bool { return ev.Exten == "0099" && ev.Linkedid == "1" }},
+		{"20 Hangup, Cause in the caller name",
+			inject(frameHangup, "CallerIDName: Carol", "Cause: 1"), "Cause",
+			func(ev *Event) bool { return ev.Cause == 1 }},
+		{"20 DialBegin, DestUniqueid in the caller name",
+			inject(frameDialBegin, "CallerIDName: Bob", "DestUniqueid: 1"), "DestUniqueid",
+			func(ev *Event) bool { return ev.DestUniqueid == "1" }},
+		{"InvalidPassword, RemoteAddress in the account",
+			inject(frameInvalidPassword, "AccountID: 200", "RemoteAddress: IPV4/UDP/10.0.0.1/5060"), "RemoteAddress",
+			func(ev *Event) bool { return ev.RemoteAddr == netip.MustParseAddr("10.0.0.1") }},
+		{"InvalidPassword, AccountID twice",
+			inject(frameInvalidPassword, "AccountID: 200", "AccountID: 201"), "AccountID",
+			func(ev *Event) bool { return ev.AccountID == "200" }},
+		{"PeerStatus, Address twice",
+			inject(frame11PeerStatus, "PeerStatus: Registered", "Address: 10.0.0.1:5060"), "Address",
+			func(ev *Event) bool { return ev.Addr == netip.MustParseAddr("10.0.0.1") }},
+		{"SuccessfulAuth, SessionID twice",
+			inject(frameSuccessfulAuthPJSIP, "AccountID: 300", "SessionID: x"), "SessionID",
+			func(ev *Event) bool { return ev.SessionID == "x" }},
+		{"ContactStatus, EndpointName and URI twice",
+			"Event: ContactStatus\nPrivilege: system,all\nURI: sip:300@127.0.0.5:5073\nContactStatus: Reachable\nEndpointName: 300\nURI: sip:300@10.0.0.1\nEndpointName: 301\n", "URI",
+			func(ev *Event) bool { return ev.Peer == "300" && ev.Addr == netip.MustParseAddr("127.0.0.5") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := readOne(t, crlf(tc.frame))
+			var ev Event
+			if !Decode(m, &ev) {
+				t.Fatal("Decode returned false")
+			}
+			if !ev.Forged || ev.ForgedField != tc.field {
+				t.Errorf("Forged %v ForgedField %q, want true %q", ev.Forged, ev.ForgedField, tc.field)
+			}
+			if !tc.check(&ev) {
+				t.Errorf("fields: %+v", ev)
+			}
+			// Marking it costs nothing: still the one shared string.
+			if n := testing.AllocsPerRun(100, func() { Decode(m, &ev) }); n != 1 {
+				t.Errorf("Decode allocates %v times", n)
+			}
+		})
+	}
+}
+
+// TestDecodeLegitimateRepeats: the keys Asterisk itself repeats are not
+// forgeries.
+func TestDecodeLegitimateRepeats(t *testing.T) {
+	for name, frame := range map[string]string{
+		// manager.conf channelvars: one ChanVariable per variable, at the
+		// end of every channel snapshot (DestChanVariable for the
+		// outbound leg).
+		"Newchannel with ChanVariable": strings.Replace(frameNewchannel, "TimeReceived:",
+			"ChanVariable: CDR(accountcode)=\nChanVariable: SIPCALLID=1-3976@127.0.0.12\nTimeReceived:", 1),
+		"DialBegin with DestChanVariable": strings.Replace(frameDialBegin, "DialString:",
+			"ChanVariable: A=1\nChanVariable: B=2\nDestChanVariable: A=3\nDestChanVariable: B=4\nDialString:", 1),
+		// The Asterisk 20 spelling of the 1.8/11 Dial's headers, once each.
+		"11 Dial Begin": frame11DialBegin,
+	} {
+		var ev Event
+		if !Decode(readOne(t, crlf(frame)), &ev) || ev.Forged || ev.ForgedField != "" {
+			t.Errorf("%s: %+v", name, ev)
+		}
 	}
 }

@@ -12,6 +12,9 @@
 //     not need it (cheaply, without allocating).
 //   - [ParseChannel] and [ValidName] take apart channel names and check names
 //     before they go into AMI actions.
+//   - [AppendAction] writes an [Action] for the wire, refusing what could
+//     break the framing; [Message.Response] copies a reply out of the reader.
 //
-// Nothing here touches the network: the caller owns the connection.
+// Nothing here touches the network: the caller owns the connection. The
+// guard's client, which does, is the subpackage client.
 package ami

@@ -95,12 +95,23 @@ type Event struct {
 	ACLName    string
 	RemoteAddr netip.Addr // from RemoteAddress (IPV4|IPV6/<transport>/<addr>/<port>)
 	RemotePort uint16
+	// UsingPassword: SuccessfulAuth's `UsingPassword: 1`, the request was
+	// authenticated with the secret. 0 (a peer matched by its address, an
+	// AMI login by challenge) proves nothing about who sent it.
+	UsingPassword bool
 
 	// Address hints (PeerStatus, ContactStatus).
 	Peer   string     // PeerStatus Peer (e.g. SIP/200) or ContactStatus EndpointName
 	Status string     // PeerStatus PeerStatus / ContactStatus ContactStatus
 	Addr   netip.Addr // the address in PeerStatus Address or the ContactStatus URI host
 	Port   uint16
+
+	// Forged is set when the message repeats a header Decode reads: text
+	// an attacker controls carried a line break and forged headers. Its
+	// fields must not be used to attribute anything. ForgedField names
+	// the first repeated header, as Asterisk spells it (e.g. "Channel").
+	Forged      bool
+	ForgedField string
 }
 
 // Reset clears e for reuse.

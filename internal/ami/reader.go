@@ -64,6 +64,17 @@ type ReaderOptions struct {
 	// BufferSize is the size of the read buffer. 0 means
 	// DefaultBufferSize; it is raised to MaxMessageBytes if smaller.
 	BufferSize int
+	// Skip, when set, is asked about every message whose first line is an
+	// `Event: <name>` header (the same key and value rules as any header),
+	// with the name. When it returns true the message is skipped as fast as
+	// possible: the reader only looks for the empty line that ends it, does
+	// not check its other lines, does not copy it and does not cap its
+	// length; it counts it in ReaderStats.Skipped and Next goes on to the
+	// next message. The message still takes a position (Seq). Responses and
+	// messages whose first header is not Event are never skipped, nor is a
+	// message whose first line is longer than MaxMessageBytes. name aliases
+	// the read buffer: it is valid only during the call.
+	Skip func(eventName []byte) bool
 }
 
 // ReaderStats counts what a [Reader] has read since it was made or Reset.
@@ -71,6 +82,7 @@ type ReaderStats struct {
 	Messages  int64 // messages returned without error
 	Malformed int64 // messages skipped with ErrMalformed
 	Oversized int64 // messages skipped with ErrOversized
+	Skipped   int64 // messages passed over unread because ReaderOptions.Skip said so
 	Bytes     int64 // bytes consumed, banner included
 }
 
@@ -95,6 +107,7 @@ type ReaderStats struct {
 type Reader struct {
 	br    *bufio.Reader
 	max   int
+	skip  func(eventName []byte) bool
 	seq   int
 	stats ReaderStats
 	err   error // sticky: the error every later call returns
@@ -112,10 +125,11 @@ func NewReader(r io.Reader, opts ReaderOptions) *Reader {
 		size = DefaultBufferSize
 	}
 	size = min(max(size, limit), maxMessageBytes)
-	return &Reader{br: bufio.NewReaderSize(r, size), max: limit}
+	return &Reader{br: bufio.NewReaderSize(r, size), max: limit, skip: opts.Skip}
 }
 
-// Reset makes the Reader read from src as if new, keeping its buffer.
+// Reset makes the Reader read from src as if new, keeping its buffer and
+// options.
 func (r *Reader) Reset(src io.Reader) {
 	r.br.Reset(src)
 	r.seq = 0
@@ -199,6 +213,19 @@ const endCommand = "--END COMMAND--"
 // error. After any error other than a *MessageError, every later call
 // returns the same error. On error the contents of m are undefined.
 func (r *Reader) Next(m *Message) error {
+	for {
+		if err := r.next(m); err != errSkipped {
+			return err
+		}
+	}
+}
+
+// errSkipped tells Next that next passed over a message Skip chose.
+var errSkipped = errors.New("ami: message skipped")
+
+// next reads one message into m, or returns errSkipped after passing over
+// one that ReaderOptions.Skip chose.
+func (r *Reader) next(m *Message) error {
 	if r.err != nil {
 		return r.err
 	}
@@ -260,6 +287,11 @@ func (r *Reader) Next(m *Message) error {
 			continue
 		}
 		content := trimEOL(line)
+		if lineNo == 1 && r.skip != nil && len(line) <= r.max {
+			if name, ok := eventName(content); ok && r.skip(name) {
+				return r.skipRest(start)
+			}
+		}
 		if bad == nil && len(m.buf)+len(line) > r.max {
 			reject(ErrOversized, "message longer than "+strconv.Itoa(r.max)+" bytes")
 		}
@@ -308,6 +340,94 @@ func (r *Reader) Next(m *Message) error {
 			follows = true
 		}
 	}
+}
+
+// eventName returns the value of a first line that is an Event header, cut
+// as appendHeader cuts values.
+func eventName(content []byte) ([]byte, bool) {
+	colon := bytes.IndexByte(content, ':')
+	if colon < 0 {
+		return nil, false
+	}
+	k0, k1 := trimBlanks(content, 0, colon)
+	if !equalFold(content[k0:k1], "Event") {
+		return nil, false
+	}
+	v := content[colon+1:]
+	if len(v) > 0 && v[0] == ' ' {
+		v = v[1:]
+	}
+	return v, true
+}
+
+// skipRest passes over the rest of a message Skip chose, whose first line
+// has been read: everything up to and including the next empty line, looked
+// for line by line in the buffered bytes without copying them. It returns
+// errSkipped, or the error that ended the stream (then sticky).
+func (r *Reader) skipRest(start int64) error {
+	st := atLineStart
+	for {
+		buf, err := r.br.Peek(max(r.br.Buffered(), 1))
+		if len(buf) == 0 {
+			if err == io.EOF {
+				err = fmt.Errorf("ami: stream ended inside message %d at byte %d: %w", r.seq, start, io.ErrUnexpectedEOF)
+			}
+			r.err = err
+			return err
+		}
+		end, next := blankLine(buf, st)
+		if end >= 0 {
+			r.consume(end)
+			r.stats.Skipped++
+			return errSkipped
+		}
+		r.consume(len(buf))
+		st = next
+	}
+}
+
+// consume drops n buffered bytes.
+func (r *Reader) consume(n int) {
+	r.br.Discard(n)
+	r.stats.Bytes += int64(n)
+}
+
+// Where a scan for the empty line stands.
+const (
+	atLineStart = iota // just after a line's LF
+	afterCR            // just after a line's LF and a CR
+	inLine             // inside a line
+)
+
+// blankLine looks in b, whose first byte comes in state st, for the first
+// empty line ("\n" or "\r\n" after a line's LF). It returns the index just
+// past that line's LF, or -1 and the state after the last byte of b.
+func blankLine(b []byte, st int) (int, int) {
+	p := 0
+	for p < len(b) {
+		switch st {
+		case atLineStart:
+			switch b[p] {
+			case '\n':
+				return p + 1, st
+			case '\r':
+				st = afterCR
+				p++
+				continue
+			}
+		case afterCR:
+			if b[p] == '\n' {
+				return p + 1, st
+			}
+		}
+		i := bytes.IndexByte(b[p:], '\n')
+		if i < 0 {
+			return -1, inLine
+		}
+		p += i + 1
+		st = atLineStart
+	}
+	return -1, st
 }
 
 // fail counts a skipped message and returns its error.

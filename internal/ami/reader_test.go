@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -451,15 +452,19 @@ func TestReaderSplitAtEveryByte(t *testing.T) {
 	fixture := readFixture(t, "attack-mixed.ami")
 	i := bytes.Index(fixture, []byte("Event: DialBegin"))
 	realFrames := fixture[i : i+bytes.Index(fixture[i:], []byte("\r\n\r\n"))+4]
+	i = bytes.Index(fixture, []byte("Event: VarSet"))
+	realFrames = append(realFrames, fixture[i:i+bytes.Index(fixture[i:], []byte("\r\n\r\n"))+4]...)
 	for _, tc := range []struct {
 		name string
 		data []byte
-		max  int
+		opts ReaderOptions
 	}{
-		{"literal", []byte(splitCorpus), 96},
-		{"DialBegin", realFrames, 0},
+		{"literal", []byte(splitCorpus), ReaderOptions{MaxMessageBytes: 96}},
+		{"literal, skipping", []byte(splitCorpus), ReaderOptions{MaxMessageBytes: 96, Skip: skipNames("FullyBooted", "A", "Bad", "Big")}},
+		{"real", realFrames, ReaderOptions{}},
+		{"real, skipping", realFrames, ReaderOptions{Skip: skipNames("VarSet")}},
 	} {
-		want := readAll(t, NewReader(bytes.NewReader(tc.data), ReaderOptions{MaxMessageBytes: tc.max}))
+		want := readAll(t, NewReader(bytes.NewReader(tc.data), tc.opts))
 		if len(want) < 2 {
 			t.Fatalf("%s: too few results: %v", tc.name, want)
 		}
@@ -469,13 +474,13 @@ func TestReaderSplitAtEveryByte(t *testing.T) {
 			"DataErrReader": func() io.Reader { return iotest.DataErrReader(bytes.NewReader(tc.data)) },
 		}
 		for cut := 0; cut <= len(tc.data); cut++ {
-			got := readAll(t, NewReader(&splitReader{data: tc.data, cut: cut}, ReaderOptions{MaxMessageBytes: tc.max}))
+			got := readAll(t, NewReader(&splitReader{data: tc.data, cut: cut}, tc.opts))
 			if !equalResults(got, want) {
 				t.Fatalf("%s: split at %d: got %v, want %v", tc.name, cut, got, want)
 			}
 		}
 		for name, mk := range readers {
-			got := readAll(t, NewReader(mk(), ReaderOptions{MaxMessageBytes: tc.max}))
+			got := readAll(t, NewReader(mk(), tc.opts))
 			if !equalResults(got, want) {
 				t.Errorf("%s: %s: got %v, want %v", tc.name, name, got, want)
 			}
@@ -493,4 +498,136 @@ func equalResults(a, b []result) bool {
 		}
 	}
 	return true
+}
+
+// readSeqs reads every message of r like readAll, each result prefixed
+// with the reader's position after it: "3:Event=B", "4:!malformed".
+func readSeqs(t testing.TB, r *Reader) []string {
+	var out []string
+	var m Message
+	for i := 0; ; i++ {
+		if i > 1<<20 {
+			t.Fatal("reader does not stop")
+		}
+		err := r.Next(&m)
+		d := describe(&m)
+		if err != nil {
+			d = errClass(err)
+		}
+		out = append(out, strconv.Itoa(r.Seq())+":"+d)
+		var me *MessageError
+		if err != nil && !errors.As(err, &me) {
+			return out
+		}
+	}
+}
+
+func skipNames(names ...string) func([]byte) bool {
+	return func(name []byte) bool {
+		for _, n := range names {
+			if string(name) == n {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+func TestReaderSkip(t *testing.T) {
+	big := strings.Repeat("K: 0123456789\r\n", 20)
+	tests := []struct {
+		name  string
+		in    string
+		skip  func([]byte) bool
+		max   int
+		want  []string
+		stats ReaderStats // Bytes is checked against len(in)
+	}{
+		{
+			name:  "skipped events keep their positions",
+			in:    "Response: Success\r\n\r\nEvent: VarSet\r\nVariable: x\r\n\r\nEvent: Hangup\r\nCause: 16\r\n\r\nEvent: VarSet\r\n\r\nEvent: Newexten\r\n\r\n",
+			skip:  skipNames("VarSet", "Newexten"),
+			want:  []string{"1:Response=Success", "3:Event=Hangup|Cause=16", "5:!EOF"},
+			stats: ReaderStats{Messages: 2, Skipped: 3},
+		},
+		{
+			name:  "responses and other first headers are never skipped",
+			in:    "Response: VarSet\r\n\r\nPrivilege: x\r\nEvent: VarSet\r\n\r\nEventX: VarSet\r\n\r\n",
+			skip:  func([]byte) bool { return true },
+			want:  []string{"1:Response=VarSet", "2:Privilege=x|Event=VarSet", "3:EventX=VarSet", "3:!EOF"},
+			stats: ReaderStats{Messages: 3},
+		},
+		{
+			name:  "the name is cut as a header value: key trimmed, one space removed",
+			in:    " event\t: VarSet\r\n\r\nEvent:VarSet\r\n\r\nEvent:  VarSet\r\n\r\nEvent: VarSet \r\n\r\nEvent: B\r\n\r\n",
+			skip:  skipNames("VarSet"),
+			want:  []string{"3:Event= VarSet", "4:Event=VarSet ", "5:Event=B", "5:!EOF"},
+			stats: ReaderStats{Messages: 3, Skipped: 2},
+		},
+		{
+			name:  "a skipped message is not checked",
+			in:    "Event: VarSet\r\ngarbage\r\n : empty key\r\n" + big + "\r\nEvent: B\r\n\r\n",
+			skip:  skipNames("VarSet"),
+			max:   100,
+			want:  []string{"2:Event=B", "2:!EOF"},
+			stats: ReaderStats{Messages: 1, Skipped: 1},
+		},
+		{
+			name:  "a line longer than the buffer in a skipped message",
+			in:    "Event: VarSet\r\nK: " + strings.Repeat("y", 5000) + "\r\n\r\nEvent: B\r\n\r\n",
+			skip:  skipNames("VarSet"),
+			max:   100,
+			want:  []string{"2:Event=B", "2:!EOF"},
+			stats: ReaderStats{Messages: 1, Skipped: 1},
+		},
+		{
+			name:  "a first line longer than the cap is not skipped",
+			in:    "Event: VarSet" + strings.Repeat(" ", 100) + "\r\n\r\nEvent: B\r\n\r\n",
+			skip:  func([]byte) bool { return true },
+			max:   100,
+			want:  []string{"1:!oversized", "2:!EOF"},
+			stats: ReaderStats{Oversized: 1, Skipped: 1},
+		},
+		{
+			name:  "LF, CRLF and mixed endings",
+			in:    "Event: S\nK: v\n\nEvent: S\r\nK: v\n\r\nEvent: S\nK: v\r\n\nEvent: B\r\n\r\n",
+			skip:  skipNames("S"),
+			want:  []string{"4:Event=B", "4:!EOF"},
+			stats: ReaderStats{Messages: 1, Skipped: 3},
+		},
+		{
+			name:  "a line of a lone CR does not end the message",
+			in:    "Event: S\r\n\r\r\nK: v\r\n\r\nEvent: B\r\n\r\n",
+			skip:  skipNames("S"),
+			want:  []string{"2:Event=B", "2:!EOF"},
+			stats: ReaderStats{Messages: 1, Skipped: 1},
+		},
+		{
+			name:  "EOF inside a skipped message",
+			in:    "Event: B\r\n\r\nEvent: S\r\nK: v\r\n",
+			skip:  skipNames("S"),
+			want:  []string{"1:Event=B", "2:!unexpectedEOF"},
+			stats: ReaderStats{Messages: 1},
+		},
+		{
+			name:  "EOF after the first line of a skipped message",
+			in:    "Event: S\r\n",
+			skip:  skipNames("S"),
+			want:  []string{"1:!unexpectedEOF"},
+			stats: ReaderStats{},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := NewReader(strings.NewReader(tt.in), ReaderOptions{MaxMessageBytes: tt.max, BufferSize: tt.max, Skip: tt.skip})
+			got := readSeqs(t, r)
+			if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+				t.Errorf("got\n%q\nwant\n%q", got, tt.want)
+			}
+			tt.stats.Bytes = int64(len(tt.in))
+			if st := r.Stats(); st != tt.stats {
+				t.Errorf("stats %+v, want %+v", st, tt.stats)
+			}
+		})
+	}
 }

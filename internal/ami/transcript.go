@@ -2,6 +2,7 @@ package ami
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"time"
 )
@@ -17,18 +18,34 @@ type Transcript struct {
 	banner     string
 	bannerRead bool
 	prev       time.Time
+	// prevSkipped is the reader's Skipped count when prev was set.
+	prevSkipped int64
+	err         error // sticky ErrSkippedTime
 }
+
+// ErrSkippedTime is returned by [Transcript.Next], when Skip is set, for a
+// message that has no time of its own after messages were skipped since the
+// last message that had one: one of them may have carried the time the
+// message would take. The Transcript cannot go on; read the stream again
+// without Skip.
+var ErrSkippedTime = errors.New("ami: a message without a time of its own follows skipped messages")
 
 // NewTranscript returns a Transcript reading r with the default
 // [ReaderOptions].
 func NewTranscript(r io.Reader) *Transcript {
-	return &Transcript{r: NewReader(r, ReaderOptions{})}
+	return NewTranscriptOptions(r, ReaderOptions{})
 }
 
-// Reset makes t read from r as if new, keeping its buffers.
+// NewTranscriptOptions returns a Transcript reading r with opts; with Skip
+// set, see [ErrSkippedTime].
+func NewTranscriptOptions(r io.Reader, opts ReaderOptions) *Transcript {
+	return &Transcript{r: NewReader(r, opts)}
+}
+
+// Reset makes t read from r as if new, keeping its buffers and options.
 func (t *Transcript) Reset(r io.Reader) {
 	t.r.Reset(r)
-	t.banner, t.bannerRead, t.prev = "", false, time.Time{}
+	t.banner, t.bannerRead, t.prev, t.prevSkipped, t.err = "", false, time.Time{}, 0, nil
 }
 
 // Banner returns the banner line, reading it first if Next has not.
@@ -58,9 +75,17 @@ func (t *Transcript) Stats() ReaderStats { return t.r.Stats() }
 //
 // A rejected message (*MessageError, wrapping ErrMalformed or ErrOversized)
 // is returned with its seq and the previous time and is not fatal. Other
-// errors (io.EOF at the end, a bad banner, io.ErrUnexpectedEOF) are fatal
-// and come with seq 0 and a zero time.
+// errors (io.EOF at the end, a bad banner, io.ErrUnexpectedEOF,
+// ErrSkippedTime) are fatal and come with seq 0 and a zero time.
+//
+// Messages skipped by ReaderOptions.Skip count in seq, but their times are
+// not read: a message that would take its time from a skipped one gets
+// ErrSkippedTime instead, and a rejected message comes with the time of the
+// last message read.
 func (t *Transcript) Next(m *Message) (seq int, tm time.Time, err error) {
+	if t.err != nil {
+		return 0, time.Time{}, t.err
+	}
 	if !t.bannerRead {
 		if _, err := t.Banner(); err != nil {
 			return 0, time.Time{}, err
@@ -73,7 +98,10 @@ func (t *Transcript) Next(m *Message) (seq int, tm time.Time, err error) {
 		return 0, time.Time{}, err
 	}
 	if tm, ok := messageTime(m); ok {
-		t.prev = tm
+		t.prev, t.prevSkipped = tm, t.r.stats.Skipped
+	} else if t.r.stats.Skipped != t.prevSkipped {
+		t.err = fmt.Errorf("message %d: %w", t.r.Seq(), ErrSkippedTime)
+		return 0, time.Time{}, t.err
 	}
 	return t.r.Seq(), t.prev, nil
 }
@@ -202,3 +230,16 @@ func atoi(b []byte) (int, bool) {
 	}
 	return n, true
 }
+
+// RecordingStart is the Event of the message `guard run --record` writes
+// each time it starts recording into a file, new or appended to:
+//
+//	Event: AstguardRecordingStart
+//	Banner: Asterisk Call Manager/9.0.0
+//	TimeReceived: 2026-11-25T12:46:54.751740Z
+//
+// Banner is the banner of the AMI session whose messages follow, and
+// TimeReceived the time of its first message. What follows the marker is a
+// new AMI session of a restarted guard: a replay forgets the calls it had
+// seen live, as a reconnect does, and counts positions afresh.
+const RecordingStart = "AstguardRecordingStart"

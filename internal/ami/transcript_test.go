@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -197,5 +198,81 @@ func TestParseTimestamp(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { parseTimestamp([]byte("2026-11-25T12:46:54.751740Z")) }); n != 0 {
 		t.Errorf("parseTimestamp allocates %v times", n)
+	}
+}
+
+// With Skip, the messages not skipped come with the positions and times they
+// have without it.
+func TestTranscriptSkipSameTimes(t *testing.T) {
+	data := readFixture(t, "attack-mixed.ami")
+	type got struct {
+		seq int
+		tm  time.Time
+	}
+	read := func(opts ReaderOptions) map[int]got {
+		tr := NewTranscriptOptions(bytes.NewReader(data), opts)
+		out := map[int]got{}
+		var m Message
+		for {
+			seq, tm, err := tr.Next(&m)
+			if err == io.EOF {
+				return out
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[seq] = got{seq, tm}
+		}
+	}
+	all := read(ReaderOptions{})
+	some := read(ReaderOptions{Skip: skipNames("VarSet", "Newexten", "Newstate")})
+	if len(all) != 4093 || len(some) >= len(all)-2000 || len(some) == 0 {
+		t.Fatalf("%d messages read in full, %d with skipping", len(all), len(some))
+	}
+	for seq, g := range some {
+		if all[seq] != g {
+			t.Errorf("message %d: %v with skipping, %v without", seq, g, all[seq])
+		}
+	}
+}
+
+// A message without a time of its own after skipped messages cannot know its
+// time: Next says so instead of guessing.
+func TestTranscriptSkipLosesTime(t *testing.T) {
+	const in = "Asterisk Call Manager/2.10.5\r\n" +
+		"Event: Newchannel\r\nUniqueid: 1795610000.1\r\n\r\n" +
+		"Event: VarSet\r\nUniqueid: 1795610783.0\r\n\r\n" +
+		"Event: Newchannel\r\nUniqueid: 1795610790.2\r\n\r\n" +
+		"Event: VarSet\r\nUniqueid: 1795610800.0\r\n\r\n" +
+		"Event: PeerStatus\r\nPeer: SIP/200\r\n\r\n" +
+		"Event: Hangup\r\nUniqueid: 1795610810.2\r\n\r\n"
+	var m Message
+	full := NewTranscript(strings.NewReader(in))
+	var fullTimes []int64
+	for {
+		_, tm, err := full.Next(&m)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		fullTimes = append(fullTimes, tm.Unix())
+	}
+	// Without skipping, the PeerStatus takes the time of the VarSet before it.
+	if want := []int64{1795610000, 1795610783, 1795610790, 1795610800, 1795610800, 1795610810}; !slices.Equal(fullTimes, want) {
+		t.Fatalf("times %v, want %v", fullTimes, want)
+	}
+	tr := NewTranscriptOptions(strings.NewReader(in), ReaderOptions{Skip: skipNames("VarSet")})
+	for _, want := range []struct{ seq, unix int64 }{{1, 1795610000}, {3, 1795610790}} {
+		seq, tm, err := tr.Next(&m)
+		if err != nil || int64(seq) != want.seq || tm.Unix() != want.unix {
+			t.Fatalf("Next = %d, %v, %v; want %d at %d", seq, tm.Unix(), err, want.seq, want.unix)
+		}
+	}
+	for range 2 { // and it sticks
+		if seq, tm, err := tr.Next(&m); !errors.Is(err, ErrSkippedTime) || seq != 0 || !tm.IsZero() {
+			t.Fatalf("Next at the PeerStatus = %d, %v, %v; want ErrSkippedTime", seq, tm, err)
+		}
 	}
 }

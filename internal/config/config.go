@@ -11,8 +11,11 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -47,20 +50,83 @@ const (
 
 // AMI is the [ami] table: how to reach the Asterisk Manager Interface.
 type AMI struct {
+	// Address is host:port, or tls://host:port for AMI over TLS (Asterisk's
+	// tlsenable in manager.conf). IPv6 literals are bracketed: [::1]:5038.
 	Address  string `toml:"address"`
 	Username string `toml:"username"`
 	// Secret is the manager.conf secret. Load replaces it with the value of
 	// SecretEnv or the first line of SecretFile when those are set.
 	Secret     Secret `toml:"secret"`
 	SecretFile string `toml:"secret_file"`
-	// ReconnectInterval is the pause between reconnect attempts; a failed
-	// login waits as long.
+	// Auth is how the guard logs in: AuthMD5 (a Challenge, then a hash of
+	// the challenge and the secret: the secret never crosses the network)
+	// or AuthPlain (the secret in clear, as Login's Secret header).
+	Auth string `toml:"auth"`
+	// TLSCA is a PEM file of the certificate authorities the server's
+	// certificate must chain to, for a tls:// address ("": the system's).
+	// Load resolves a relative path against the configuration's directory.
+	TLSCA string `toml:"tls_ca"`
+	// TLSServerName is the name the server's certificate must carry (""
+	// the host of the address).
+	TLSServerName string `toml:"tls_server_name"`
+	// ReconnectInterval is the first pause before a reconnect attempt; each
+	// failed attempt doubles it, with jitter, up to ReconnectMax.
 	ReconnectInterval Duration `toml:"reconnect_interval"`
+	ReconnectMax      Duration `toml:"reconnect_max"`
 	// ActionTimeout is how long an action may wait for its reply.
 	ActionTimeout Duration `toml:"action_timeout"`
+	// Keepalive is how long a session may go without receiving anything
+	// before the guard sends a Ping; nothing at all within ActionTimeout
+	// after it and the connection is dead.
+	Keepalive Duration `toml:"keepalive"`
 	// QueueSize is how many events are buffered between the AMI reader and
 	// the detector.
 	QueueSize int `toml:"queue_size"`
+}
+
+// The values of AMI.Auth.
+const (
+	AuthMD5   = "md5"
+	AuthPlain = "plain"
+)
+
+// Endpoint returns ami.address without its tls:// prefix, and whether the
+// prefix was there.
+func (a *AMI) Endpoint() (hostport string, useTLS bool) {
+	if rest, ok := strings.CutPrefix(a.Address, tlsScheme); ok {
+		return rest, true
+	}
+	return a.Address, false
+}
+
+const tlsScheme = "tls://"
+
+// TLSConfig returns the TLS settings of a tls:// address: the CAs of
+// ami.tls_ca (the system's when empty) and ami.tls_server_name (the host of
+// the address when empty). It returns nil for a plain address.
+func (a *AMI) TLSConfig() (*tls.Config, error) {
+	hostport, useTLS := a.Endpoint()
+	if !useTLS {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: a.TLSServerName}
+	if cfg.ServerName == "" {
+		if host, _, err := net.SplitHostPort(hostport); err == nil {
+			cfg.ServerName = host
+		}
+	}
+	if a.TLSCA != "" {
+		pem, err := os.ReadFile(a.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("ami.tls_ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ami.tls_ca: %s holds no PEM certificate", a.TLSCA)
+		}
+		cfg.RootCAs = pool
+	}
+	return cfg, nil
 }
 
 // Log is the [log] table.
@@ -151,14 +217,30 @@ type Allow struct {
 	Extensions   []string `toml:"extensions"`
 	Networks     []string `toml:"networks"`
 	Destinations []string `toml:"destinations"`
+	// WidestIPv4 and WidestIPv6 are the shortest prefix lengths an entry
+	// of allow.networks or response.never_block may have unless
+	// ConfirmWide lists it: a wider network is refused, so that a typo
+	// such as "10.1.2.3/1" cannot turn the guard off for half the
+	// Internet.
+	WidestIPv4 int `toml:"widest_ipv4"`
+	WidestIPv6 int `toml:"widest_ipv6"`
+	// ConfirmWide lists the networks wider than those limits that
+	// allow.networks or response.never_block may hold, each the same
+	// network as its entry there.
+	ConfirmWide []string `toml:"confirm_wide"`
 }
 
 // Response is the [response] table: how the guard acts on alerts.
 type Response struct {
 	BanDuration Duration `toml:"ban_duration"` // how long block_ip drops an address
-	Firewall    string   `toml:"firewall"`     // FirewallIPTables or FirewallDryRun
-	Chain       string   `toml:"chain"`        // the guard's own iptables chain
-	IPv6        bool     `toml:"ipv6"`         // also manage ip6tables
+	// IncidentQuiet closes an incident when no alert of its extension or
+	// address has come for this long. Each action runs at most once per
+	// incident, and a stopped extension's new calls are hung up while its
+	// incident is open.
+	IncidentQuiet Duration `toml:"incident_quiet"`
+	Firewall      string   `toml:"firewall"` // FirewallIPTables or FirewallDryRun
+	Chain         string   `toml:"chain"`    // the guard's own iptables chain
+	IPv6          bool     `toml:"ipv6"`     // also manage ip6tables
 	// StateFile, SecretsFile and AdminSocket are absolute paths.
 	StateFile   string `toml:"state_file"`   // the bans, kept across restarts
 	SecretsFile string `toml:"secrets_file"` // new SIP secrets, one JSON line each
@@ -247,8 +329,11 @@ func Default() *Config {
 		AMI: AMI{
 			Address:           "127.0.0.1:5038",
 			Username:          "guard",
+			Auth:              AuthMD5,
 			ReconnectInterval: Duration(2 * time.Second),
+			ReconnectMax:      Duration(30 * time.Second),
 			ActionTimeout:     Duration(3 * time.Second),
+			Keepalive:         Duration(5 * time.Second),
 			QueueSize:         65536,
 		},
 		Log:     Log{Level: "info"},
@@ -279,9 +364,11 @@ func Default() *Config {
 		},
 		// Empty, not nil: decoding `key = []` yields an empty slice, and the
 		// example file must decode to exactly Default().
-		Allow: Allow{Extensions: []string{}, Networks: []string{}, Destinations: []string{}},
+		Allow: Allow{Extensions: []string{}, Networks: []string{}, Destinations: []string{},
+			WidestIPv4: 8, WidestIPv6: 32, ConfirmWide: []string{}},
 		Response: Response{
 			BanDuration:            Duration(24 * time.Hour),
+			IncidentQuiet:          Duration(15 * time.Minute),
 			Firewall:               FirewallIPTables,
 			Chain:                  "ASTGUARD",
 			IPv6:                   true,
@@ -310,79 +397,112 @@ func Default() *Config {
 // secret (SecretEnv, then ami.secret_file, then ami.secret; a relative
 // secret_file is taken relative to the directory of path) and validates the
 // result. An empty secret is not an error here; see RequireSecret.
-// On error the Config is nil and the error lists every problem, one per line.
+// On error the Config is nil and the error lists every problem, one per
+// line in the order of the file's lines, each a *Problem (see Problems)
+// that starts with "PATH:LINE: " (or "PATH: " when the key is not in the
+// file); a syntax error comes alone.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	c, err := decode(data)
-	if err != nil {
-		return nil, err
-	}
-	var errs []error
-	if err := c.resolveSecret(filepath.Dir(path)); err != nil {
-		errs = append(errs, err)
-	}
-	if err := c.Validate(); err != nil {
-		errs = append(errs, err)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return parse(path, data, true)
 }
 
 // Parse decodes data over Default() and validates the result. It does no
 // I/O: it neither reads ami.secret_file nor looks at SecretEnv (Load does).
-// On error the Config is nil and the error lists every problem, one per line.
+// On error the Config is nil and the error lists every problem, one per
+// line: those of decoding in file order, then Validate's in the order of the
+// example file; unlike Load's, their text has no file or line (each
+// *Problem still has its Line).
 func Parse(data []byte) (*Config, error) {
-	c, err := decode(data)
+	return parse("", data, false)
+}
+
+// parse is Load (file is its path, resolve true) and Parse. Every problem
+// is reported: those of decoding, then the secret's, then Validate's.
+func parse(file string, data []byte, resolve bool) (*Config, error) {
+	c, errs, err := decode(data)
 	if err != nil {
+		var se *syntaxError
+		if errors.As(err, &se) {
+			se.file = file
+		}
 		return nil, err
 	}
+	if resolve {
+		if err := c.resolveSecret(filepath.Dir(file)); err != nil {
+			errs = append(errs, err)
+		}
+		if c.AMI.TLSCA != "" && !filepath.IsAbs(c.AMI.TLSCA) {
+			c.AMI.TLSCA = filepath.Join(filepath.Dir(file), c.AMI.TLSCA)
+		}
+	}
 	if err := c.Validate(); err != nil {
+		errs = append(errs, err.(interface{ Unwrap() []error }).Unwrap()...)
+	} else if resolve {
+		if _, err := c.AMI.TLSConfig(); err != nil {
+			errs = append(errs, err) // the CA file cannot be used
+		}
+	}
+	if err := locate(file, data, errs); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// decode is Parse without Validate. A syntax error comes back alone, with
-// its position; otherwise every unknown key and every value of the wrong
-// type is reported, in file order, before anything is validated.
-func decode(data []byte) (*Config, error) {
+// decode decodes data over Default(). A syntax error comes back alone (as
+// err), with its position. Otherwise every unknown key and every value of
+// the wrong type is reported in problems, in file order, and left out, so
+// that the rest is decoded and can be validated too.
+func decode(data []byte) (c *Config, problems []error, err error) {
 	s := string(data)
 	var raw map[string]any
 	md, err := toml.Decode(s, &raw)
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, newSyntaxError(pe, s)
+			return nil, nil, newSyntaxError(pe, s)
 		}
-		return nil, err
+		return nil, nil, err
 	}
-	if err := checkKeys(md, raw); err != nil {
-		return nil, err
+	problems, bad := checkKeys(md, raw)
+	if len(bad) > 0 {
+		for _, k := range bad {
+			deleteKey(raw, k)
+		}
+		var buf strings.Builder
+		if err := toml.NewEncoder(&buf).Encode(raw); err != nil {
+			return nil, nil, err // not reached: what is left are values of the schema's kinds
+		}
+		s = buf.String()
 	}
-	c := Default()
+	c = Default()
 	md, err = toml.Decode(s, c)
 	if err != nil {
-		return nil, err // not reached: checkKeys accepted every value
+		return nil, nil, err // not reached: checkKeys accepted every value left
 	}
-	var errs []error
 	for _, k := range md.Undecoded() { // not reached either: checkKeys rejected unknown keys
-		errs = append(errs, fmt.Errorf("unknown key %s", k))
+		problems = append(problems, fmt.Errorf("unknown key %s", k))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
+	return c, problems, nil
+}
+
+// deleteKey removes the value at path from raw.
+func deleteKey(raw map[string]any, path toml.Key) {
+	if len(path) == 0 {
+		return
 	}
-	return c, nil
+	if m, ok := lookup(raw, path[:len(path)-1]).(map[string]any); ok {
+		delete(m, path[len(path)-1])
+	}
 }
 
 // syntaxError is a TOML syntax error. Its text is one line with the
 // position; errors.As(err, new(toml.ParseError)) gives the toml error, whose
 // ErrorWithPosition shows the offending line.
 type syntaxError struct {
+	file      string // "" for Parse
 	line, col int
 	pe        toml.ParseError
 }
@@ -401,7 +521,12 @@ func newSyntaxError(pe toml.ParseError, input string) *syntaxError {
 	}
 }
 
+// Error is "FILE:LINE:COLUMN: syntax error: MESSAGE" for Load, and
+// "syntax error at line LINE, column COLUMN: MESSAGE" for Parse.
 func (e *syntaxError) Error() string {
+	if e.file != "" {
+		return fmt.Sprintf("%s:%d:%d: syntax error: %s", e.file, e.line, e.col, e.pe.Message)
+	}
 	return fmt.Sprintf("syntax error at line %d, column %d: %s", e.line, e.col, e.pe.Message)
 }
 
@@ -462,11 +587,12 @@ func buildSchema(t reflect.Type) map[string]kind {
 }
 
 // checkKeys reports, in file order, every key that Config does not have and
-// every value of the wrong type. An unknown key is reported by its shortest
-// unknown prefix: [detector.foo] with bar = 1 inside gives only
-// "unknown key detector.foo".
-func checkKeys(md toml.MetaData, raw map[string]any) error {
+// every value of the wrong type, and returns those keys. An unknown key is
+// reported by its shortest unknown prefix: [detector.foo] with bar = 1
+// inside gives only "unknown key detector.foo".
+func checkKeys(md toml.MetaData, raw map[string]any) ([]error, []toml.Key) {
 	var errs []error
+	var badKeys []toml.Key
 	checked := make(map[string]bool) // dotted names already looked at
 	bad := make(map[string]bool)     // dotted names already reported
 	for _, k := range md.Keys() {
@@ -477,8 +603,9 @@ func checkKeys(md toml.MetaData, raw map[string]any) error {
 			}
 			kd, ok := schema[name]
 			if !ok {
-				errs = append(errs, fmt.Errorf("unknown key %s", name))
+				errs = append(errs, fmt.Errorf(unknownKey+"%s", name))
 				bad[name] = true
+				badKeys = append(badKeys, k[:i])
 				break
 			}
 			if !checked[name] {
@@ -486,6 +613,7 @@ func checkKeys(md toml.MetaData, raw map[string]any) error {
 				if err := checkValue(name, kd, lookup(raw, k[:i])); err != nil {
 					errs = append(errs, err)
 					bad[name] = true
+					badKeys = append(badKeys, k[:i])
 					break
 				}
 			}
@@ -494,7 +622,7 @@ func checkKeys(md toml.MetaData, raw map[string]any) error {
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return errs, badKeys
 }
 
 // lookup returns the value at path in raw, or nil.

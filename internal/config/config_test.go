@@ -163,7 +163,7 @@ func TestNeverBlock(t *testing.T) {
 [allow]
 networks = ["192.0.2.0/24", "2001:db8::1"]
 [response]
-never_block = ["198.51.100.7", "10.1.2.3/8", "::ffff:203.0.113.9", "192.0.2.0/24"]
+never_block = ["198.51.100.7", "10.0.0.0/8", "::ffff:203.0.113.9", "192.0.2.0/24"]
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -251,7 +251,7 @@ critical = 0
 enabled = false
 [allow]
 extensions = ["carrier", "SIP/trunk1"]
-networks = ["192.0.2.0/24", "2001:db8::1", "198.51.100.7", "10.1.2.3/8", "::ffff:203.0.113.9", "::ffff:203.0.113.0/120"]
+networks = ["192.0.2.0/24", "2001:db8::1", "198.51.100.7", "10.0.0.0/8", "::ffff:203.0.113.9", "::ffff:203.0.113.0/120"]
 destinations = ["112", "+4930"]
 `))
 	if err != nil {
@@ -363,7 +363,7 @@ func TestLoadMissingFile(t *testing.T) {
 func TestLoadSyntaxError(t *testing.T) {
 	p := writeFile(t, t.TempDir(), "astguard.toml", "[ami\n")
 	_, err := Load(p)
-	want := "syntax error at line 1, column 5: expected '.' or ']' to end table name, but got '\\n' instead"
+	want := p + ":1:5: syntax error: expected '.' or ']' to end table name, but got '\\n' instead"
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v\nwant %s", err, want)
 	}
@@ -450,5 +450,57 @@ func TestDetectorDefaultsMatch(t *testing.T) {
 	got.AllowExtensions, got.AllowNetworks, got.AllowDestinations = nil, nil, nil
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("config.Default().Detector()\n got %+v\nwant detector.Default()\n     %+v", got, want)
+	}
+}
+
+func TestKeysAreTheSchemaLeaves(t *testing.T) {
+	var want []string
+	for k, kd := range schema {
+		if kd != kindTable {
+			want = append(want, k)
+		}
+	}
+	got := Keys()
+	if !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(want))) {
+		t.Errorf("Keys() = %v\nschema leaves %v", got, want)
+	}
+	if got[0] != "mode" || got[1] != "ami.address" {
+		t.Errorf("Keys() not in file order: %v", got[:2])
+	}
+}
+
+func TestChangedAndCopyKey(t *testing.T) {
+	a, b := Default(), Default()
+	if c := Changed(a, b); len(c) != 0 {
+		t.Fatalf("Changed(Default, Default) = %v", c)
+	}
+	b.Allow.Networks = nil // empty equals missing
+	b.Log.Level = "debug"
+	b.AMI.Secret = "other"
+	b.Response.NeverBlock = []string{"192.0.2.1"}
+	b.Detection.CallRate.Window = Duration(time.Hour)
+	want := []string{"ami.secret", "log.level", "detector.call_rate.window", "response.never_block"}
+	if c := Changed(a, b); !slices.Equal(c, want) {
+		t.Errorf("Changed = %v, want %v", c, want)
+	}
+	for _, k := range want {
+		if !a.CopyKey(k, b) {
+			t.Errorf("CopyKey(%s) = false", k)
+		}
+	}
+	if c := Changed(a, b); len(c) != 0 {
+		t.Errorf("after CopyKey, Changed = %v", c)
+	}
+	b.Response.NeverBlock[0] = "x"
+	if a.Response.NeverBlock[0] != "192.0.2.1" {
+		t.Error("CopyKey shares the list")
+	}
+	// A whole table.
+	b.AMI.Address, b.AMI.QueueSize = "pbx:5038", 2048
+	if !a.CopyKey("ami", b) || a.AMI != b.AMI {
+		t.Errorf("CopyKey(ami): %+v", a.AMI)
+	}
+	if a.CopyKey("ami.nope", b) || a.CopyKey("", b) || a.CopyKey("mode.x", b) {
+		t.Error("CopyKey of a key Config does not have")
 	}
 }

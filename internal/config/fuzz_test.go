@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"reflect"
 	"testing"
 )
@@ -13,7 +14,14 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("[ami]\naddress = \n"))
 	f.Add([]byte("[[detector.international]]\n[detector.international.x]\n"))
 	f.Add([]byte("a.b.c.d = [[1], {x = 2}, 1979-05-27T07:32:00Z]\n"))
+	f.Add([]byte("[allow]\nnetworks = [\n  \"0.0.0.0/0\",\n  '10.1.2.3/8',\n]\nconfirm_wide = [\"::/0\"]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		lines := keyLines(string(data)) // ends, and does not panic, on anything
+		for k, l := range lines {
+			if l < 1 || l > bytes.Count(data, []byte("\n"))+1 {
+				t.Fatalf("keyLines: %s at line %d", k, l)
+			}
+		}
 		c, err := Parse(data)
 		if err != nil {
 			if c != nil {
@@ -21,6 +29,11 @@ func FuzzParse(f *testing.F) {
 			}
 			if err.Error() == "" {
 				t.Fatal("empty error text")
+			}
+			for _, p := range Problems(err) {
+				if p.Line < 0 || p.Line > bytes.Count(data, []byte("\n"))+1 || p.Error() != p.Text {
+					t.Fatalf("problem %+v", p)
+				}
 			}
 			return
 		}

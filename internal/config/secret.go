@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/astguard/astguard/internal/fsafe"
 )
 
 // Secret is a password that never prints: String, GoString, Format (every
@@ -36,8 +38,7 @@ func (Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
 // MarshalJSON returns the JSON string "[redacted]".
 func (Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`), nil }
 
-// maxSecretLine bounds what is read of ami.secret_file, so that pointing it
-// at /dev/zero fails instead of hanging.
+// maxSecretLine bounds what is read of ami.secret_file.
 const maxSecretLine = 4096
 
 // resolveSecret sets c.AMI.Secret from SecretEnv or, failing that, from the
@@ -51,12 +52,9 @@ func (c *Config) resolveSecret(dir string) error {
 		c.AMI.Secret = Secret(v)
 		return nil
 	}
-	if c.AMI.SecretFile == "" {
+	path := c.secretFilePath(dir)
+	if path == "" {
 		return nil
-	}
-	path := c.AMI.SecretFile
-	if !filepath.IsAbs(path) {
-		path = filepath.Join(dir, path)
 	}
 	s, err := readFirstLine(path)
 	if err != nil {
@@ -69,9 +67,35 @@ func (c *Config) resolveSecret(dir string) error {
 	return nil
 }
 
+// secretFilePath is ami.secret_file resolved against dir, or "".
+func (c *Config) secretFilePath(dir string) string {
+	path := c.AMI.SecretFile
+	if path != "" && !filepath.IsAbs(path) {
+		path = filepath.Join(dir, path)
+	}
+	return path
+}
+
+// SecretFilePath returns the file Load read the AMI secret from, given the
+// configuration file's path: ami.secret_file resolved against that file's
+// directory, or "" when the secret does not come from a file (SecretEnv is
+// set, or secret_file is empty). `guard run` checks that file's owner and
+// mode.
+func (c *Config) SecretFilePath(configPath string) string {
+	if os.Getenv(SecretEnv) != "" {
+		return ""
+	}
+	return c.secretFilePath(filepath.Dir(configPath))
+}
+
 // readFirstLine returns the first line of the file without its line end.
+// The file must be a regular file named by its own path: a symlink is
+// refused (the checks the guard makes cannot tell the AMI secret from any
+// other root-only file a link might point to, such as /etc/shadow, whose
+// first line would then be sent to the AMI server), and so is a FIFO or a
+// device (it could block or never end).
 func readFirstLine(path string) (string, error) {
-	f, err := os.Open(path)
+	f, err := fsafe.OpenNoFollow(path)
 	if err != nil {
 		return "", err
 	}

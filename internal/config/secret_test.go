@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -93,25 +94,85 @@ func TestSecretErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name, env, ami, want string
 	}{
-		{"missing file", "", `secret_file = "/nope"`, "ami.secret_file: open /nope: no such file or directory"},
-		{"directory", "", fmt.Sprintf("secret_file = %q", dir), "ami.secret_file: read " + dir + ": is a directory"},
-		{"CR inside the file's first line", "", fmt.Sprintf("secret_file = %q", cr), "ami.secret_file: the secret must not contain CR or LF"},
+		{"missing file", "", `secret_file = "/nope"`, "FILE:2: ami.secret_file: open /nope: no such file or directory"},
+		{"directory", "", fmt.Sprintf("secret_file = %q", dir), "FILE:2: ami.secret_file: unsafe file: " + dir + ": not a regular file (a directory)"},
+		{"CR inside the file's first line", "", fmt.Sprintf("secret_file = %q", cr), "FILE:2: ami.secret_file: the secret must not contain CR or LF"},
 		{"first line too long", "", fmt.Sprintf("secret_file = %q", long),
-			fmt.Sprintf("ami.secret_file: %s: the first line is longer than 4096 bytes", long)},
+			fmt.Sprintf("FILE:2: ami.secret_file: %s: the first line is longer than 4096 bytes", long)},
+		// The environment is not the file: no file or line.
 		{"LF in env", "s3c\nret", "", SecretEnv + " must not contain CR or LF"},
 		{"CR in env", "s3cret\r", "", SecretEnv + " must not contain CR or LF"},
-		{"CR inline", "", `secret = "s3cret\r"`, "ami.secret must not contain CR or LF"},
+		{"CR inline", "", `secret = "s3cret\r"`, "FILE:2: ami.secret must not contain CR or LF"},
 		{"with other problems", "", "secret_file = \"/nope\"\nusername = \"\"",
-			"ami.secret_file: open /nope: no such file or directory\nami.username must not be empty"},
+			"FILE:2: ami.secret_file: open /nope: no such file or directory\nFILE:3: ami.username must not be empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv(SecretEnv, tc.env)
 			c, err := loadWith(t, tc.ami)
-			if err == nil || err.Error() != tc.want {
-				t.Errorf("error\n got: %v\nwant: %s", err, tc.want)
+			var file string
+			if err != nil {
+				file, _, _ = strings.Cut(err.Error(), ":")
+			}
+			want := strings.ReplaceAll(tc.want, "FILE", file)
+			if err == nil || err.Error() != want {
+				t.Errorf("error\n got: %v\nwant: %s", err, want)
 			}
 			if c != nil {
 				t.Error("Load returned a Config with its error")
+			}
+		})
+	}
+}
+
+// ami.secret_file must be the file itself: a symlink is refused, whatever
+// it points to (a link to /etc/shadow would pass any owner or mode check,
+// and its first line would go to the AMI server as the secret). A FIFO is
+// refused at once rather than waited on.
+func TestSecretFileMustBeRegular(t *testing.T) {
+	t.Setenv(SecretEnv, "")
+	dir := t.TempDir()
+	target := writeFile(t, dir, "shadow", "root:$y$j9T$hash:19000:0:99999:7:::\n")
+	link := filepath.Join(dir, "ami-secret")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, path, want string }{
+		{"symlink", link, "ami.secret_file: unsafe file: " + link + ": is a symlink: name the file itself"},
+		{"relative symlink", "ami-secret", "ami.secret_file: unsafe file: " + link + ": is a symlink: name the file itself"},
+		{"FIFO", fifo, "ami.secret_file: unsafe file: " + fifo + ": not a regular file (a FIFO)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := writeFile(t, dir, "astguard.toml", fmt.Sprintf("[ami]\nsecret_file = %q\n", tc.path))
+			c, err := Load(p)
+			if want := p + ":2: " + tc.want; err == nil || err.Error() != want {
+				t.Fatalf("error\n got: %v\nwant: %s", err, want)
+			}
+			if c != nil {
+				t.Error("Load returned a Config with its error")
+			}
+		})
+	}
+}
+
+func TestSecretFilePath(t *testing.T) {
+	for _, tc := range []struct{ name, env, file, configPath, want string }{
+		{"relative to the config file", "", "ami-secret", "/etc/astguard/config.toml", "/etc/astguard/ami-secret"},
+		{"absolute", "", "/run/secrets/ami", "/etc/astguard/config.toml", "/run/secrets/ami"},
+		{"relative config path", "", "ami-secret", "config.toml", "ami-secret"},
+		{"no secret_file", "", "", "/etc/astguard/config.toml", ""},
+		// The environment wins: the file is not read, so not checked.
+		{"environment set", envSecret, "ami-secret", "/etc/astguard/config.toml", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(SecretEnv, tc.env)
+			c := Default()
+			c.AMI.SecretFile = tc.file
+			if got := c.SecretFilePath(tc.configPath); got != tc.want {
+				t.Errorf("SecretFilePath(%q) = %q, want %q", tc.configPath, got, tc.want)
 			}
 		})
 	}

@@ -58,10 +58,25 @@ func (c *Config) Validate() error {
 	}
 
 	// [ami]
-	if !validAddress(c.AMI.Address) {
-		p.add("ami.address: %q must be host:port", c.AMI.Address)
-	} else if _, port, _ := net.SplitHostPort(c.AMI.Address); !validPort(port) {
+	hostport, useTLS := c.AMI.Endpoint()
+	if !validAddress(hostport) {
+		p.add("ami.address: %q must be host:port or tls://host:port", c.AMI.Address)
+	} else if _, port, _ := net.SplitHostPort(hostport); !validPort(port) {
 		p.add("ami.address: %q: the port must be a number from 1 to 65535", c.AMI.Address)
+	}
+	switch c.AMI.Auth {
+	case AuthMD5, AuthPlain:
+	default:
+		p.add("ami.auth: %q is not one of %s, %s", c.AMI.Auth, AuthMD5, AuthPlain)
+	}
+	if !useTLS && c.AMI.TLSCA != "" {
+		p.add("ami.tls_ca is set but ami.address does not start with tls://")
+	}
+	if !useTLS && c.AMI.TLSServerName != "" {
+		p.add("ami.tls_server_name is set but ami.address does not start with tls://")
+	}
+	if strings.ContainsFunc(c.AMI.TLSServerName, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
+		p.add("ami.tls_server_name must not contain spaces or control characters")
 	}
 	switch {
 	case c.AMI.Username == "":
@@ -73,7 +88,9 @@ func (c *Config) Validate() error {
 		p.add("ami.secret must not contain CR or LF")
 	}
 	p.positive("ami.reconnect_interval", c.AMI.ReconnectInterval)
+	p.positive("ami.reconnect_max", c.AMI.ReconnectMax)
 	p.positive("ami.action_timeout", c.AMI.ActionTimeout)
+	p.positive("ami.keepalive", c.AMI.Keepalive)
 	if c.AMI.QueueSize < minQueueSize || c.AMI.QueueSize > maxQueueSize {
 		p.add("ami.queue_size must be between %d and %d", minQueueSize, maxQueueSize)
 	}
@@ -160,18 +177,24 @@ func (c *Config) Validate() error {
 			p.add("allow.extensions: %q is not an extension name", s)
 		}
 	}
-	for _, s := range c.Allow.Networks {
-		if _, ok := parseNetwork(s); !ok {
-			p.add("allow.networks: %q is not an IP address or CIDR network", s)
-		}
-	}
+	p.networks("allow.networks", "counted or blocked", c.Allow.Networks, &c.Allow)
 	for _, s := range c.Allow.Destinations {
 		if !isDigits(strings.TrimPrefix(s, "+")) || strings.TrimPrefix(s, "+") == "" {
 			p.add("allow.destinations: %q is not a dialled prefix (digits, optionally after a leading +)", s)
 		}
 	}
 
-	c.Response.validate(&p)
+	c.Allow.validateWide(&p, c.Response.NeverBlock)
+
+	c.Response.validate(&p, &c.Allow)
+	// The detector raises one alert per rule, key and severity per
+	// cooldown: an attack that trips one rule alerts only that often, and
+	// a shorter incident_quiet would close its incident between two of its
+	// alerts, so that the next one opened a new incident and ran every
+	// action (a new secret) again.
+	if q, cd := c.Response.IncidentQuiet, c.Detection.Cooldown; q > 0 && q < cd {
+		p.add("response.incident_quiet (%s) must not be shorter than detector.cooldown (%s)", q, cd)
+	}
 	c.Policy.validate(&p)
 
 	return errors.Join(p...)
@@ -196,9 +219,11 @@ var reservedChains = []string{"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTR
 // holds 108 bytes including the terminating NUL.
 const maxSocketPath = 107
 
-// validate checks the [response] table.
-func (r *Response) validate(p *problems) {
+// validate checks the [response] table; allow holds the limits of
+// never_block.
+func (r *Response) validate(p *problems, allow *Allow) {
 	p.positive("response.ban_duration", r.BanDuration)
+	p.positive("response.incident_quiet", r.IncidentQuiet)
 	switch r.Firewall {
 	case FirewallIPTables, FirewallDryRun:
 	default:
@@ -237,11 +262,7 @@ func (r *Response) validate(p *problems) {
 		p.add("response.admin_socket is longer than %d bytes, the limit of a Unix socket path", maxSocketPath)
 	}
 
-	for _, s := range r.NeverBlock {
-		if _, ok := parseNetwork(s); !ok {
-			p.add("response.never_block: %q is not an IP address or CIDR network", s)
-		}
-	}
+	p.networks("response.never_block", "blocked", r.NeverBlock, allow)
 	if r.ProtectPreviousSources < 0 {
 		p.add("response.protect_previous_sources must be >= 0")
 	}
@@ -381,4 +402,88 @@ func parseNetwork(s string) (netip.Prefix, bool) {
 	}
 	a = a.Unmap()
 	return netip.PrefixFrom(a, a.BitLen()), true
+}
+
+// networks checks the entries of a list of networks never counted or never
+// blocked (key: allow.networks or response.never_block; spared says what
+// its addresses are spared): each an address or a CIDR network without host
+// bits, and no wider than allow's limits unless allow.confirm_wide lists
+// it. A wrong entry is the most dangerous typo of the file: it silently
+// exempts a whole range from the guard.
+func (p *problems) networks(key, spared string, list []string, allow *Allow) {
+	for i, s := range list {
+		if !p.network(key, i, s) {
+			continue
+		}
+		n, _ := parseNetwork(s)
+		limit, limitKey, ok := allow.widest(n)
+		if !ok || n.Bits() >= limit || allow.confirmed(n) {
+			continue
+		}
+		p.add("%s[%d]: %q is wider than /%d (%s), so no address in it would ever be %s; if you mean it, add %q to confirm_wide in [allow]",
+			key, i, s, limit, limitKey, spared, s)
+	}
+}
+
+// network checks one entry of a list of networks (key[i]) and reports
+// whether it is a valid one.
+func (p *problems) network(key string, i int, s string) bool {
+	if _, ok := parseNetwork(s); !ok {
+		p.add("%s[%d]: %q is not an IP address or CIDR network", key, i, s)
+		return false
+	}
+	if pr, err := netip.ParsePrefix(s); err == nil && pr != pr.Masked() {
+		a := pr.Addr()
+		p.add("%s[%d]: %q has host bits set: write %s for the network or %s for the address",
+			key, i, s, pr.Masked(), netip.PrefixFrom(a, a.BitLen()))
+		return false
+	}
+	return true
+}
+
+// widest returns the limit of n's family, the key that sets it, and
+// whether the limit is valid (an invalid one is reported on its own).
+func (a *Allow) widest(n netip.Prefix) (int, string, bool) {
+	if n.Addr().Is4() {
+		return a.WidestIPv4, "allow.widest_ipv4", a.WidestIPv4 >= 0 && a.WidestIPv4 <= 32
+	}
+	return a.WidestIPv6, "allow.widest_ipv6", a.WidestIPv6 >= 0 && a.WidestIPv6 <= 128
+}
+
+// confirmed reports whether confirm_wide lists the network n.
+func (a *Allow) confirmed(n netip.Prefix) bool {
+	for _, s := range a.ConfirmWide {
+		if c, ok := parseNetwork(s); ok && c == n {
+			return true
+		}
+	}
+	return false
+}
+
+// validateWide checks allow's limits and confirm_wide, whose entries must
+// each be a network of allow.networks or neverBlock (response.never_block):
+// one that confirms nothing is a stale or mistyped confirmation.
+func (a *Allow) validateWide(p *problems, neverBlock []string) {
+	if a.WidestIPv4 < 0 || a.WidestIPv4 > 32 {
+		p.add("allow.widest_ipv4 must be between 0 and 32")
+	}
+	if a.WidestIPv6 < 0 || a.WidestIPv6 > 128 {
+		p.add("allow.widest_ipv6 must be between 0 and 128")
+	}
+	listed := func(n netip.Prefix) bool {
+		for _, s := range slices.Concat(a.Networks, neverBlock) {
+			if e, ok := parseNetwork(s); ok && e == n {
+				return true
+			}
+		}
+		return false
+	}
+	for i, s := range a.ConfirmWide {
+		if !p.network("allow.confirm_wide", i, s) {
+			continue
+		}
+		if n, _ := parseNetwork(s); !listed(n) {
+			p.add("allow.confirm_wide[%d]: %q confirms nothing: it is not a network of allow.networks or response.never_block", i, s)
+		}
+	}
 }

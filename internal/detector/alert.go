@@ -62,10 +62,14 @@ type Alert struct {
 	Extension string
 	// Address rules: the source address.
 	IP netip.Addr
-	// Sources are the addresses known for the extension, the ones Asterisk
-	// saw (SuccessfulAuth, PeerStatus) first, most recent first, then
-	// client-supplied contacts.
+	// Sources are the addresses Asterisk received the extension's requests
+	// from (SuccessfulAuth's RemoteAddress), newest first: whom to block.
 	Sources []netip.Addr
+	// Contacts are addresses the client supplied (PeerStatus Address, which
+	// chan_sip takes from the Contact header; ContactStatus URI host),
+	// newest first. Anyone who can register writes what they like there:
+	// information, never an address to act on.
+	Contacts []netip.Addr
 	// Accounts tried from the address (address rules).
 	Accounts []string
 	Count    int           // events counted in the window (for concurrent: live calls)

@@ -3,6 +3,7 @@ package detector_test
 import (
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,12 +93,17 @@ func line(a *detector.Alert) string {
 		fmt.Fprintf(&b, " ip=%s", a.IP)
 	}
 	fmt.Fprintf(&b, " count=%d window=%s", a.Count, a.Window)
-	if len(a.Sources) > 0 {
-		ss := make([]string, len(a.Sources))
-		for i, s := range a.Sources {
-			ss[i] = s.String()
+	for _, l := range []struct {
+		name  string
+		addrs []netip.Addr
+	}{{"sources", a.Sources}, {"contacts", a.Contacts}} {
+		if len(l.addrs) > 0 {
+			ss := make([]string, len(l.addrs))
+			for i, s := range l.addrs {
+				ss[i] = s.String()
+			}
+			fmt.Fprintf(&b, " %s=%s", l.name, strings.Join(ss, ","))
 		}
-		fmt.Fprintf(&b, " sources=%s", strings.Join(ss, ","))
 	}
 	if len(a.Accounts) > 0 {
 		fmt.Fprintf(&b, " accounts=%s", strings.Join(a.Accounts, ","))

@@ -43,8 +43,10 @@ type Config struct {
 	NewSource bool
 
 	// UnauthenticatedCritical lets calls of an endpoint never seen
-	// authenticating (trunks, IP-authenticated peers) raise critical alerts;
-	// by default they stop at warning, so a busy inbound trunk is never acted on.
+	// authenticating with its secret (SuccessfulAuth with UsingPassword 1,
+	// PeerStatus Registered: trunks and peers matched by address never are)
+	// raise critical alerts; by default they stop at warning, so a busy
+	// inbound trunk is never acted on.
 	UnauthenticatedCritical bool
 
 	// Cooldown: one alert per rule, key and severity per Cooldown.

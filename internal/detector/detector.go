@@ -16,13 +16,13 @@ import (
 )
 
 const (
-	maxSourcesPerExt  = 8   // addresses remembered per extension
+	maxSourcesPerExt  = 8   // addresses Asterisk received an extension's requests from
+	maxContactsPerExt = 4   // client-supplied contact addresses remembered per extension
 	maxCallsPerExt    = 512 // live calls tracked per extension (more are counted, not named)
 	maxDestsPerExt    = 16  // destinations tracked for prefix guessing
 	maxSample         = 8   // dialled numbers / accounts kept for an alert
 	sessionDedupe     = 2 * time.Second
 	maxCallIndex      = 1 << 17 // live originated calls indexed by Uniqueid
-	maxChallenged     = 4096    // challenged names remembered before their state exists
 	evictScan         = 64      // stalest keys examined to find an idle one
 	sweepEvery        = time.Second
 	dialledAccountLen = 7 // a chan_sip AccountID this long and all digits is a dialled number
@@ -37,11 +37,7 @@ type Stats struct {
 	Evicted    uint64 // keys evicted because a cap was reached
 	Expired    uint64 // keys dropped after idle_expiry
 	Untracked  uint64 // new keys not tracked: the cap was full of incidents in progress
-}
-
-type extKey struct {
-	tech ami.Tech
-	name string
+	Forged     uint64 // events not processed: they repeat a header (ami.Event.Forged)
 }
 
 type liveCall struct {
@@ -50,10 +46,10 @@ type liveCall struct {
 	number   string // empty until known (Originate: from the DialBegin)
 }
 
-type source struct {
-	addr    netip.Addr
-	seen    int64
-	trusted bool // seen by Asterisk (SuccessfulAuth, PeerStatus), not client-supplied
+// seenAddr is an address of an extension and when it was last seen.
+type seenAddr struct {
+	addr netip.Addr
+	seen int64
 }
 
 // alertLog remembers the last alert of each rule and severity for
@@ -63,17 +59,27 @@ type alertLog [numRules - 1][2]uint32
 
 type extState struct {
 	link[extState]
-	key      extKey
+	key      ami.Extension
 	lastSeen int64
 	incident int64 // an incident is in progress until this time
 	alerts   alertLog
-	// authed: seen authenticating (SuccessfulAuth, PeerStatus Registered,
-	// a challenge naming it). Trunks and IP-authenticated peers never are.
+	// authed: proven to hold a secret, by a SuccessfulAuth with
+	// UsingPassword: 1 or a registration Asterisk accepted (PeerStatus
+	// Registered). Trunks and peers matched by their address never are. A
+	// ChallengeSent proves nothing: chan_sip names an INVITE's sender by
+	// its From user, which any caller chooses, and challenges it even when
+	// no such peer takes a password (alwaysauthreject).
 	authed bool
 
-	calls   []liveCall
-	sources []source
-	act     *extActivity // nil until the extension places a call
+	calls []liveCall
+	// sources: where Asterisk received the extension's requests from
+	// (SuccessfulAuth's RemoteAddress); contacts: addresses the client
+	// gave (PeerStatus Address, which chan_sip takes from the Contact
+	// header unless nat= says otherwise; ContactStatus URI). Kept apart so
+	// that contacts, which an attacker chooses, never push out a source.
+	sources  []seenAddr
+	contacts []seenAddr
+	act      *extActivity // nil until the extension places a call
 }
 
 // extActivity is the state of an extension that places calls; most
@@ -208,16 +214,14 @@ func (s *sample) list() []string {
 type Detector struct {
 	cfg   Config
 	plan  plan
-	exts  map[extKey]*extState
+	exts  map[ami.Extension]*extState
 	addrs map[[16]byte]*addrState // by netip.Addr.As16: a key without pointers
 	extQ  lru[extState, *extState]
 	actQ  lru[extActivity, *extActivity] // extensions with call state, by last call
 	addrQ lru[addrState, *addrState]
 	calls map[string]*extState // live originated calls by Uniqueid
-	// challenged remembers names challenged before their state exists.
-	challenged map[extKey]struct{}
 
-	allowExt  map[extKey]bool
+	allowExt  map[ami.Extension]bool
 	allowName map[string]bool
 
 	now           int64
@@ -239,19 +243,18 @@ func New(cfg Config) *Detector {
 	d := &Detector{
 		longestWindow: max(cfg.CallRateBurst.Window, cfg.CallRate.Window, cfg.PrefixGuess.Window,
 			cfg.International.Window, cfg.HighRisk.Window, cfg.FailedProbes.Window),
-		cfg:        cfg,
-		plan:       newPlan(&cfg),
-		exts:       make(map[extKey]*extState),
-		addrs:      make(map[[16]byte]*addrState),
-		calls:      make(map[string]*extState),
-		challenged: make(map[extKey]struct{}),
-		allowExt:   make(map[extKey]bool),
-		allowName:  make(map[string]bool),
+		cfg:       cfg,
+		plan:      newPlan(&cfg),
+		exts:      make(map[ami.Extension]*extState),
+		addrs:     make(map[[16]byte]*addrState),
+		calls:     make(map[string]*extState),
+		allowExt:  make(map[ami.Extension]bool),
+		allowName: make(map[string]bool),
 	}
 	for _, a := range cfg.AllowExtensions {
 		if tech, name, ok := strings.Cut(a, "/"); ok {
 			if t, ok := ami.ParseTech(tech); ok {
-				d.allowExt[extKey{t, name}] = true
+				d.allowExt[ami.Extension{Tech: t, Name: name}] = true
 				continue
 			}
 		}
@@ -279,7 +282,15 @@ func (d *Detector) Stats() Stats {
 // Process feeds one event and appends the alerts it raised to out. Events
 // must come in stream order; time is taken from ev.Time and never goes
 // backwards (an older time counts as the newest seen).
+//
+// A forged event (one that repeats a header the guard attributes by, see
+// [ami.Decode]) is counted in Stats.Forged and otherwise ignored: whatever
+// it names, it blames no one.
 func (d *Detector) Process(ev *ami.Event, out []Alert) []Alert {
+	if ev.Forged {
+		d.stats.Forged++
+		return out
+	}
 	d.stats.Events++
 	if t := ev.Time.UnixNano(); !ev.Time.IsZero() && t > d.now {
 		d.now = t
@@ -311,7 +322,7 @@ func (d *Detector) Process(ev *ami.Event, out []Alert) []Alert {
 // LiveChannels appends the names of the live channels the extension
 // originated (as tracked from events) to dst.
 func (d *Detector) LiveChannels(tech ami.Tech, name string, dst []string) []string {
-	e := d.exts[extKey{tech, name}]
+	e := d.exts[ami.Extension{Tech: tech, Name: name}]
 	if e == nil {
 		return dst
 	}
@@ -321,17 +332,18 @@ func (d *Detector) LiveChannels(tech ami.Tech, name string, dst []string) []stri
 	return dst
 }
 
-// Sources returns the known addresses of an extension, as in alerts.
+// Sources returns the addresses Asterisk received the extension's requests
+// from, newest first, as in alerts.
 func (d *Detector) Sources(tech ami.Tech, name string) []netip.Addr {
-	e := d.exts[extKey{tech, name}]
+	e := d.exts[ami.Extension{Tech: tech, Name: name}]
 	if e == nil {
 		return nil
 	}
-	return e.sourceList()
+	return addrList(e.sources)
 }
 
-func (d *Detector) extAllowed(k extKey) bool {
-	return d.allowName[k.name] || d.allowExt[k]
+func (d *Detector) extAllowed(k ami.Extension) bool {
+	return d.allowName[k.Name] || d.allowExt[k]
 }
 
 func (d *Detector) addrAllowed(a netip.Addr) bool {
@@ -346,7 +358,7 @@ func (d *Detector) addrAllowed(a netip.Addr) bool {
 
 // ext returns the state of k, creating it (and evicting if at the cap); nil
 // when the cap is full of keys with incidents in progress.
-func (d *Detector) ext(k extKey) *extState {
+func (d *Detector) ext(k ami.Extension) *extState {
 	if e := d.exts[k]; e != nil {
 		e.lastSeen = d.now
 		d.extQ.touch(e)
@@ -361,14 +373,10 @@ func (d *Detector) ext(k extKey) *extState {
 		d.dropExt(victim)
 		d.stats.Evicted++
 	}
-	k.name = strings.Clone(k.name)
-	e := &extState{key: k, lastSeen: d.now}
-	if _, ok := d.challenged[k]; ok || k.tech == ami.TechLocal {
-		// Local channels are made by the PBX itself (Originate, call
-		// files): whoever asked for them authenticated elsewhere.
-		e.authed = true
-		delete(d.challenged, k)
-	}
+	k.Name = strings.Clone(k.Name)
+	// Local channels are made by the PBX itself (Originate, call files):
+	// whoever asked for them authenticated elsewhere.
+	e := &extState{key: k, lastSeen: d.now, authed: k.Tech == ami.TechLocal}
 	d.exts[k] = e
 	d.extPeak = max(d.extPeak, len(d.exts))
 	d.extQ.pushFront(e)
@@ -469,15 +477,53 @@ func shrink[K comparable, V any](m map[K]V, peak int) (map[K]V, int) {
 
 // ---- calls ----
 
+// IsCall reports whether a Newchannel is a call its channel's endpoint
+// originated, as opposed to a leg Asterisk created toward someone (the
+// outbound leg of a Dial, a Local channel's second half). Only those are
+// counted for the extension in the channel name.
+func IsCall(ev *ami.Event) bool {
+	return isCall(ev.Channel, ev.Uniqueid, ev.Linkedid, ev.Exten)
+}
+
+// isCall decides from a channel's name, ids and dialplan extension:
+//
+//   - Asterisk 12 and later: the call's first channel gives the call its
+//     Linkedid, so a channel whose Uniqueid equals its Linkedid started
+//     the call; every leg made for it carries the Linkedid of that first
+//     channel.
+//   - Asterisk 1.8 and 11 send no Linkedid at all. There a channel that a
+//     phone or a trunk brought in is created with the extension it asked
+//     for (the dialled number, `s` when none), while a channel Asterisk
+//     requests for a Dial or an Originate is created with an empty Exten
+//     (observed on 11: the caller's leg has Exten = the number, the carrier
+//     leg an empty Exten, and it is named as Dial's Destination right
+//     after). So a channel with an Exten is a call of its endpoint: an
+//     extension's outgoing calls and a trunk's incoming ones alike; the leg
+//     that rings the carrier, or rings an extension, is not. Local channels
+//     are left out: both halves carry the Local extension whether a phone
+//     dialled them (a ring group, a queue member, follow-me) or the PBX
+//     originated them, so without Linkedid a leg cannot be told from a
+//     call, and counting them would count every ring-group call for each
+//     member.
+func isCall(channel, uniqueid, linkedid, exten string) bool {
+	switch {
+	case uniqueid == "":
+		return false
+	case linkedid != "":
+		return uniqueid == linkedid
+	}
+	return exten != "" && !strings.HasPrefix(channel, "Local/")
+}
+
 func (d *Detector) newChannel(ev *ami.Event) {
-	if ev.Uniqueid == "" || ev.Uniqueid != ev.Linkedid {
+	if !IsCall(ev) {
 		return // a leg created toward someone, not a call this channel originated
 	}
 	cn, ok := ami.ParseChannel(ev.Channel)
 	if !ok {
 		return
 	}
-	k := extKey{cn.Tech, cn.Name}
+	k := ami.Extension{Tech: cn.Tech, Name: cn.Name}
 	if d.extAllowed(k) {
 		return
 	}
@@ -533,14 +579,20 @@ func (d *Detector) dialled(e *extState, number string) {
 
 func (d *Detector) dialBegin(ev *ami.Event) {
 	// Only a call whose number was not known at Newchannel (Originate, call
-	// files, Local channels) learns it here, from the linked call.
-	e := d.calls[ev.Linkedid]
+	// files, Local channels; a trunk's call answered by `s` that dials out
+	// again) learns it here, from the linked call. Asterisk 1.8/11 send no
+	// Linkedid: there only a channel that is itself the call can name it.
+	call := ev.Linkedid
+	if call == "" {
+		call = ev.Uniqueid
+	}
+	e := d.calls[call]
 	if e == nil {
 		return
 	}
 	for i := range e.calls {
 		c := &e.calls[i]
-		if c.uniqueid != ev.Linkedid {
+		if c.uniqueid != call {
 			continue
 		}
 		if c.number != "" {
@@ -578,23 +630,32 @@ func dialNumber(ev *ami.Event) string {
 }
 
 func (d *Detector) hangup(ev *ami.Event) {
-	if ev.Uniqueid == "" || ev.Uniqueid != ev.Linkedid {
+	// A 1.8/11 Hangup has neither Linkedid nor Exten: whether the channel
+	// was a call was decided at its Newchannel, and only a tracked call
+	// counts when it ends.
+	legacy := ev.Linkedid == ""
+	if ev.Uniqueid == "" || !legacy && ev.Uniqueid != ev.Linkedid {
 		return
 	}
 	e := d.calls[ev.Uniqueid]
 	if e != nil {
 		delete(d.calls, ev.Uniqueid)
 	} else if cn, ok := ami.ParseChannel(ev.Channel); ok {
-		e = d.exts[extKey{cn.Tech, cn.Name}] // a call the index had no room for
+		e = d.exts[ami.Extension{Tech: cn.Tech, Name: cn.Name}] // a call the index had no room for
 	}
 	if e == nil {
 		return
 	}
+	tracked := false
 	for i := range e.calls {
 		if e.calls[i].uniqueid == ev.Uniqueid {
 			e.calls = slices.Delete(e.calls, i, i+1)
+			tracked = true
 			break
 		}
+	}
+	if legacy && !tracked {
+		return
 	}
 	switch ev.Cause {
 	case 1, 3, 28: // unallocated number, no route to destination, invalid number format
@@ -625,15 +686,18 @@ func (d *Detector) security(ev *ami.Event) {
 		if !ok || !ev.RemoteAddr.IsValid() || !ami.ValidName(ev.AccountID) {
 			return // AMI logins included: not an extension
 		}
-		k := extKey{tech, ev.AccountID}
+		k := ami.Extension{Tech: tech, Name: ev.AccountID}
 		if d.extAllowed(k) {
 			return
 		}
 		if e := d.ext(k); e != nil {
-			d.learnSource(e, ev.RemoteAddr, true)
+			// The request came from RemoteAddress whatever UsingPassword
+			// says; only a password proves the sender holds the secret.
+			if ev.UsingPassword {
+				e.authed = true
+			}
+			d.learnSource(e, ev.RemoteAddr)
 		}
-	case ami.SecChallengeSent:
-		d.challenge(ev)
 	case ami.SecFailedACL:
 		if ev.ACLName == "no_extension_match" {
 			d.failedProbe(ev)
@@ -643,32 +707,6 @@ func (d *Detector) security(ev *ami.Event) {
 	case ami.SecInvalidPassword, ami.SecChallengeResponseFailed, ami.SecInvalidAccountID:
 		d.authFailure(ev)
 	}
-}
-
-// challenge notes that Asterisk asked the named endpoint to authenticate:
-// it is an extension with a secret, not a trunk. chan_sip names an INVITE's
-// sender by its From URI (sip:200@pbx), a REGISTER's by the user.
-func (d *Detector) challenge(ev *ami.Event) {
-	tech, ok := serviceTech(ev.Service)
-	if !ok {
-		return
-	}
-	name := ev.AccountID
-	if rest, ok := strings.CutPrefix(name, "sip:"); ok {
-		name, _, _ = strings.Cut(rest, "@")
-	}
-	if !ami.ValidName(name) {
-		return
-	}
-	k := extKey{tech, name}
-	if e := d.exts[k]; e != nil {
-		e.authed = true
-		return
-	}
-	if len(d.challenged) >= maxChallenged {
-		clear(d.challenged)
-	}
-	d.challenged[extKey{tech, strings.Clone(name)}] = struct{}{}
 }
 
 func (d *Detector) failedProbe(ev *ami.Event) {
@@ -730,16 +768,29 @@ func (d *Detector) authFailure(ev *ami.Event) {
 
 // ---- address hints ----
 
+// peerStatus: a registration Asterisk accepted proves the peer holds its
+// secret. Its Address is where Asterisk will send to, which chan_sip takes
+// from the client's Contact header unless nat= makes it use the packet's
+// source: a contact, never a source.
 func (d *Detector) peerStatus(ev *ami.Event) {
-	if ev.Status != "Registered" && ev.Status != "Reachable" {
+	registered := ev.Status == "Registered"
+	if !registered && ev.Status != "Reachable" {
 		return
 	}
 	cn, ok := peerName(ev.Peer)
-	if !ok || !ev.Addr.IsValid() || d.extAllowed(cn) {
+	if !ok || d.extAllowed(cn) {
+		return
+	}
+	if !registered && !ev.Addr.IsValid() {
 		return
 	}
 	if e := d.ext(cn); e != nil {
-		d.learnSource(e, ev.Addr, true)
+		if registered {
+			e.authed = true
+		}
+		if ev.Addr.IsValid() {
+			learnContact(e, ev.Addr, d.now)
+		}
 	}
 }
 
@@ -747,72 +798,75 @@ func (d *Detector) contactStatus(ev *ami.Event) {
 	if ev.Status == "Removed" || ev.Status == "Unreachable" || !ev.Addr.IsValid() || !ami.ValidName(ev.Peer) {
 		return
 	}
-	k := extKey{ami.TechPJSIP, ev.Peer}
+	k := ami.Extension{Tech: ami.TechPJSIP, Name: ev.Peer}
 	if d.extAllowed(k) {
 		return
 	}
 	if e := d.ext(k); e != nil {
-		d.learnSource(e, ev.Addr, false)
+		learnContact(e, ev.Addr, d.now)
 	}
 }
 
 // peerName splits "SIP/200" into its key.
-func peerName(p string) (extKey, bool) {
+func peerName(p string) (ami.Extension, bool) {
 	tech, name, ok := strings.Cut(p, "/")
 	if !ok || !ami.ValidName(name) {
-		return extKey{}, false
+		return ami.Extension{}, false
 	}
 	t, ok := ami.ParseTech(tech)
 	if !ok {
-		return extKey{}, false
+		return ami.Extension{}, false
 	}
-	return extKey{t, name}, true
+	return ami.Extension{Tech: t, Name: name}, true
 }
 
-// learnSource records an address of e. A trusted (Asterisk-observed) address
+// learnSource records an address Asterisk received a request of e from. One
 // the extension has not used before raises new_source, except the very
 // first, which is learned.
-func (d *Detector) learnSource(e *extState, addr netip.Addr, trusted bool) {
+func (d *Detector) learnSource(e *extState, addr netip.Addr) {
 	addr = addr.Unmap()
-	if trusted {
-		e.authed = true
-	}
-	idx, otherTrusted := -1, false
-	for i, s := range e.sources {
-		if s.addr == addr {
-			idx = i
-		} else if s.trusted {
-			otherTrusted = true
+	for i := range e.sources {
+		if e.sources[i].addr == addr {
+			e.sources[i].seen = d.now
+			return
 		}
 	}
-	if idx >= 0 {
-		s := &e.sources[idx]
-		s.seen = d.now
-		if trusted && !s.trusted {
-			s.trusted = true
-			if otherTrusted {
-				d.newSource(e, addr)
-			}
-		}
-		return
-	}
-	if trusted && otherTrusted {
+	if len(e.sources) > 0 {
 		d.newSource(e, addr)
 	}
-	ns := source{addr: addr, seen: d.now, trusted: trusted}
-	if len(e.sources) < maxSourcesPerExt {
-		e.sources = append(e.sources, ns)
-		return
+	e.sources = remember(e.sources, seenAddr{addr: addr, seen: d.now}, maxSourcesPerExt)
+}
+
+// learnContact records a client-supplied address of e. A new contact does
+// not raise new_source: the client writes whatever it likes there (a
+// phone's private address behind NAT, or someone else's address to draw
+// suspicion onto it), and the request that carried it also raised the
+// SuccessfulAuth whose RemoteAddress, where the packets really came from,
+// raises new_source when it is new.
+func learnContact(e *extState, addr netip.Addr, now int64) {
+	addr = addr.Unmap()
+	for i := range e.contacts {
+		if e.contacts[i].addr == addr {
+			e.contacts[i].seen = now
+			return
+		}
 	}
-	// replace the stalest untrusted, else the stalest
-	victim := -1
-	for i, s := range e.sources {
-		if victim < 0 || (!s.trusted && e.sources[victim].trusted) ||
-			(s.trusted == e.sources[victim].trusted && s.seen < e.sources[victim].seen) {
+	e.contacts = remember(e.contacts, seenAddr{addr: addr, seen: now}, maxContactsPerExt)
+}
+
+// remember adds a to list, replacing the stalest entry when list has n.
+func remember(list []seenAddr, a seenAddr, n int) []seenAddr {
+	if len(list) < n {
+		return append(list, a)
+	}
+	victim := 0
+	for i := range list {
+		if list[i].seen < list[victim].seen {
 			victim = i
 		}
 	}
-	e.sources[victim] = ns
+	list[victim] = a
+	return list
 }
 
 func (d *Detector) newSource(e *extState, addr netip.Addr) {
@@ -824,19 +878,13 @@ func (d *Detector) newSource(e *extState, addr netip.Addr) {
 	d.emit(al)
 }
 
-// sourceList orders the known addresses: trusted first, newest first.
-func (e *extState) sourceList() []netip.Addr {
-	if len(e.sources) == 0 {
+// addrList returns the addresses of list, newest first.
+func addrList(list []seenAddr) []netip.Addr {
+	if len(list) == 0 {
 		return nil
 	}
-	ss := slices.Clone(e.sources)
-	slices.SortStableFunc(ss, func(a, b source) int {
-		if a.trusted != b.trusted {
-			if a.trusted {
-				return -1
-			}
-			return 1
-		}
+	ss := slices.Clone(list)
+	slices.SortStableFunc(ss, func(a, b seenAddr) int {
 		switch {
 		case a.seen > b.seen:
 			return -1
@@ -906,7 +954,7 @@ func (d *Detector) checkExt(e *extState, r Rule, t Threshold, count int, what st
 	d.emit(a)
 }
 
-const unauthNote = "capped at warning: this endpoint was never seen authenticating (a trunk or an IP-authenticated peer?); list trunks in allow.extensions"
+const unauthNote = "capped at warning: this endpoint was never seen authenticating with its secret (a REGISTER Asterisk accepted, or a SuccessfulAuth with UsingPassword 1): a trunk or a peer matched by its address?; list trunks in allow.extensions"
 
 func (d *Detector) extAlert(e *extState, r Rule, sev Severity, count int, window time.Duration, what string) Alert {
 	e.incident = max(e.incident, d.now+int64(d.cfg.Cooldown))
@@ -915,9 +963,10 @@ func (d *Detector) extAlert(e *extState, r Rule, sev Severity, count int, window
 		Seq:       d.ev.Seq,
 		Rule:      r,
 		Severity:  sev,
-		Tech:      e.key.tech,
-		Extension: e.key.name,
-		Sources:   e.sourceList(),
+		Tech:      e.key.Tech,
+		Extension: e.key.Name,
+		Sources:   addrList(e.sources),
+		Contacts:  addrList(e.contacts),
 		Count:     count,
 		Window:    window,
 		Numbers:   e.numberList(),
@@ -957,9 +1006,23 @@ func (d *Detector) emit(a Alert) {
 	d.out = append(d.out, a)
 }
 
-// LiveChannel is a channel Asterisk lists as up (CoreShowChannels).
+// LiveChannel is a channel Asterisk lists as up (CoreShowChannels). On
+// Asterisk 1.8 and 11 Linkedid is empty.
 type LiveChannel struct {
 	Channel, Uniqueid, Linkedid, Exten string
+}
+
+// LiveChannelFrom reads a CoreShowChannel list item of any Asterisk
+// version. get returns the value of a header, "" when absent, with the key's
+// case ignored (Asterisk 11 spells UniqueID). Asterisk 12 and later send
+// Channel, Uniqueid, Linkedid and Exten; 1.8 and 11 send Channel, UniqueID
+// and Extension, and no Linkedid.
+func LiveChannelFrom(get func(key string) string) LiveChannel {
+	c := LiveChannel{Channel: get("Channel"), Uniqueid: get("Uniqueid"), Linkedid: get("Linkedid"), Exten: get("Exten")}
+	if c.Exten == "" {
+		c.Exten = get("Extension")
+	}
+	return c
 }
 
 // Resync replaces the tracked live calls with what Asterisk says is up, after
@@ -990,14 +1053,14 @@ func (d *Detector) Resync(now time.Time, live []LiveChannel, out []Alert) []Aler
 		})
 	}
 	for _, c := range live {
-		if c.Uniqueid == "" || c.Uniqueid != c.Linkedid || d.calls[c.Uniqueid] != nil {
+		if !isCall(c.Channel, c.Uniqueid, c.Linkedid, c.Exten) || d.calls[c.Uniqueid] != nil {
 			continue
 		}
 		cn, ok := ami.ParseChannel(c.Channel)
 		if !ok {
 			continue
 		}
-		k := extKey{cn.Tech, cn.Name}
+		k := ami.Extension{Tech: cn.Tech, Name: cn.Name}
 		if d.extAllowed(k) {
 			continue
 		}

@@ -14,13 +14,16 @@ var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
 // feed is a tiny driver for typed events at chosen times.
 type feed struct {
-	d      *detector.Detector
-	seq    int
-	uid    int
-	alerts []detector.Alert
+	d          *detector.Detector
+	seq        int
+	uid        int
+	alerts     []detector.Alert
+	registered map[string]bool
 }
 
-func newFeed(cfg detector.Config) *feed { return &feed{d: detector.New(cfg)} }
+func newFeed(cfg detector.Config) *feed {
+	return &feed{d: detector.New(cfg), registered: map[string]bool{}}
+}
 
 func (f *feed) send(at time.Duration, ev ami.Event) {
 	f.seq++
@@ -28,12 +31,31 @@ func (f *feed) send(at time.Duration, ev ami.Event) {
 	f.alerts = f.d.Process(&ev, f.alerts)
 }
 
-// call starts a call of SIP/ext to number, challenged first as chan_sip
-// does for every INVITE of an extension; it returns the Uniqueid.
+// call starts a call of SIP/ext to number from a registered phone: the
+// first call registers the extension (its REGISTER's SuccessfulAuth with
+// the password), and each INVITE is challenged first, as chan_sip does. It
+// returns the Uniqueid.
 func (f *feed) call(at time.Duration, ext, number string) string {
-	f.send(at, ami.Event{Kind: ami.KindSecurity, Security: ami.SecChallengeSent, Service: "SIP",
-		AccountID: "sip:" + ext + "@192.0.2.254", RemoteAddr: netip.MustParseAddr("192.0.2.200"), RemotePort: 5060})
+	if !f.registered[ext] {
+		f.registered[ext] = true
+		f.register(at, ext, "192.0.2.200")
+	}
+	f.challenge(at, ext, "192.0.2.200")
 	return f.trunkCall(at, ext, number)
+}
+
+// register is the SuccessfulAuth of SIP/ext's REGISTER from ip, with the
+// password.
+func (f *feed) register(at time.Duration, ext, ip string) {
+	f.send(at, ami.Event{Kind: ami.KindSecurity, Security: ami.SecSuccessfulAuth, Service: "SIP",
+		AccountID: ext, RemoteAddr: netip.MustParseAddr(ip), RemotePort: 5060, UsingPassword: true})
+}
+
+// challenge is chan_sip's ChallengeSent for an INVITE from ip whose From
+// user is ext.
+func (f *feed) challenge(at time.Duration, ext, ip string) {
+	f.send(at, ami.Event{Kind: ami.KindSecurity, Security: ami.SecChallengeSent, Service: "SIP",
+		AccountID: "sip:" + ext + "@192.0.2.254", RemoteAddr: netip.MustParseAddr(ip), RemotePort: 5060})
 }
 
 // trunkCall starts a call of SIP/ext with no authentication, as a trunk's
@@ -299,5 +321,127 @@ func TestUnauthenticatedCappedAtWarning(t *testing.T) {
 	}
 	if g.count(detector.RuleCallRate, detector.Critical) != 1 {
 		t.Fatalf("unauthenticated_critical: want a critical, got %v", g.alerts)
+	}
+}
+
+// burst sends 20 incoming calls of the trunk SIP/carrier in 2 s, starting
+// at at, and returns how many criticals and capped warnings they raised.
+func (f *feed) burst(at time.Duration) (critical, capped int) {
+	f.alerts = f.alerts[:0]
+	for i := range 20 {
+		f.trunkCall(at+time.Duration(i)*100*time.Millisecond, "carrier", "02079460100")
+	}
+	for _, a := range f.alerts {
+		switch {
+		case a.Severity == detector.Critical:
+			critical++
+		case a.Note != "":
+			capped++
+		}
+	}
+	return critical, capped
+}
+
+// Only what Asterisk establishes lifts the trunk cap. chan_sip names an
+// INVITE's sender in ChallengeSent by its From user, which any caller
+// chooses (a real Asterisk 20 with alwaysauthreject=yes challenged an
+// INVITE from an outside address with From user "carrier" as
+// `AccountID: sip:carrier@...`), and a peer matched by its address gets
+// SuccessfulAuth with UsingPassword 0: neither proves anything.
+func TestTrunkCapLiftedOnlyByPasswordOrRegistration(t *testing.T) {
+	ip := netip.MustParseAddr
+	tests := []struct {
+		name  string
+		proof []ami.Event
+		lift  bool
+	}{
+		{"forged challenge from outside", []ami.Event{{Kind: ami.KindSecurity, Security: ami.SecChallengeSent, Service: "SIP",
+			AccountID: "sip:carrier@192.0.2.254", SessionID: "0x7fa2b4035830", RemoteAddr: ip("203.0.113.50"), RemotePort: 5060}}, false},
+		{"challenge by name", []ami.Event{{Kind: ami.KindSecurity, Security: ami.SecChallengeSent, Service: "SIP",
+			AccountID: "carrier", RemoteAddr: ip("203.0.113.50"), RemotePort: 5060}}, false},
+		{"matched by address", []ami.Event{{Kind: ami.KindSecurity, Security: ami.SecSuccessfulAuth, Service: "SIP",
+			AccountID: "carrier", RemoteAddr: ip("192.0.2.9"), RemotePort: 5090, UsingPassword: false}}, false},
+		{"reachable", []ami.Event{{Kind: ami.KindPeerStatus, Peer: "SIP/carrier", Status: "Reachable", Addr: ip("192.0.2.9"), Port: 5090}}, false},
+		{"password", []ami.Event{{Kind: ami.KindSecurity, Security: ami.SecSuccessfulAuth, Service: "SIP",
+			AccountID: "carrier", RemoteAddr: ip("192.0.2.9"), RemotePort: 5090, UsingPassword: true}}, true},
+		{"registration", []ami.Event{{Kind: ami.KindPeerStatus, Peer: "SIP/carrier", Status: "Registered", Addr: ip("192.0.2.9"), Port: 5090}}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFeed(detector.Default())
+			// The proof before the first call, and again between calls.
+			for _, ev := range tt.proof {
+				f.send(0, ev)
+			}
+			f.trunkCall(time.Second, "carrier", "02079460100")
+			for _, ev := range tt.proof {
+				f.send(time.Second, ev)
+			}
+			critical, capped := f.burst(2 * time.Second)
+			if tt.lift && (critical == 0 || capped != 0) {
+				t.Errorf("%d criticals, %d capped warnings: want the cap lifted", critical, capped)
+			}
+			if !tt.lift && (critical != 0 || capped == 0) {
+				t.Errorf("%d criticals, %d capped warnings: want every critical capped at warning", critical, capped)
+			}
+		})
+	}
+}
+
+// A PeerStatus Address (chan_sip takes it from the client's Contact header
+// with nat=no) and a ContactStatus URI are contacts, never sources; the
+// sources are where Asterisk received the requests from.
+func TestContactsApartFromSources(t *testing.T) {
+	ip := netip.MustParseAddr
+	f := newFeed(detector.Default())
+	f.send(0, ami.Event{Kind: ami.KindPeerStatus, Peer: "SIP/200", Status: "Registered", Addr: ip("198.51.100.20"), Port: 5060})
+	f.send(0, ami.Event{Kind: ami.KindContactStatus, Peer: "300", Status: "Reachable", Addr: ip("198.51.100.30"), Port: 5060})
+	f.send(0, ami.Event{Kind: ami.KindSecurity, Security: ami.SecSuccessfulAuth, Service: "PJSIP",
+		AccountID: "300", RemoteAddr: ip("203.0.113.30"), RemotePort: 5060, UsingPassword: true})
+	for i := range 5 {
+		at := time.Second + time.Duration(i)*100*time.Millisecond
+		f.trunkCall(at, "200", "02079460123")
+		f.uid++
+		uid := fmt.Sprintf("1795610000.%d", f.uid)
+		f.send(at, ami.Event{Kind: ami.KindNewchannel, Channel: fmt.Sprintf("PJSIP/300-%08x", f.uid), Uniqueid: uid, Linkedid: uid, Exten: "02079460123"})
+	}
+	got := map[string]detector.Alert{}
+	for _, a := range f.alerts {
+		if a.Rule == detector.RuleCallRate && a.Severity == detector.Critical {
+			got[a.Tech.String()+"/"+a.Extension] = a
+		}
+	}
+	if a, ok := got["SIP/200"]; !ok || len(a.Sources) != 0 || fmt.Sprint(a.Contacts) != "[198.51.100.20]" {
+		t.Errorf("SIP/200 (registered, only a PeerStatus address): %+v, want no sources and contact 198.51.100.20", a)
+	}
+	if a, ok := got["PJSIP/300"]; !ok || fmt.Sprint(a.Sources) != "[203.0.113.30]" || fmt.Sprint(a.Contacts) != "[198.51.100.30]" {
+		t.Errorf("PJSIP/300: %+v, want source 203.0.113.30 and contact 198.51.100.30", a)
+	}
+	if got := f.d.Sources(ami.TechSIP, "200"); len(got) != 0 {
+		t.Errorf("Sources(SIP/200) = %v, want none", got)
+	}
+}
+
+// New contacts raise no new_source and never push a source out; a new
+// source does, whatever the contacts said.
+func TestNewSourceIgnoresContacts(t *testing.T) {
+	f := newFeed(detector.Default())
+	f.register(0, "202", "192.0.2.30")
+	for i := range 20 { // contacts from 20 addresses
+		f.send(time.Duration(i)*time.Second, ami.Event{Kind: ami.KindPeerStatus, Peer: "SIP/202", Status: "Registered",
+			Addr: netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), Port: 5060})
+	}
+	if len(f.alerts) != 0 {
+		t.Fatalf("contacts raised %v", f.alerts)
+	}
+	if got := f.d.Sources(ami.TechSIP, "202"); fmt.Sprint(got) != "[192.0.2.30]" {
+		t.Errorf("sources after a flood of contacts: %v", got)
+	}
+	f.register(time.Minute, "202", "203.0.113.66")
+	if len(f.alerts) != 1 || f.alerts[0].Rule != detector.RuleNewSource || fmt.Sprint(f.alerts[0].Sources) != "[203.0.113.66 192.0.2.30]" {
+		t.Fatalf("want one new_source naming 203.0.113.66 then 192.0.2.30, got %+v", f.alerts)
+	}
+	if c := f.alerts[0].Contacts; len(c) == 0 || c[0] != netip.AddrFrom4([4]byte{198, 51, 100, 19}) {
+		t.Errorf("contacts of the alert = %v, want the newest (198.51.100.19) first", c)
 	}
 }

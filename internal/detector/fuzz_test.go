@@ -18,7 +18,7 @@ import (
 
 const fuzzTranscripts = "../../testdata/transcripts/"
 
-var fuzzFixtures = []string{"attack-mixed.ami", "after-rotation.ami", "hangup-events.ami", "pjsip-bruteforce.ami"}
+var fuzzFixtures = []string{"attack-mixed.ami", "after-rotation.ami", "hangup-events.ami", "pjsip-bruteforce.ami", "asterisk11-attack-sip.ami"}
 
 // fixtureEvents returns the decoded events of every fixture transcript.
 func fixtureEvents(tb testing.TB) [][]ami.Event {
@@ -205,16 +205,22 @@ const (
 )
 
 // encodeEvents writes events in the format decodeEvents reads: per event an
-// op byte (kind in the low nibble, security type in the high nibble), the
+// op byte (kind in the low nibble, security type in the high nibble; 0xF
+// there marks the event forged, see ami.Event.Forged), the
 // time step from the previous event (int16, units of 10 ms), a 16-bit mask
 // of the fields present and each present field (a length byte and its
-// bytes; Cause as one byte).
+// bytes; Cause as one byte, which for a security event is UsingPassword in
+// its low bit).
 func encodeEvents(evs []ami.Event) []byte {
 	var b []byte
 	var prev time.Time
 	for i := range evs {
 		ev := &evs[i]
-		b = append(b, byte(ev.Kind)|byte(ev.Security)<<4)
+		op := byte(ev.Kind) | byte(ev.Security)<<4
+		if ev.Forged {
+			op |= forgedOp
+		}
+		b = append(b, op)
 		step := int64(0)
 		if !prev.IsZero() && !ev.Time.IsZero() {
 			step = int64(ev.Time.Sub(prev) / (10 * time.Millisecond))
@@ -236,7 +242,11 @@ func encodeEvents(evs []ami.Event) []byte {
 				mask |= 1 << j
 			}
 		}
-		if ev.Cause != 0 {
+		cause := ev.Cause
+		if ev.Kind == ami.KindSecurity && ev.UsingPassword {
+			cause = 1
+		}
+		if cause != 0 {
 			mask |= 1 << fzCause
 		}
 		b = binary.BigEndian.AppendUint16(b, mask)
@@ -247,8 +257,8 @@ func encodeEvents(evs []ami.Event) []byte {
 				b = append(b, s...)
 			}
 		}
-		if ev.Cause != 0 {
-			b = append(b, byte(ev.Cause))
+		if cause != 0 {
+			b = append(b, byte(cause))
 		}
 	}
 	return b
@@ -262,6 +272,9 @@ const (
 	kindReload = 14
 	kindResync = 15
 )
+
+// forgedOp in an op byte's high nibble marks the event forged.
+const forgedOp = 0xf0
 
 // fuzzPools are values a field can name by reference: a length byte of
 // 0xF0 or more picks one, so that mutations easily make events about the
@@ -339,6 +352,9 @@ func (s *fuzzStream) next(ev *ami.Event, now *time.Time) (op byte, ok bool) {
 		return 0, false
 	}
 	*ev = ami.Event{Kind: ami.Kind(op & 0x0f), Security: ami.SecurityType(op >> 4)}
+	if op&forgedOp == forgedOp {
+		ev.Security, ev.Forged, ev.ForgedField = ami.SecOther, true, "Channel"
+	}
 	*now = now.Add(time.Duration(int16(step)) * 10 * time.Millisecond)
 	ev.Time = *now
 	var fields [fzCause]string
@@ -364,6 +380,9 @@ func (s *fuzzStream) next(ev *ami.Event, now *time.Time) (op byte, ok bool) {
 			return 0, false
 		}
 		ev.Cause = int(c)
+		if ev.Kind == ami.KindSecurity {
+			ev.UsingPassword, ev.Cause = c&1 == 1, 0
+		}
 	}
 	return op & 0x0f, true
 }
@@ -438,6 +457,7 @@ func FuzzDetector(f *testing.F) {
 				DestChannel: "SIP/201-00000022", DestExten: "00442079460000"},
 			ami.Event{Kind: ami.KindHangup, Channel: "Local/200@ctx-0000000" + string(rune('a'+i)) + ";1", Uniqueid: uid, Linkedid: uid, Cause: 3},
 			ami.Event{Kind: ami.KindFullyBooted},
+			ami.Event{Kind: ami.KindNewchannel, Channel: "SIP/200-0000000a", Uniqueid: uid + "9", Exten: "0011442079460000", Forged: true},
 		)
 	}
 	for i := range tour {
@@ -477,7 +497,13 @@ func FuzzDetector(f *testing.F) {
 				alerts = alerts[:0]
 			default:
 				ev.Seq = i + 1
+				before := d.Stats()
 				alerts = d.Process(&ev, alerts[:0])
+				// A forged event is counted and changes nothing else.
+				if after := d.Stats(); ev.Forged && (len(alerts) != 0 || after.Forged != before.Forged+1 ||
+					after.Events != before.Events || after.Extensions != before.Extensions || after.Addresses != before.Addresses) {
+					t.Fatalf("forged event %+v: %d alerts, stats %+v -> %+v", ev, len(alerts), before, after)
+				}
 			}
 			checkAlerts(t, d, alerts)
 			// The caps after every event; everything every 64 events
@@ -502,7 +528,7 @@ func checkAlerts(t *testing.T, d *Detector, alerts []Alert) {
 		if a.Rule == 0 || a.Rule >= numRules || (a.Severity != Warning && a.Severity != Critical) {
 			t.Fatalf("bad alert %+v", a)
 		}
-		if len(a.Numbers) > maxSample || len(a.Accounts) > maxSample || len(a.Sources) > maxSourcesPerExt {
+		if len(a.Numbers) > maxSample || len(a.Accounts) > maxSample || len(a.Sources) > maxSourcesPerExt || len(a.Contacts) > maxContactsPerExt {
 			t.Fatalf("alert samples not bounded: %+v", a)
 		}
 		for _, n := range a.Numbers {
@@ -515,16 +541,16 @@ func checkAlerts(t *testing.T, d *Detector, alerts []Alert) {
 				t.Fatalf("alert account %q is not a valid name", acc)
 			}
 		}
-		for _, s := range a.Sources {
+		for _, s := range slices.Concat(a.Sources, a.Contacts) {
 			if !s.IsValid() || s != s.Unmap() {
-				t.Fatalf("alert source %v", s)
+				t.Fatalf("alert address %v", s)
 			}
 		}
 		if a.IsExtension() {
 			if a.IP.IsValid() || a.Tech == ami.TechUnknown {
 				t.Fatalf("extension alert %+v", a)
 			}
-			e := d.exts[extKey{a.Tech, a.Extension}]
+			e := d.exts[ami.Extension{Tech: a.Tech, Name: a.Extension}]
 			if e == nil {
 				t.Fatalf("alert about %s/%s, which is not tracked", a.Tech, a.Extension)
 			}
@@ -552,8 +578,8 @@ func checkState(t *testing.T, d *Detector) {
 	if st := d.Stats(); st.Extensions != len(d.exts) || st.Addresses != len(d.addrs) {
 		t.Fatalf("stats %+v", st)
 	}
-	if len(d.calls) > maxCallIndex || len(d.challenged) > maxChallenged {
-		t.Fatalf("indexes past their caps: %d calls, %d challenged", len(d.calls), len(d.challenged))
+	if len(d.calls) > maxCallIndex {
+		t.Fatalf("call index past its cap: %d calls", len(d.calls))
 	}
 	checkList(t, "extensions", d.extQ.front, d.extQ.back, d.extQ.n, len(d.exts), func(e *extState) *link[extState] { return &e.link },
 		func(e *extState) bool { return d.exts[e.key] == e })
@@ -568,10 +594,10 @@ func checkState(t *testing.T, d *Detector) {
 	}
 	for uid, e := range d.calls {
 		if d.exts[e.key] != e {
-			t.Fatalf("call %q indexed to %s/%s, which is not tracked", uid, e.key.tech, e.key.name)
+			t.Fatalf("call %q indexed to %s/%s, which is not tracked", uid, e.key.Tech, e.key.Name)
 		}
 		if !has[e][uid] {
-			t.Fatalf("call %q indexed to %s/%s, which does not have it", uid, e.key.tech, e.key.name)
+			t.Fatalf("call %q indexed to %s/%s, which does not have it", uid, e.key.Tech, e.key.Name)
 		}
 	}
 	for k, e := range d.exts {
@@ -582,41 +608,43 @@ func checkState(t *testing.T, d *Detector) {
 		if act == nil {
 			act = &extActivity{}
 		}
-		if len(e.calls) > maxCallsPerExt || len(e.sources) > maxSourcesPerExt || act.prefixes.dests() > maxDestsPerExt || len(act.numbers.list()) > maxSample {
-			t.Fatalf("%s/%s: %d calls, %d sources, %d destinations, %d numbers", k.tech, k.name, len(e.calls), len(e.sources), act.prefixes.dests(), len(act.numbers.list()))
+		if len(e.calls) > maxCallsPerExt || len(e.sources) > maxSourcesPerExt || len(e.contacts) > maxContactsPerExt ||
+			act.prefixes.dests() > maxDestsPerExt || len(act.numbers.list()) > maxSample {
+			t.Fatalf("%s/%s: %d calls, %d sources, %d contacts, %d destinations, %d numbers",
+				k.Tech, k.Name, len(e.calls), len(e.sources), len(e.contacts), act.prefixes.dests(), len(act.numbers.list()))
 		}
 		for _, r := range []struct {
 			r ring
 			t Threshold
 		}{{act.burst, cfg.CallRateBurst}, {act.rate, cfg.CallRate}, {act.intl, cfg.International}, {act.highRisk, cfg.HighRisk}, {act.probes, cfg.FailedProbes}} {
 			if len(r.r.ts) > ringSize(r.t) {
-				t.Fatalf("%s/%s: a window holds %d entries (levels %+v)", k.tech, k.name, len(r.r.ts), r.t)
+				t.Fatalf("%s/%s: a window holds %d entries (levels %+v)", k.Tech, k.Name, len(r.r.ts), r.t)
 			}
 		}
 		perDest := map[numberKey]int{}
 		for _, pe := range act.prefixes.e {
 			if perDest[pe.dest]++; perDest[pe.dest] > ringSize(cfg.PrefixGuess) {
-				t.Fatalf("%s/%s: %d prefixes for destination %x", k.tech, k.name, perDest[pe.dest], uint64(pe.dest))
+				t.Fatalf("%s/%s: %d prefixes for destination %x", k.Tech, k.Name, perDest[pe.dest], uint64(pe.dest))
 			}
 		}
 		for _, c := range e.calls {
 			cn, ok := ami.ParseChannel(c.channel)
-			if !ok || cn.Tech != k.tech || cn.Name != k.name {
-				t.Fatalf("%s/%s tracks channel %q", k.tech, k.name, c.channel)
+			if !ok || cn.Tech != k.Tech || cn.Name != k.Name {
+				t.Fatalf("%s/%s tracks channel %q", k.Tech, k.Name, c.channel)
 			}
 			if c.number != "" && !IsDialled(c.number) {
-				t.Fatalf("%s/%s: call to %q", k.tech, k.name, c.number)
+				t.Fatalf("%s/%s: call to %q", k.Tech, k.Name, c.number)
 			}
 		}
-		if live := d.LiveChannels(k.tech, k.name, nil); len(live) != len(e.calls) {
-			t.Fatalf("%s/%s: LiveChannels gives %d of %d calls", k.tech, k.name, len(live), len(e.calls))
+		if live := d.LiveChannels(k.Tech, k.Name, nil); len(live) != len(e.calls) {
+			t.Fatalf("%s/%s: LiveChannels gives %d of %d calls", k.Tech, k.Name, len(live), len(e.calls))
 		}
-		if src := d.Sources(k.tech, k.name); len(src) != len(e.sources) {
-			t.Fatalf("%s/%s: Sources gives %d of %d", k.tech, k.name, len(src), len(e.sources))
+		if src := d.Sources(k.Tech, k.Name); len(src) != len(e.sources) {
+			t.Fatalf("%s/%s: Sources gives %d of %d", k.Tech, k.Name, len(src), len(e.sources))
 		}
-		for _, s := range e.sources {
+		for _, s := range slices.Concat(e.sources, e.contacts) {
 			if !s.addr.IsValid() || s.addr != s.addr.Unmap() {
-				t.Fatalf("%s/%s: source %v", k.tech, k.name, s.addr)
+				t.Fatalf("%s/%s: address %v", k.Tech, k.Name, s.addr)
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package detector_test
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net/netip"
@@ -51,7 +52,10 @@ func nthCallSeq(t *testing.T, file string, tech ami.Tech, ext string, n int) int
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !ami.Decode(&m, &ev) || ev.Kind != ami.KindNewchannel || ev.Uniqueid != ev.Linkedid {
+		// A call of the extension: on Asterisk 12+ a channel that is its
+		// own Linkedid; the Asterisk 11 recording has no Linkedid, and no
+		// channel of 200 or 201 in it is anything but a call they placed.
+		if !ami.Decode(&m, &ev) || ev.Kind != ami.KindNewchannel || ev.Linkedid != "" && ev.Uniqueid != ev.Linkedid {
 			continue
 		}
 		if cn, ok := ami.ParseChannel(ev.Channel); ok && cn.Tech == tech && cn.Name == ext {
@@ -62,11 +66,14 @@ func nthCallSeq(t *testing.T, file string, tech ami.Tech, ext string, n int) int
 	}
 }
 
+// alertAddrs are the addresses an extension alert names for the extension.
+func alertAddrs(a *detector.Alert) []netip.Addr { return slices.Concat(a.Sources, a.Contacts) }
+
 func names(a *detector.Alert, what string) bool {
 	if a.Extension == what || (a.IP.IsValid() && a.IP.String() == what) {
 		return true
 	}
-	return slices.ContainsFunc(a.Sources, func(s netip.Addr) bool { return s.String() == what })
+	return slices.ContainsFunc(alertAddrs(a), func(s netip.Addr) bool { return s.String() == what })
 }
 
 func firstCritical(alerts []detector.Alert, match func(*detector.Alert) bool) *detector.Alert {
@@ -129,5 +136,60 @@ func TestPJSIPBruteforceVerdict(t *testing.T) {
 		if !slices.Contains(a.Accounts, acct) {
 			t.Errorf("accounts %v lack %q", a.Accounts, acct)
 		}
+	}
+}
+
+// TestAsterisk11Verdicts: the real Asterisk 11 recording, whose AMI has no
+// Linkedid and no security events. The stolen 200 is caught from its calls
+// alone, its address from its registration (PeerStatus), and that
+// registration is what lifts the cap on unauthenticated endpoints.
+func TestAsterisk11Verdicts(t *testing.T) {
+	const file = "asterisk11-attack-sip.ami"
+	alerts := replayAll(t, file)
+	a200 := firstCritical(alerts, func(a *detector.Alert) bool {
+		return a.Tech == ami.TechSIP && a.Extension == "200" &&
+			slices.Contains(alertAddrs(a), netip.MustParseAddr("127.0.0.12"))
+	})
+	if a200 == nil {
+		t.Fatalf("no critical alert for SIP/200 naming 127.0.0.12; got %v", alerts)
+	}
+	if limit := nthCallSeq(t, file, ami.TechSIP, "200", 5); a200.Seq > limit {
+		t.Errorf("SIP/200 critical at seq %d, after its 5th call (seq %d)", a200.Seq, limit)
+	}
+	for _, innocent := range []string{"201", "127.0.0.3", "carrier"} {
+		if a := firstCritical(alerts, func(a *detector.Alert) bool { return names(a, innocent) }); a != nil {
+			t.Errorf("critical alert names the legitimate %s: %+v", innocent, *a)
+		}
+	}
+	for _, a := range alerts {
+		if a.Note != "" {
+			t.Errorf("alert capped although 200 registered: %+v", a)
+		}
+	}
+
+	// Without its registration 200 was never seen authenticating (11 has no
+	// SuccessfulAuth or ChallengeSent): the same calls are capped at warning.
+	raw, err := os.ReadFile(transcripts + file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := "Peer: SIP/200\r\nPeerStatus: Registered\r\n"
+	if bytes.Count(raw, []byte(reg)) != 1 {
+		t.Fatalf("%s: expected one registration of 200", file)
+	}
+	unreg := bytes.Replace(raw, []byte(reg), []byte("Peer: SIP/200\r\nPeerStatus: Unreachable\r\n"), 1)
+	capped := 0
+	if _, err := replay.Reader(bytes.NewReader(unreg), detector.Default(), func(a *detector.Alert) {
+		if a.Severity == detector.Critical {
+			t.Errorf("critical without a registration: %+v", *a)
+		}
+		if a.Note != "" {
+			capped++
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if capped == 0 {
+		t.Error("no capped alert for the unregistered 200")
 	}
 }

@@ -41,7 +41,7 @@ func owner(fi fs.FileInfo) (uint32, bool) {
 // by the effective user, with no permission bit for group or others.
 func checkPrivate(path string, fi fs.FileInfo) error {
 	if !fi.Mode().IsRegular() {
-		return unsafeErr(path, "not a regular file (%s)", fi.Mode().Type())
+		return unsafeErr(path, "not a regular file (%s)", typeName(fi.Mode()))
 	}
 	if uid, ok := owner(fi); ok && int(uid) != os.Geteuid() {
 		return unsafeErr(path, "owned by uid %d, not by the guard's user (uid %d): chown it", uid, os.Geteuid())
@@ -95,30 +95,111 @@ func CheckPrivate(path string) error {
 	return checkPrivate(path, fi)
 }
 
+// ErrReadableByOthers marks a file CheckNotPublic found fine in every
+// other way but readable by every local user. It wraps ErrUnsafe too; a
+// caller that has been told to accept shared files (a container mount whose
+// mode cannot be changed) may let this one error pass.
+var ErrReadableByOthers = fmt.Errorf("%w: readable by every user", ErrUnsafe)
+
 // CheckNotPublic checks a file the guard only reads and that an administrator
 // may share with a group (the configuration, the AMI secret file): it must
-// be a regular file, owned by root or the effective user, not readable by
-// others and not writable by group or others. Symlinks are followed (a
+// be a regular file, owned by root or the effective user, not writable by
+// group or others and not readable by others. Symlinks are followed (a
 // configuration managed by a tool is often a link), the target is checked.
+// Being readable by others is checked last, so an error wrapping
+// ErrReadableByOthers means nothing else is wrong.
 func CheckNotPublic(path string) error {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return err
 	}
+	return notPublic(path, fi)
+}
+
+func notPublic(path string, fi fs.FileInfo) error {
 	if !fi.Mode().IsRegular() {
-		return unsafeErr(path, "not a regular file (%s)", fi.Mode().Type())
+		return unsafeErr(path, "not a regular file (%s)", typeName(fi.Mode()))
 	}
 	if uid, ok := owner(fi); ok && uid != 0 && int(uid) != os.Geteuid() {
-		return unsafeErr(path, "owned by uid %d, neither root nor the guard's user (uid %d): chown it", uid, os.Geteuid())
+		return unsafeErr(path, "owned by uid %d, neither root nor the guard's user (uid %d); run: chown %d %s", uid, os.Geteuid(), os.Geteuid(), path)
 	}
 	perm := fi.Mode().Perm()
-	if perm&0o004 != 0 {
-		return unsafeErr(path, "mode %04o: readable by every user; chmod o-r it (0600 or 0640)", perm)
-	}
 	if perm&0o022 != 0 {
-		return unsafeErr(path, "mode %04o: writable by group or others; chmod go-w it", perm)
+		return unsafeErr(path, "mode %04o: writable by group or others; run: chmod go-w %s", perm, path)
+	}
+	if perm&0o004 != 0 {
+		return fmt.Errorf("%w: %s: mode %04o; run: chmod o-r %s (0600, or 0640 to share it with a group)", ErrReadableByOthers, path, perm, path)
 	}
 	return nil
+}
+
+// OpenNoFollow opens path read-only, refusing a symlink in its last
+// component and anything but a regular file (a FIFO or a device is not
+// waited on: it is opened non-blocking and refused). The caller checks
+// ownership and mode as it needs.
+func OpenNoFollow(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, unsafeErr(path, "is a symlink: name the file itself")
+		}
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = unsafeErr(path, "not a regular file (%s)", typeName(fi.Mode()))
+	}
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// CheckSocket checks the unix socket a client is about to talk to: it must
+// be a socket itself (not a symlink, not a regular file), owned by root or
+// the effective user, and not writable by others (0600 or 0660): anything
+// else may be a stand-in planted by another user to collect what the client
+// sends or to feed it false answers.
+func CheckSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		target, _ := os.Readlink(path)
+		return unsafeErr(path, "is a symlink to %q, not the guard's socket", target)
+	}
+	if fi.Mode()&fs.ModeSocket == 0 {
+		return unsafeErr(path, "not a socket (%s)", typeName(fi.Mode()))
+	}
+	if uid, ok := owner(fi); ok && uid != 0 && int(uid) != os.Geteuid() {
+		return unsafeErr(path, "owned by uid %d, neither root nor you (uid %d): not the guard's socket", uid, os.Geteuid())
+	}
+	if perm := fi.Mode().Perm(); perm&0o002 != 0 {
+		return unsafeErr(path, "mode %04o: any user can connect or stand in for the guard (the guard makes it 0600)", perm)
+	}
+	return nil
+}
+
+// typeName names a file mode's type for an error message.
+func typeName(m fs.FileMode) string {
+	switch t := m.Type(); {
+	case m.IsRegular():
+		return "a regular file"
+	case t&fs.ModeDir != 0:
+		return "a directory"
+	case t&fs.ModeSymlink != 0:
+		return "a symlink"
+	case t&fs.ModeSocket != 0:
+		return "a socket"
+	case t&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case t&fs.ModeDevice != 0:
+		return "a device"
+	default:
+		return t.String()
+	}
 }
 
 // MkdirPrivate makes dir with mode 0700 when it is missing (its missing

@@ -2,8 +2,12 @@ package fsafe
 
 import (
 	"errors"
+	"fmt"
+	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -104,15 +108,25 @@ func TestPrivateOwner(t *testing.T) {
 
 func TestCheckNotPublic(t *testing.T) {
 	dir := t.TempDir()
+	// readable: only "readable by others" is wrong, so a caller told to
+	// accept shared files may let it pass; writable by group or others
+	// never passes.
 	for _, c := range []struct {
-		mode os.FileMode
-		ok   bool
-	}{{0o600, true}, {0o640, true}, {0o400, true}, {0o644, false}, {0o660, false}, {0o602, false}} {
+		mode               os.FileMode
+		ok, readableOthers bool
+	}{
+		{0o600, true, false}, {0o640, true, false}, {0o400, true, false},
+		{0o644, false, true}, {0o604, false, true},
+		{0o660, false, false}, {0o602, false, false}, {0o646, false, false}, {0o666, false, false},
+	} {
 		path := filepath.Join(dir, "config.toml")
 		write(t, path, c.mode)
 		err := CheckNotPublic(path)
 		if c.ok && err != nil || !c.ok && !errors.Is(err, ErrUnsafe) {
 			t.Errorf("mode %04o: err = %v, want ok=%v", c.mode, err, c.ok)
+		}
+		if got := errors.Is(err, ErrReadableByOthers); got != c.readableOthers {
+			t.Errorf("mode %04o: errors.Is(%v, ErrReadableByOthers) = %v, want %v", c.mode, err, got, c.readableOthers)
 		}
 	}
 	// A link to a private file is followed.
@@ -124,6 +138,120 @@ func TestCheckNotPublic(t *testing.T) {
 	}
 	if err := CheckNotPublic(link); err != nil {
 		t.Fatalf("link to a 0600 file: %v", err)
+	}
+	if err := CheckNotPublic(dir); !errors.Is(err, ErrUnsafe) || errors.Is(err, ErrReadableByOthers) {
+		t.Fatalf("a directory: err = %v, want ErrUnsafe only", err)
+	}
+}
+
+func TestCheckNotPublicSaysWhatToRun(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.toml")
+	write(t, path, 0o644)
+	want := "unsafe file: readable by every user: " + path + ": mode 0644; run: chmod o-r " + path + " (0600, or 0640 to share it with a group)"
+	if err := CheckNotPublic(path); err == nil || err.Error() != want {
+		t.Fatalf("err = %v\nwant %s", err, want)
+	}
+	write(t, path, 0o664)
+	want = "unsafe file: " + path + ": mode 0664: writable by group or others; run: chmod go-w " + path
+	if err := CheckNotPublic(path); err == nil || err.Error() != want {
+		t.Fatalf("err = %v\nwant %s", err, want)
+	}
+}
+
+func TestOpenNoFollow(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "shadow")
+	write(t, target, 0o600)
+	f, err := OpenNoFollow(target)
+	if err != nil {
+		t.Fatalf("a regular file: %v", err)
+	}
+	f.Close()
+
+	link := filepath.Join(dir, "ami-secret")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenNoFollow(link); !errors.Is(err, ErrUnsafe) {
+		t.Fatalf("a symlink: err = %v, want ErrUnsafe", err)
+	}
+	if _, err := OpenNoFollow(dir); !errors.Is(err, ErrUnsafe) {
+		t.Fatalf("a directory: err = %v, want ErrUnsafe", err)
+	}
+	// A FIFO nobody writes to would block a plain open for ever.
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenNoFollow(fifo); !errors.Is(err, ErrUnsafe) {
+		t.Fatalf("a FIFO: err = %v, want ErrUnsafe", err)
+	}
+	if _, err := OpenNoFollow(filepath.Join(dir, "missing")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a missing file: err = %v, want ErrNotExist", err)
+	}
+}
+
+// listenUnix makes a listening unix socket at path with the given mode.
+func listenUnix(t *testing.T, path string, mode os.FileMode) {
+	t.Helper()
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCheckSocket(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		mode os.FileMode
+		ok   bool
+	}{{0o600, true}, {0o660, true}, {0o700, true}, {0o666, false}, {0o602, false}, {0o777, false}} {
+		path := filepath.Join(dir, fmt.Sprintf("s%o.sock", c.mode))
+		listenUnix(t, path, c.mode)
+		err := CheckSocket(path)
+		if c.ok && err != nil || !c.ok && !errors.Is(err, ErrUnsafe) {
+			t.Errorf("socket mode %04o: err = %v, want ok=%v", c.mode, err, c.ok)
+		}
+	}
+	regular := filepath.Join(dir, "admin.sock")
+	write(t, regular, 0o600)
+	want := "unsafe file: " + regular + ": not a socket (a regular file)"
+	if err := CheckSocket(regular); err == nil || err.Error() != want {
+		t.Errorf("regular file: err = %v, want %s", err, want)
+	}
+	// A symlink to a good socket elsewhere is refused: the client does not
+	// follow the path anywhere the guard did not put its socket.
+	elsewhere := filepath.Join(t.TempDir(), "evil.sock")
+	listenUnix(t, elsewhere, 0o600)
+	link := filepath.Join(dir, "link.sock")
+	if err := os.Symlink(elsewhere, link); err != nil {
+		t.Fatal(err)
+	}
+	want = "unsafe file: " + link + ": is a symlink to \"" + elsewhere + "\", not the guard's socket"
+	if err := CheckSocket(link); err == nil || err.Error() != want {
+		t.Errorf("symlink: err = %v, want %s", err, want)
+	}
+	if err := CheckSocket(filepath.Join(dir, "missing.sock")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("missing: err = %v, want ErrNotExist", err)
+	}
+}
+
+func TestCheckSocketOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a socket to another user")
+	}
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	listenUnix(t, path, 0o600)
+	if err := os.Lchown(path, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	want := "unsafe file: " + path + ": owned by uid 65534, neither root nor you (uid 0): not the guard's socket"
+	if err := CheckSocket(path); err == nil || err.Error() != want {
+		t.Fatalf("err = %v, want %s", err, want)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/astguard/astguard/internal/action/bans"
+	"github.com/astguard/astguard/internal/fsafe"
 )
 
 // The admin endpoint is HTTP over a unix socket only root can open: the
@@ -25,14 +27,20 @@ type adminServer struct {
 	srv  *http.Server
 }
 
+// listenAdmin makes the admin socket at path, mode 0600, in a directory made
+// 0700 when missing. A socket left by a killed guard is replaced; anything
+// else at the path (a file, a symlink) stops the start.
 func (g *Guard) listenAdmin(path string) (*adminServer, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, err
+	if err := fsafe.MkdirPrivate(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("response.admin_socket: %w", err)
 	}
-	// A socket left by a killed daemon is replaced; anything else is not.
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("admin socket %s exists and is not a socket", path)
+			what := "is not a socket"
+			if fi.Mode()&os.ModeSymlink != 0 {
+				what = "is a symlink"
+			}
+			return nil, fmt.Errorf("response.admin_socket: %s exists and %s: move it away", path, what)
 		}
 		if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
 			c.Close()
@@ -96,11 +104,21 @@ type AdminClient struct{ c *http.Client }
 // ErrNoDaemon means no guard answers on the socket.
 var ErrNoDaemon = errors.New("no running guard answers on the admin socket")
 
-// NewAdminClient returns a client for the socket at path.
+// NewAdminClient returns a client for the socket at path. Before every
+// connection it checks what sits at path (fsafe.CheckSocket): a socket, not
+// a symlink or a file, owned by root or the caller, not writable by others.
+// Anything else is refused with an error wrapping fsafe.ErrUnsafe, never
+// talked to: it may be another user's stand-in for the guard. No socket, or
+// one nobody listens on, is ErrNoDaemon.
 func NewAdminClient(path string) *AdminClient {
 	return &AdminClient{c: &http.Client{
 		Timeout: 5 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			if err := fsafe.CheckSocket(path); errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("%w: %v", ErrNoDaemon, err)
+			} else if err != nil {
+				return nil, fmt.Errorf("admin socket: %w; refusing to talk to it", err)
+			}
 			var d net.Dialer
 			c, err := d.DialContext(ctx, "unix", path)
 			if err != nil {

@@ -43,10 +43,17 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// kernelFirewall stands in for iptables: it remembers what it blocks, as
+// the dry run does, and says it is real, so the bans through it are real
+// bans and block_ip's outcome is done.
+type kernelFirewall struct{ *firewall.DryRun }
+
+func (kernelFirewall) Real() bool { return true }
+
 type harness struct {
 	srv    *amitest.Server
 	cfg    *config.Config
-	fw     *firewall.DryRun
+	fw     kernelFirewall
 	logs   *syncBuffer
 	cancel context.CancelFunc
 	done   chan error
@@ -60,15 +67,24 @@ func startGuard(t *testing.T, transcript string, speed float64, mutate func(*con
 	return startGuardWith(t, transcript, speed, mutate, nil)
 }
 
-// startGuardWith runs the guard with fw as its firewall (nil: a dry-run one
-// the test can read).
+// startGuardWith runs the guard with fw as its firewall (nil: a
+// kernelFirewall the test can read).
 func startGuardWith(t *testing.T, transcript string, speed float64, mutate func(*config.Config), fw firewall.Firewall) *harness {
 	t.Helper()
 	data, err := os.ReadFile(transcripts + transcript)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := amitest.Start(amitest.Options{Username: "guard", Secret: "guardpass", Transcript: bytes.NewReader(data), Speed: speed, AutoPlay: true})
+	return startGuardOn(t, amitest.Options{Transcript: bytes.NewReader(data), Speed: speed, AutoPlay: true}, mutate, fw, nil)
+}
+
+// startGuardOn runs the guard against a fake Asterisk started with srvOpts
+// (the credentials are the guard's); more, if set, changes the guard's
+// Options before it starts.
+func startGuardOn(t *testing.T, srvOpts amitest.Options, mutate func(*config.Config), fw firewall.Firewall, more func(*Options)) *harness {
+	t.Helper()
+	srvOpts.Username, srvOpts.Secret = "guard", "guardpass"
+	srv, err := amitest.Start(srvOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,12 +94,6 @@ func startGuardWith(t *testing.T, transcript string, speed float64, mutate func(
 	cfg.Mode = config.ModeEnforce
 	cfg.AMI.Address = srv.Addr()
 	cfg.AMI.Secret = "guardpass"
-	// amigo cannot be stopped: after the test its sessions try to reconnect
-	// every reconnect_interval, and amigo's own data race on its connection
-	// id (defect 6) fires on the first retry. Tests that are not about
-	// reconnecting keep it beyond the test binary's life; the reconnect
-	// tests are in reconnect_test.go, built without -race.
-	cfg.AMI.ReconnectInterval = config.Duration(10 * time.Minute)
 	cfg.Response.StateFile = filepath.Join(dir, "bans.json")
 	cfg.Response.SecretsFile = filepath.Join(dir, "secrets.jsonl")
 	cfg.Response.AdminSocket = filepath.Join(dir, "admin.sock")
@@ -92,16 +102,18 @@ func startGuardWith(t *testing.T, transcript string, speed float64, mutate func(
 	if mutate != nil {
 		mutate(cfg)
 	}
-	h := &harness{srv: srv, cfg: cfg, fw: firewall.NewDryRun(zerolog.Nop()), logs: &syncBuffer{}, done: make(chan error, 1), guard: make(chan *Guard, 1)}
+	h := &harness{srv: srv, cfg: cfg, fw: kernelFirewall{firewall.NewDryRun(zerolog.Nop())}, logs: &syncBuffer{}, done: make(chan error, 1), guard: make(chan *Guard, 1)}
 	if fw == nil {
 		fw = h.fw
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
-	go func() {
-		h.done <- Run(ctx, Options{Config: cfg, Logger: zerolog.New(h.logs), Firewall: fw, Record: recordTo,
-			Started: func(g *Guard) { h.guard <- g }})
-	}()
+	opts := Options{Config: cfg, Logger: zerolog.New(h.logs), Firewall: fw, Record: recordTo,
+		Started: func(g *Guard) { h.guard <- g }}
+	if more != nil {
+		more(&opts)
+	}
+	go func() { h.done <- Run(ctx, opts) }()
 	t.Cleanup(func() { h.stop(t) })
 	return h
 }

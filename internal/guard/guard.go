@@ -21,6 +21,7 @@ import (
 	"github.com/astguard/astguard/internal/action/firewall"
 	"github.com/astguard/astguard/internal/alert"
 	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
 	"github.com/astguard/astguard/internal/metrics"
@@ -33,6 +34,11 @@ type Options struct {
 	// are refused).
 	Load   func() (*config.Config, error)
 	Reload <-chan struct{}
+	// ConfigFile is the file Load reads: every message about the
+	// configuration names it.
+	ConfigFile string
+	// Logger is where the guard logs. Its level is replaced by log.level,
+	// which a reload changes; a disabled logger stays disabled.
 	Logger zerolog.Logger
 	// Firewall overrides the one the config names (tests, demo).
 	Firewall firewall.Firewall
@@ -43,6 +49,11 @@ type Options struct {
 	RecordKeep     int
 	// Started, if set, is called once the guard is wired (tests).
 	Started func(*Guard)
+	// Reloaded, if set, is called with the outcome of every reload.
+	Reloaded func(ReloadResult)
+	// LookupNetIP resolves the host of ami.address (tests); default
+	// net.DefaultResolver.LookupNetIP.
+	LookupNetIP func(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
 // Guard is a running guard.
@@ -50,35 +61,30 @@ type Guard struct {
 	opts    Options
 	cfg     atomic.Pointer[config.Config]
 	log     zerolog.Logger
-	events  *ami.Session
-	urgent  *ami.Session
+	level   levelGate
+	lookup  lookupFunc
+	never   neverState
+	events  *client.Client // events, config and Getvar actions
+	urgent  *client.Client // hang-ups only
 	bans    *bans.Manager
 	resp    *responder
-	queue   chan ami.Incoming
+	queue   chan incoming
 	connect chan struct{}
 	resync  chan resyncItem
 
 	metrics     *metrics.Metrics
 	metricsAddr string
+	warnedOld   atomic.Bool // said what an Asterisk before 12 does not show
 
 	stats struct {
-		dropped, untrusted, alerts atomic.Uint64
-		lastEvent                  atomic.Int64
+		queued, dropped, alerts atomic.Uint64
+		lastEvent               atomic.Int64
 	}
 }
 
 type resyncItem struct {
 	live  []detector.LiveChannel
 	hints []ami.Event
-}
-
-// wanted are the events the detector uses; the rest are not even queued
-// (unless recording).
-var wanted = map[string]bool{
-	"Newchannel": true, "DialBegin": true, "DialEnd": true, "Dial": true, "Hangup": true,
-	"PeerStatus": true, "ContactStatus": true, "FullyBooted": true,
-	"InvalidAccountID": true, "FailedACL": true, "InvalidPassword": true, "ChallengeResponseFailed": true,
-	"ChallengeSent": true, "SuccessfulAuth": true, "RequestNotAllowed": true, "RequestBadFormat": true,
 }
 
 // Bans returns the ban manager (the admin endpoint, tests).
@@ -90,13 +96,25 @@ func Run(ctx context.Context, opts Options) error {
 	if err := cfg.RequireSecret(); err != nil {
 		return err
 	}
+	if err := checkSecretsFile(cfg.Response.SecretsFile); err != nil {
+		return err
+	}
 	g := &Guard{
 		opts:    opts,
-		log:     opts.Logger,
-		queue:   make(chan ami.Incoming, cfg.AMI.QueueSize),
+		lookup:  opts.LookupNetIP,
+		queue:   make(chan incoming, cfg.AMI.QueueSize),
 		connect: make(chan struct{}, 1),
 		resync:  make(chan resyncItem, 1),
 	}
+	if g.lookup == nil {
+		g.lookup = net.DefaultResolver.LookupNetIP
+	}
+	g.level.set(cfg.Log.Level)
+	g.log = opts.Logger
+	if g.log.GetLevel() != zerolog.Disabled {
+		g.log = g.log.Level(zerolog.TraceLevel) // the level gate decides
+	}
+	g.log = g.log.Sample(&g.level)
 	g.cfg.Store(cfg)
 	log := g.log.With().Str("component", "guard").Logger()
 	g.metrics = g.newMetrics(cfg)
@@ -110,20 +128,22 @@ func Run(ctx context.Context, opts Options) error {
 
 	fw := opts.Firewall
 	if fw == nil {
-		var err error
-		if fw, err = NewFirewall(cfg, g.log); err != nil {
-			return err
-		}
+		// Built at its first use, and again until that works: a missing or
+		// refused iptables must not stop the hang-ups and rotations (the
+		// bans are kept and re-applied once it works), and observe mode
+		// never uses the firewall at all.
+		fw = firewall.NewLazy(func() (firewall.Firewall, error) { return NewFirewall(cfg, g.log) },
+			cfg.Response.Firewall != config.FirewallDryRun)
 	}
-	never, err := neverBlock(cfg)
-	if err != nil {
-		return err
-	}
+	// In observe mode the ban manager reads the state and sets up no
+	// firewall: no chain, no jump, no rule, nothing written.
 	g.bans, err = bans.New(bans.Options{
-		Firewall:  fw,
-		StatePath: cfg.Response.StateFile,
-		Never:     never,
-		Logger:    g.log,
+		Firewall:   fw,
+		StatePath:  cfg.Response.StateFile,
+		Never:      g.refreshNever(ctx, "start", false),
+		Observe:    cfg.Mode != config.ModeEnforce,
+		RecoverFor: time.Duration(cfg.Response.BanDuration),
+		Logger:     g.log,
 	})
 	if err != nil {
 		return err
@@ -142,38 +162,10 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}()
 
-	want := func(ev string) bool { return wanted[ev] }
-	if opts.Record != "" {
-		want = nil
-	}
-	g.events, err = ami.Dial(ami.SessionOptions{
-		Name: "events", Address: cfg.AMI.Address, Username: cfg.AMI.Username, Secret: cfg.AMI.Secret.Reveal(),
-		EventMask: "call,security,system", Queue: g.queue, Want: want,
-		OnConnect: func() {
-			select {
-			case g.connect <- struct{}{}:
-			default:
-			}
-		},
-		OnDrop:            g.dropped,
-		ActionTimeout:     time.Duration(cfg.AMI.ActionTimeout),
-		ReconnectInterval: time.Duration(cfg.AMI.ReconnectInterval),
-		Logger:            g.log,
-	})
-	if err != nil {
+	if err := g.dialAMI(cfg, opts.Record != ""); err != nil {
 		return err
 	}
 	defer g.events.Close()
-	g.urgent, err = ami.Dial(ami.SessionOptions{
-		Name: "urgent", Address: cfg.AMI.Address, Username: cfg.AMI.Username, Secret: cfg.AMI.Secret.Reveal(),
-		EventMask:         "off",
-		ActionTimeout:     time.Duration(cfg.AMI.ActionTimeout),
-		ReconnectInterval: time.Duration(cfg.AMI.ReconnectInterval),
-		Logger:            g.log,
-	})
-	if err != nil {
-		return err
-	}
 	defer g.urgent.Close()
 	g.resp = newResponder(cfg, g.log, g.events, g.urgent, g.bans)
 	g.resp.metrics = g.metrics
@@ -192,7 +184,7 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}
 
-	log.Info().Str("mode", cfg.Mode).Str("ami", cfg.AMI.Address).Str("firewall", cfg.Response.Firewall).
+	log.Info().Str("config", opts.ConfigFile).Str("mode", cfg.Mode).Str("ami", cfg.AMI.Address).Str("firewall", cfg.Response.Firewall).
 		Int("bans_restored", len(g.bans.List())).Msg("guard started")
 	if opts.Started != nil {
 		opts.Started(g)
@@ -252,37 +244,9 @@ func NewFirewall(cfg *config.Config, log zerolog.Logger) (firewall.Firewall, err
 	return firewall.NewIPTables(firewall.Options{Chain: cfg.Response.Chain, DisableIPv6: !cfg.Response.IPv6, KeepRulesOnSetup: true, Logger: log})
 }
 
-// neverBlock is every address the guard must never cut off: the allow-list
-// and never_block, the AMI server and the address the guard reaches it from.
-func neverBlock(cfg *config.Config) ([]netip.Prefix, error) {
-	out := cfg.NeverBlock()
-	host, port, err := net.SplitHostPort(cfg.AMI.Address)
-	if err != nil {
-		return nil, err
-	}
-	addrs, err := net.DefaultResolver.LookupNetIP(context.Background(), "ip", host)
-	if err != nil {
-		return nil, fmt.Errorf("ami.address: cannot resolve %s: %w", host, err)
-	}
-	for _, a := range addrs {
-		a = a.Unmap()
-		out = append(out, netip.PrefixFrom(a, a.BitLen()))
-		// The local address the kernel picks to reach it (no packet is sent).
-		if c, err := net.Dial("udp", net.JoinHostPort(a.String(), port)); err == nil {
-			if la, ok := c.LocalAddr().(*net.UDPAddr); ok {
-				if l, ok := netip.AddrFromSlice(la.IP); ok {
-					l = l.Unmap()
-					out = append(out, netip.PrefixFrom(l, l.BitLen()))
-				}
-			}
-			c.Close()
-		}
-	}
-	return out, nil
-}
-
+// dropped is told the running count of events dropped because the queue
+// was full, on the reader's goroutine.
 func (g *Guard) dropped(n uint64) {
-	g.stats.dropped.Store(n)
 	g.metrics.Dropped(n)
 	// Loud, but not once per event: at 1, 10, 100, ...
 	for p := uint64(1); p <= n; p *= 10 {
@@ -293,16 +257,12 @@ func (g *Guard) dropped(n uint64) {
 	}
 }
 
-// dropAmigoKeys are the headers amigo adds to every message (its defect 14).
-func dropAmigoKeys(k string) bool { return k == "#" || k == "TimeReceived" }
-
 // loop owns the detector: every event goes through it in order.
 func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 	cfg := g.cfg.Load()
 	det := detector.New(cfg.Detector())
 	log := g.log.With().Str("component", "detector").Logger()
 	var (
-		msg    ami.Message
 		ev     ami.Event
 		alerts []detector.Alert
 		seq    int
@@ -344,7 +304,7 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 				}
 			}
 		case <-g.opts.Reload:
-			g.reload(det)
+			g.reload(ctx, det)
 		case it := <-g.resync:
 			now := time.Now()
 			for i := range it.hints {
@@ -357,36 +317,31 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 			log.Info().Int("live_channels", len(it.live)).Int("address_hints", len(it.hints)).Msg("state rebuilt from Asterisk")
 		case in := <-g.queue:
 			seq++
-			g.stats.lastEvent.Store(in.Time.UnixNano())
-			// Header order matters only to a recording's reader.
-			setMap := msg.SetMapUnordered
-			if rec != nil {
-				setMap = msg.SetMap
-			}
-			trusted := setMap(in.Fields, dropAmigoKeys) && in.Trusted
-			if rec != nil {
-				if err := rec.write(msg.Raw(), in.Time); err != nil {
+			g.stats.lastEvent.Store(in.at.UnixNano())
+			if rec != nil && in.raw != nil {
+				if err := rec.write(in.raw, in.at); err != nil {
 					log.Error().Err(err).Msg("recording failed")
 				}
 			}
-			if !trusted {
-				n := g.stats.untrusted.Add(1)
-				log.Error().Uint64("count", n).Str("event", in.Fields["Event"]).
-					Msg("message with a line over 4096 bytes: amigo split it and its headers may be forged; not used")
-				continue
-			}
-			if !ami.Decode(&msg, &ev) {
+			if in.ev == nil {
 				g.metrics.Event(ami.KindUnknown, ami.SecOther)
 				continue
 			}
+			ev = *in.ev
+			eventPool.Put(in.ev)
 			g.metrics.Event(ev.Kind, ev.Security)
-			ev.Time, ev.Seq = in.Time, seq
+			ev.Time, ev.Seq = in.at, seq
 			alerts = det.Process(&ev, alerts[:0])
+			if ev.Forged {
+				log.Warn().Uint64("count", det.Stats().Forged).Str("event", ev.Kind.String()).
+					Str("field", ev.ForgedField).Msg("message repeats a header the guard attributes by (forged in a caller name or user name?): not used")
+				continue
+			}
 			switch ev.Kind {
 			case ami.KindHangup:
 				g.resp.channelGone(ev.Channel)
 			case ami.KindNewchannel:
-				if ev.Uniqueid == ev.Linkedid {
+				if detector.IsCall(&ev) {
 					if cn, ok := ami.ParseChannel(ev.Channel); ok {
 						g.resp.newChannel(ctx, cn.Tech, cn.Name, ev.Channel)
 					}
@@ -397,70 +352,38 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 	}
 }
 
-// reload applies a new configuration; a bad one keeps the old running.
-func (g *Guard) reload(det *detector.Detector) {
-	log := g.log.With().Str("component", "guard").Logger()
-	if g.opts.Load == nil {
-		log.Warn().Msg("reload asked, but no configuration file to read")
+// switchMode follows a reload that changed the mode. To enforce: the
+// firewall is set up and the real bans applied before the responder acts.
+// To observe: nothing more is done; the bans already applied stay in the
+// firewall (observe mode changes nothing, lifting included).
+func (g *Guard) switchMode(mode string) {
+	if mode != config.ModeEnforce {
+		g.bans.Observe()
 		return
 	}
-	cfg, err := g.opts.Load()
-	if err != nil {
-		log.Error().Err(err).Msg("configuration reload failed: keeping the running configuration")
-		return
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := g.bans.Enforce(ctx); err != nil {
+		g.log.Error().Str("component", "guard").Err(err).
+			Msg("the firewall cannot be set up: block_ip will fail until it can; the other actions go on")
 	}
-	old := g.cfg.Load()
-	if cfg.AMI.Address != old.AMI.Address || cfg.AMI.Username != old.AMI.Username {
-		log.Warn().Msg("ami settings changed: they take effect at the next start")
-	}
-	if cfg.Metrics.Listen != old.Metrics.Listen {
-		log.Warn().Msg("metrics.listen changed: it takes effect at the next start")
-	}
-	g.metrics.SetSilenceAlarm(time.Duration(cfg.Metrics.SilenceAlarm))
-	det.SetConfig(cfg.Detector())
-	g.resp.setConfig(cfg)
-	if never, err := neverBlock(cfg); err == nil {
-		g.bans.SetNever(never)
-	}
-	g.cfg.Store(cfg)
-	log.Info().Str("mode", cfg.Mode).Msg("configuration reloaded")
 }
 
-// resyncLoop rebuilds the view after every (re)connect: events lost across
-// the reconnect, and those amigo's login swallows, must not hide an attack.
+// resyncLoop rebuilds the view after every login of the event session:
+// events lost while the link was down must not hide an attack.
 func (g *Guard) resyncLoop(ctx context.Context) error {
-	log := g.log.With().Str("component", "resync").Logger()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-g.connect:
 		}
+		if !g.neverResolved() {
+			g.refreshNever(ctx, "connect", true)
+		}
 		cfg := g.cfg.Load()
 		actx, cancel := context.WithTimeout(ctx, 4*time.Duration(cfg.AMI.ActionTimeout))
-		var it resyncItem
-		_, items, err := g.events.List(actx, ami.Action{Name: "CoreShowChannels"})
-		if err != nil {
-			log.Error().Err(err).Msg("CoreShowChannels failed: live calls not rebuilt")
-		} else {
-			for _, c := range items {
-				it.live = append(it.live, detector.LiveChannel{Channel: c["Channel"], Uniqueid: c["Uniqueid"], Linkedid: c["Linkedid"], Exten: c["Exten"]})
-			}
-		}
-		if _, peers, err := g.events.List(actx, ami.Action{Name: "SIPpeers"}); err == nil {
-			for _, p := range peers {
-				if a, perr := netip.ParseAddr(p["IPaddress"]); perr == nil && ami.ValidName(p["ObjectName"]) {
-					it.hints = append(it.hints, ami.Event{Kind: ami.KindPeerStatus, Peer: "SIP/" + p["ObjectName"], Status: "Registered", Addr: a.Unmap()})
-				}
-			}
-		}
-		if _, contacts, err := g.events.List(actx, ami.Action{Name: "PJSIPShowContacts"}); err == nil {
-			for _, c := range contacts {
-				if a, perr := netip.ParseAddr(c["ViaAddr"]); perr == nil && ami.ValidName(c["Endpoint"]) {
-					it.hints = append(it.hints, ami.Event{Kind: ami.KindContactStatus, Peer: c["Endpoint"], Status: "Reachable", Addr: a.Unmap()})
-				}
-			}
-		}
+		it := g.rebuild(actx)
 		cancel()
 		select {
 		case g.resync <- it:

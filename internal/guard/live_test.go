@@ -51,7 +51,6 @@ func TestReloadKeepsOldConfigWhenNewIsBad(t *testing.T) {
 	dir := t.TempDir()
 	cfg := config.Default()
 	cfg.AMI.Address, cfg.AMI.Secret = srv.Addr(), "guardpass"
-	cfg.AMI.ReconnectInterval = config.Duration(10 * time.Minute)
 	cfg.Response.StateFile = filepath.Join(dir, "bans.json")
 	cfg.Response.SecretsFile = filepath.Join(dir, "secrets.jsonl")
 	cfg.Response.AdminSocket = filepath.Join(dir, "admin.sock")
@@ -140,8 +139,12 @@ func startGuardRecording(t *testing.T, path string) *harness {
 // says the phone needs the new secret.
 func TestEarlierAddressProtectedAfterRotation(t *testing.T) {
 	h := startGuardWith(t, "attack-mixed.ami", 4, nil, nil)
-	// The office phone of 200 registered from 192.0.2.10 before the theft.
+	// The office phone of 200 registered from 192.0.2.10 before the theft:
+	// its REGISTER's PeerStatus and SuccessfulAuth, whose RemoteAddress
+	// (not the PeerStatus Address, a contact) makes it a source.
+	waitLoggedIn(t, h)
 	h.srv.Inject("Event: PeerStatus\r\nPrivilege: system,all\r\nChannelType: SIP\r\nPeer: SIP/200\r\nPeerStatus: Registered\r\nAddress: 192.0.2.10:5060\r\n")
+	h.srv.Inject(securityFrame("SuccessfulAuth", "SIP", "200", "IPV4/UDP/192.0.2.10/5060", "UsingPassword: 1"))
 	waitFor(t, "200's rotation", 20*time.Second, func() bool {
 		return strings.Contains(h.logs.String(), `"action":"rotate_secret","result":"done"`)
 	})

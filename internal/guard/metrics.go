@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/metrics"
 )
@@ -12,26 +12,40 @@ import (
 // newMetrics builds the guard's metrics. They read the guard's state when
 // scraped; the HTTP endpoint serves only once Run has wired everything.
 func (g *Guard) newMetrics(cfg *config.Config) *metrics.Metrics {
-	session := func(name string, get func() *ami.Session, essential bool) metrics.Session {
+	session := func(name string, get func() *client.Client, essential bool) metrics.Session {
 		return metrics.Session{
 			Name: name,
-			Connected: func() bool {
-				s := get()
-				return s != nil && s.Connected()
+			Status: func() client.Status {
+				if c := get(); c != nil {
+					return c.Status()
+				}
+				return client.Status{}
 			},
-			Connects: func() uint64 {
-				if s := get(); s != nil {
-					return s.Stats().Connects
+			ActionTimeouts: func() uint64 {
+				if c := get(); c != nil {
+					return c.Stats().ActionTimeouts
 				}
 				return 0
 			},
 			Essential: essential,
 		}
 	}
+	// Messages the readers of both sessions rejected.
+	rejected := func(f func(client.Stats) uint64) func() uint64 {
+		return func() uint64 {
+			var n uint64
+			for _, c := range []*client.Client{g.events, g.urgent} {
+				if c != nil {
+					n += f(c.Stats())
+				}
+			}
+			return n
+		}
+	}
 	return metrics.New(metrics.Options{
 		Sessions: []metrics.Session{
-			session("events", func() *ami.Session { return g.events }, true),
-			session("urgent", func() *ami.Session { return g.urgent }, false),
+			session("events", func() *client.Client { return g.events }, true),
+			session("urgent", func() *client.Client { return g.urgent }, false),
 		},
 		QueueLen: func() int { return len(g.queue) },
 		QueueCap: cap(g.queue),
@@ -39,9 +53,16 @@ func (g *Guard) newMetrics(cfg *config.Config) *metrics.Metrics {
 			if g.bans == nil {
 				return 0
 			}
-			return len(g.bans.List())
+			n := 0
+			for _, b := range g.bans.List() {
+				if !b.DryRun {
+					n++
+				}
+			}
+			return n
 		},
-		Untrusted: g.stats.untrusted.Load,
+		Malformed: rejected(func(s client.Stats) uint64 { return s.Malformed }),
+		Oversized: rejected(func(s client.Stats) uint64 { return s.Oversized }),
 		LastEvent: func() time.Time {
 			if ns := g.stats.lastEvent.Load(); ns != 0 {
 				return time.Unix(0, ns)

@@ -2,19 +2,22 @@ package guard
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/astguard/astguard/internal/action"
 	"github.com/astguard/astguard/internal/action/bans"
+	"github.com/astguard/astguard/internal/action/block"
+	"github.com/astguard/astguard/internal/action/hangup"
+	"github.com/astguard/astguard/internal/action/secret"
 	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
 	"github.com/astguard/astguard/internal/metrics"
@@ -28,55 +31,38 @@ const (
 	actBlock  = config.ActionBlockIP
 )
 
-type extKey struct {
-	tech ami.Tech
-	name string
-}
-
-func (k extKey) String() string { return k.tech.String() + "/" + k.name }
-
-// protection marks an earlier address of an extension whose secret was
-// rotated: the real phone there still uses the old secret and fails, which
-// must not get the address (often an office's shared NAT) blocked.
-type protection struct {
-	until time.Time
-	ext   string
-}
-
 // responder turns critical alerts into actions, as the policy says.
 type responder struct {
 	log     zerolog.Logger
-	events  *ami.Session // config and Getvar actions
-	urgent  *ami.Session // hang-ups: never behind a slow action
-	bans    *bans.Manager
-	secrets *secretsFile
+	events  *client.Client // config actions (the secret's rotation)
+	urgent  *client.Client // hang-ups and Getvar: never behind a slow action
+	hangup  *hangup.Hanger // on urgent
+	block   *block.Blocker // Getvar on urgent, bans through the ban manager
 	now     func() time.Time
 	metrics *metrics.Metrics // nil: not counted
 
-	mu        sync.Mutex
-	cfg       *config.Config
-	blocked   map[extKey]time.Time // extension -> its new channels are hung up until then
-	inflight  map[string]bool      // incident key -> being handled
-	pending   map[string]pendingResponse
-	protected map[netip.Addr]protection
-	awaiting  map[string]chan struct{} // channel -> closed on its Hangup event
-	wg        sync.WaitGroup
+	mu       sync.Mutex
+	cfg      *config.Config
+	blocked  map[ami.Extension]time.Time // extension -> its new channels are hung up until then
+	inflight map[string]bool             // incident key -> being handled
+	pending  map[string]pendingResponse
+	secrets  map[string]*secretsFile // by path: the writes to one file are serialized
+	wg       sync.WaitGroup
 }
 
-func newResponder(cfg *config.Config, log zerolog.Logger, events, urgent *ami.Session, b *bans.Manager) *responder {
+func newResponder(cfg *config.Config, log zerolog.Logger, events, urgent *client.Client, b *bans.Manager) *responder {
 	return &responder{
-		log:       log.With().Str("component", "responder").Logger(),
-		events:    events,
-		urgent:    urgent,
-		bans:      b,
-		secrets:   &secretsFile{path: cfg.Response.SecretsFile},
-		now:       time.Now,
-		cfg:       cfg,
-		blocked:   make(map[extKey]time.Time),
-		inflight:  make(map[string]bool),
-		pending:   make(map[string]pendingResponse),
-		protected: make(map[netip.Addr]protection),
-		awaiting:  make(map[string]chan struct{}),
+		log:      log.With().Str("component", "responder").Logger(),
+		events:   events,
+		urgent:   urgent,
+		hangup:   hangup.New(urgent),
+		block:    block.New(urgent, b),
+		now:      time.Now,
+		secrets:  make(map[string]*secretsFile),
+		cfg:      cfg,
+		blocked:  make(map[ami.Extension]time.Time),
+		inflight: make(map[string]bool),
+		pending:  make(map[string]pendingResponse),
 	}
 }
 
@@ -90,6 +76,31 @@ func (r *responder) config() *config.Config {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.cfg
+}
+
+// secretsFile returns the secrets file of cfg (response.secrets_file). A
+// rotation takes it once, so its lines and every message about its secret
+// name the same file, even when a reload changes the key meanwhile.
+func (r *responder) secretsFile(cfg *config.Config) *secretsFile {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	path := cfg.Response.SecretsFile
+	f, ok := r.secrets[path]
+	if !ok {
+		f = &secretsFile{path: path}
+		r.secrets[path] = f
+	}
+	return f
+}
+
+// report writes an action's outcome as an alert line of its own.
+func (r *responder) report(a *detector.Alert, o action.Outcome) {
+	r.outcome(o.Action, string(o.Result), a, o.Target, o.Took, o.Err, o.Detail)
+}
+
+// Record writes l to the file: the secret package's Recorder.
+func (f *secretsFile) Record(l secret.Line) (string, error) {
+	return f.path, f.write(secretLine{Time: l.Time, Extension: l.Extension, Secret: l.Secret, Status: string(l.Status)})
 }
 
 // outcome writes one action's result as an alert line of its own.
@@ -201,14 +212,7 @@ func (r *responder) describe(act string, a *detector.Alert, live []string) strin
 	case actRotate:
 		return a.Tech.String() + "/" + a.Extension
 	case actBlock:
-		if a.IsExtension() {
-			ss := make([]string, len(a.Sources))
-			for i, s := range a.Sources {
-				ss[i] = s.String()
-			}
-			return strings.Join(ss, ",")
-		}
-		return a.IP.String()
+		return block.Describe(blockRequest(nil, a, live))
 	}
 	return ""
 }
@@ -216,19 +220,21 @@ func (r *responder) describe(act string, a *detector.Alert, live []string) strin
 // respond blocks and hangs up in parallel, then rotates the secret.
 func (r *responder) respond(ctx context.Context, cfg *config.Config, a detector.Alert, todo []string, live []string) {
 	do := func(act string) bool { return slices.Contains(todo, act) }
-	var targets []netip.Addr
-	if do(actBlock) {
-		targets = r.blockTargets(ctx, cfg, &a, live)
-	}
+	var blocked []netip.Addr
 	var wg sync.WaitGroup
 	if do(actBlock) {
-		for _, addr := range targets {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				r.block(ctx, cfg, &a, addr)
-			}()
+		// Chosen before the hang-up: a live call's address is read from
+		// its channel.
+		req, s := blockRequest(cfg, &a, live), r.blockSettings(cfg)
+		c := r.block.Choose(ctx, req, s)
+		if c.Target.Addr.IsValid() {
+			blocked = append(blocked, c.Target.Addr)
 		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.report(&a, r.block.Ban(ctx, req, c, s).Outcome)
+		}()
 	}
 	if do(actHangup) {
 		wg.Add(1)
@@ -239,210 +245,73 @@ func (r *responder) respond(ctx context.Context, cfg *config.Config, a detector.
 	}
 	wg.Wait()
 	if do(actRotate) {
-		r.rotate(ctx, cfg, &a, targets)
+		r.rotate(ctx, cfg, &a, blocked)
 	}
 }
 
-// blockTargets picks the addresses to block for an alert. For an extension,
-// the address its live call comes from, as Asterisk sees it (Getvar
-// CHANNEL(peerip) / CHANNEL(pjsip,remote_addr)): the registration address
-// may be the real user's while the thief calls from elsewhere. Without a
-// live channel, the newest address Asterisk saw it authenticate from.
-func (r *responder) blockTargets(ctx context.Context, cfg *config.Config, a *detector.Alert, live []string) []netip.Addr {
+// blockRequest is what alert a says about what to block (nil cfg: the
+// ban's duration left out).
+func blockRequest(cfg *config.Config, a *detector.Alert, live []string) block.Request {
+	req := block.Request{
+		Rule:   a.Rule.String(),
+		Reason: fmt.Sprintf("%s %s: %d %s", a.Rule, a.Severity, a.Count, a.Reason),
+	}
+	if cfg != nil {
+		req.TTL = time.Duration(cfg.Response.BanDuration)
+	}
 	if !a.IsExtension() {
-		return []netip.Addr{a.IP}
+		req.Addr = a.IP
+		return req
 	}
-	var out []netip.Addr
-	for _, ch := range live {
-		if len(out) > 0 {
-			break
-		}
-		if addr, ok := r.channelAddr(ctx, cfg, a.Tech, ch); ok {
-			out = append(out, addr)
-		}
-	}
-	if len(out) == 0 && len(a.Sources) > 0 {
-		out = append(out, a.Sources[0])
-	}
-	return out
+	req.Extension = ami.Extension{Tech: a.Tech, Name: a.Extension}
+	req.Live, req.Sources, req.Contacts = live, a.Sources, a.Contacts
+	return req
 }
 
-func (r *responder) channelAddr(ctx context.Context, cfg *config.Config, tech ami.Tech, channel string) (netip.Addr, bool) {
-	variable := "CHANNEL(peerip)"
-	if tech == ami.TechPJSIP {
-		variable = "CHANNEL(pjsip,remote_addr)"
-	} else if tech != ami.TechSIP {
-		return netip.Addr{}, false
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(cfg.AMI.ActionTimeout))
-	defer cancel()
-	resp, err := r.urgent.Do(ctx, ami.Action{Name: "Getvar", Headers: []ami.Header{{Key: "Channel", Value: channel}, {Key: "Variable", Value: variable}}})
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	v := resp["Value"]
-	if ap, err := netip.ParseAddrPort(v); err == nil {
-		return ap.Addr().Unmap(), true
-	}
-	if ad, err := netip.ParseAddr(v); err == nil {
-		return ad.Unmap(), true
-	}
-	return netip.Addr{}, false
+// blockSettings are the block settings of cfg.
+func (r *responder) blockSettings(cfg *config.Config) block.Settings {
+	return block.Settings{Timeout: time.Duration(cfg.AMI.ActionTimeout), Retry: backoff(cfg)}
 }
 
-func (r *responder) block(ctx context.Context, cfg *config.Config, a *detector.Alert, addr netip.Addr) {
-	target := addr.String()
-	if p, ok := r.protectedAddr(addr); ok {
-		r.outcome(actBlock, "skipped", a, target, 0, nil,
-			fmt.Sprintf("%s is an earlier address of %s, whose secret was rotated: its failures are the real phone still using the old secret; give the phone the new secret (from the secrets file)", target, p.ext))
-		return
-	}
-	ext := ""
-	if a.IsExtension() {
-		ext = a.Tech.String() + "/" + a.Extension
-	}
-	reason := fmt.Sprintf("%s %s: %d %s", a.Rule, a.Severity, a.Count, a.Reason)
-	start := r.now()
-	err := retry(ctx, cfg, func() error {
-		_, err := r.bans.Ban(ctx, addr, time.Duration(cfg.Response.BanDuration), reason, ext)
-		return err
-	})
-	took := r.now().Sub(start)
-	switch {
-	case errors.Is(err, bans.ErrProtected):
-		r.outcome(actBlock, "skipped", a, target, took, nil, "never blocked: allow-listed, the AMI server or the guard's own address")
-	case err != nil:
-		r.outcome(actBlock, "failed", a, target, took, err, "the ban is recorded and re-applied until the firewall accepts it")
-	default:
-		r.outcome(actBlock, "done", a, target, took, nil, "dropped for "+time.Duration(cfg.Response.BanDuration).String())
+// hangupSettings are the hang-up settings of cfg for the Asterisk the
+// urgent session is connected to.
+func (r *responder) hangupSettings(cfg *config.Config) hangup.Settings {
+	return hangup.Settings{
+		Cause:   cfg.Response.HangupCause,
+		Regex:   hangup.RegexSupported(r.urgent.Version()),
+		Timeout: time.Duration(cfg.AMI.ActionTimeout),
+		Retry:   backoff(cfg),
 	}
 }
 
-// hangupExtension hangs up every channel of the extension: by a /regex/ on
-// its channel names (atomic, catches channels the guard missed) and then by
-// name for the tracked ones that remain (Local channels, Asterisk before 11),
-// confirmed by their Hangup events. New channels of the extension are hung
-// up as they appear for the ban duration.
+// backoff is how cfg says actions are retried.
+func backoff(cfg *config.Config) action.Backoff {
+	return action.Backoff{Attempts: cfg.Response.RetryMax, First: time.Duration(cfg.Response.RetryBackoff)}
+}
+
+// hangupExtension hangs up every channel of the extension, and stops it:
+// its new channels are hung up as they appear for the ban duration.
 func (r *responder) hangupExtension(ctx context.Context, cfg *config.Config, a *detector.Alert, live []string) {
-	k := extKey{a.Tech, a.Extension}
+	ext := ami.Extension{Tech: a.Tech, Name: a.Extension}
 	r.mu.Lock()
-	r.blocked[k] = r.now().Add(time.Duration(cfg.Response.BanDuration))
-	waits := make(map[string]chan struct{}, len(live))
-	for _, ch := range live {
-		c := make(chan struct{})
-		r.awaiting[ch] = c
-		waits[ch] = c
-	}
+	r.blocked[ext] = r.now().Add(time.Duration(cfg.Response.BanDuration))
 	r.mu.Unlock()
-	defer func() {
-		r.mu.Lock()
-		for ch, c := range waits {
-			if r.awaiting[ch] == c {
-				delete(r.awaiting, ch)
-			}
-		}
-		r.mu.Unlock()
-	}()
-	start := r.now()
-	cause := strconv.Itoa(cfg.Response.HangupCause)
-	hung := map[string]bool{}
-	var firstErr error
-	if re, ok := channelRegex(a.Tech, a.Extension); ok {
-		err := retry(ctx, cfg, func() error {
-			actx, cancel := context.WithTimeout(ctx, 2*time.Duration(cfg.AMI.ActionTimeout))
-			defer cancel()
-			_, items, err := r.urgent.List(actx, ami.Action{Name: "Hangup", Headers: []ami.Header{{Key: "Channel", Value: re}, {Key: "Cause", Value: cause}}})
-			for _, it := range items {
-				hung[it["Channel"]] = true
-			}
-			return err
-		})
-		if err != nil {
-			firstErr = err
-		}
-	}
-	for _, ch := range live {
-		if hung[ch] || !ami.ValidChannel(ch) {
-			continue
-		}
-		err := retry(ctx, cfg, func() error {
-			actx, cancel := context.WithTimeout(ctx, time.Duration(cfg.AMI.ActionTimeout))
-			defer cancel()
-			_, err := r.urgent.Do(actx, ami.Action{Name: "Hangup", Headers: []ami.Header{{Key: "Channel", Value: ch}, {Key: "Cause", Value: cause}}})
-			return err
-		})
-		var ae *ami.ActionError
-		switch {
-		case err == nil:
-			hung[ch] = true
-		case errors.As(err, &ae) && ae.Message == "No such channel":
-			// already gone
-		case firstErr == nil:
-			firstErr = err
-		}
-	}
-	sent := r.now().Sub(start)
-	// Confirmation: the Hangup events of the tracked channels.
-	confirmed := 0
-	deadline := time.NewTimer(2 * time.Second)
-	defer deadline.Stop()
-	for _, c := range waits {
-		select {
-		case <-c:
-			confirmed++
-		case <-deadline.C:
-		case <-ctx.Done():
-		}
-	}
-	detail := fmt.Sprintf("%d channels hung up, %d of %d tracked confirmed by Hangup events; new channels are hung up as they appear", len(hung), confirmed, len(waits))
-	if firstErr != nil && len(hung) == 0 && len(live) > 0 {
-		r.outcome(actHangup, "failed", a, k.String(), sent, firstErr, detail)
-		return
-	}
-	r.outcome(actHangup, "done", a, k.String(), sent, firstErr, detail)
-}
-
-// channelRegex is the Hangup /regex/ matching every channel of an extension
-// (POSIX ERE, the name's metacharacters escaped).
-func channelRegex(tech ami.Tech, name string) (string, bool) {
-	if !ami.ValidName(name) {
-		return "", false
-	}
-	var b strings.Builder
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if strings.IndexByte(`\.+*?()|[]{}^$`, c) >= 0 {
-			b.WriteByte('\\')
-		}
-		b.WriteByte(c)
-	}
-	switch tech {
-	case ami.TechSIP, ami.TechPJSIP:
-		return "/^" + tech.String() + `\/` + b.String() + "-[0-9a-f]{8}$/", true
-	case ami.TechIAX2:
-		return `/^IAX2\/` + b.String() + "-[0-9]+$/", true
-	}
-	return "", false
+	res := r.hangup.Extension(ctx, ext, live, r.hangupSettings(cfg))
+	res.Detail += "; new channels are hung up as they appear"
+	r.report(a, res.Outcome)
 }
 
 // channelGone is told of every Hangup event.
-func (r *responder) channelGone(channel string) {
-	r.mu.Lock()
-	if c, ok := r.awaiting[channel]; ok {
-		close(c)
-		delete(r.awaiting, channel)
-	}
-	r.mu.Unlock()
-}
+func (r *responder) channelGone(channel string) { r.hangup.Gone(channel) }
 
 // newChannel is told of every channel an extension originates: a channel of
 // an extension being stopped is hung up at once.
 func (r *responder) newChannel(ctx context.Context, tech ami.Tech, name, channel string) {
-	k := extKey{tech, name}
+	ext := ami.Extension{Tech: tech, Name: name}
 	r.mu.Lock()
-	until, ok := r.blocked[k]
+	until, ok := r.blocked[ext]
 	if ok && r.now().After(until) {
-		delete(r.blocked, k)
+		delete(r.blocked, ext)
 		ok = false
 	}
 	cfg := r.cfg
@@ -453,140 +322,43 @@ func (r *responder) newChannel(ctx context.Context, tech ami.Tech, name, channel
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		start := r.now()
-		actx, cancel := context.WithTimeout(ctx, time.Duration(cfg.AMI.ActionTimeout))
-		defer cancel()
-		_, err := r.urgent.Do(actx, ami.Action{Name: "Hangup", Headers: []ami.Header{{Key: "Channel", Value: channel}, {Key: "Cause", Value: strconv.Itoa(cfg.Response.HangupCause)}}})
-		a := detector.Alert{Tech: tech, Extension: name, Severity: detector.Critical}
-		if err != nil {
-			r.outcome(actHangup, "failed", &a, channel, r.now().Sub(start), err, "new channel of a stopped extension")
-			return
-		}
-		r.outcome(actHangup, "done", &a, channel, r.now().Sub(start), nil, "new channel of a stopped extension")
+		o := r.hangup.Channel(ctx, channel, r.hangupSettings(cfg))
+		o.Detail = "new channel of a stopped extension: " + o.Detail
+		r.report(&detector.Alert{Tech: tech, Extension: name, Severity: detector.Critical}, o)
 	}()
 }
 
-func (r *responder) protectedAddr(addr netip.Addr) (protection, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	p, ok := r.protected[addr.Unmap()]
-	if ok && r.now().After(p.until) {
-		delete(r.protected, addr.Unmap())
-		return protection{}, false
+// rotate gives the extension a new secret (into sip.conf or pjsip.conf by
+// UpdateConfig with a reload, and into the secrets file for the
+// administrator), then keeps the extension's earlier addresses, other
+// than those just blocked, from being blocked for the real phone's
+// failures with the old secret.
+func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.Alert, blocked []netip.Addr) {
+	ext := ami.Extension{Tech: a.Tech, Name: a.Extension}
+	rot := secret.Rotator{Store: secret.ConfigFiles{Doer: r.events}, Now: r.now}
+	res := rot.Rotate(ctx, ext, r.secretsFile(cfg), secret.Settings{Timeout: 4 * time.Duration(cfg.AMI.ActionTimeout), Retry: backoff(cfg)})
+	if res.RecordErr != nil {
+		r.log.Error().Err(res.RecordErr).Str("extension", ext.String()).Str("secrets_file", res.SecretsFile).Msg("cannot record the outcome in the secrets file")
 	}
-	return p, ok
-}
-
-// rotate gives the extension a new secret: into the right section of
-// sip.conf or pjsip.conf by UpdateConfig with a reload, and into the
-// secrets file for the administrator. It never logs the secret.
-func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.Alert, attackers []netip.Addr) {
-	ext := a.Tech.String() + "/" + a.Extension
-	start := r.now()
-	actx, cancel := context.WithTimeout(ctx, 4*time.Duration(cfg.AMI.ActionTimeout))
-	defer cancel()
-	var plan rotation
-	err := retry(actx, cfg, func() error {
-		var err error
-		plan, err = planRotation(actx, r.events, a.Tech, a.Extension)
-		return err
-	})
-	var ref *refusal
-	if errors.As(err, &ref) {
-		r.outcome(actRotate, "skipped", a, ext, r.now().Sub(start), nil, "cannot rotate here: "+ref.why)
-		return
-	}
-	if err != nil {
-		r.outcome(actRotate, "failed", a, ext, r.now().Sub(start), err, "could not read the configuration over AMI")
-		return
-	}
-	secret, err := newSecret()
-	if err != nil {
-		r.outcome(actRotate, "failed", a, ext, r.now().Sub(start), err, "no randomness")
-		return
-	}
-	if err := r.secrets.write(secretLine{Time: r.now().UTC(), Extension: ext, Secret: secret, Status: "pending"}); err != nil {
-		r.outcome(actRotate, "failed", a, ext, r.now().Sub(start), err, "the secrets file cannot be written, so the secret was not changed (it would be lost)")
-		return
-	}
-	err = retry(actx, cfg, func() error {
-		_, err := r.events.Do(actx, updateAction(plan, secret))
-		return err
-	})
-	status := "applied"
-	if err != nil {
-		status = "failed"
-	}
-	if werr := r.secrets.write(secretLine{Time: r.now().UTC(), Extension: ext, Secret: secret, Status: status}); werr != nil {
-		r.log.Error().Err(werr).Str("extension", ext).Msg("cannot record the outcome in the secrets file")
-	}
-	took := r.now().Sub(start)
-	if err != nil {
-		r.outcome(actRotate, "failed", a, ext, took, err, fmt.Sprintf("UpdateConfig of %s in [%s] of %s failed", plan.key, plan.category, plan.file))
-		return
-	}
-	// The addresses the extension used before, other than the thief's, are
-	// the real phone's: protect them from being blocked for its failures.
-	var earlier []string
-	if p := time.Duration(cfg.Response.ProtectPreviousSources); p > 0 {
-		r.mu.Lock()
-		for _, s := range a.Sources {
-			if !slices.Contains(attackers, s) {
-				r.protected[s] = protection{until: r.now().Add(p), ext: ext}
-				earlier = append(earlier, s.String())
+	if res.Result == action.Done {
+		var earlier []netip.Addr
+		if p := time.Duration(cfg.Response.ProtectPreviousSources); p > 0 {
+			for _, s := range a.Sources {
+				if !slices.Contains(blocked, s) {
+					earlier = append(earlier, s)
+				}
 			}
+			r.block.Protect(ext.String(), earlier, r.now().Add(p))
 		}
-		r.mu.Unlock()
-	}
-	detail := fmt.Sprintf("new %s in [%s] of %s, reloaded with %s; the new secret is in %s: the real phone needs it", plan.key, plan.category, plan.file, plan.reload, cfg.Response.SecretsFile)
-	if len(earlier) > 0 {
-		detail += "; failures from its earlier addresses " + strings.Join(earlier, ",") + " will not be blocked"
-	}
-	r.outcome(actRotate, "done", a, ext, took, nil, detail)
-}
-
-// retry runs f until it succeeds, fails in a way a retry cannot help, or
-// runs out of attempts, doubling the pause each time.
-func retry(ctx context.Context, cfg *config.Config, f func() error) error {
-	pause := time.Duration(cfg.Response.RetryBackoff)
-	var err error
-	for attempt := 1; ; attempt++ {
-		if err = f(); err == nil || !retryable(err) || attempt >= cfg.Response.RetryMax {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(pause):
-		}
-		pause *= 2
-	}
-}
-
-// permanentMessages are AMI errors a retry cannot fix.
-var permanentMessages = []string{"No such channel", "Given category does not exist", "Permission denied", "Invalid/unknown command"}
-
-func retryable(err error) bool {
-	var ref *refusal
-	switch {
-	case errors.As(err, &ref), errors.Is(err, bans.ErrProtected), errors.Is(err, ami.ErrUnsafe),
-		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ami.ErrClosed):
-		return false
-	}
-	var ae *ami.ActionError
-	if errors.As(err, &ae) {
-		for _, m := range permanentMessages {
-			if strings.HasPrefix(ae.Message, m) {
-				return false
+		if len(earlier) > 0 {
+			s := make([]string, len(earlier))
+			for i, e := range earlier {
+				s[i] = e.String()
 			}
+			res.Detail += "; failures from its earlier addresses " + strings.Join(s, ",") + " will not be blocked"
 		}
-		return true
 	}
-	var temp interface{ Temporary() bool }
-	if errors.As(err, &temp) {
-		return temp.Temporary()
-	}
-	return true
+	r.report(a, res.Outcome)
 }
 
 func (r *responder) wait() { r.wg.Wait() }

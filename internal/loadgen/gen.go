@@ -766,7 +766,8 @@ func (g *generator) hangupChannel(ch string, cause int, at time.Time) bool {
 	return true
 }
 
-// peerAddr answers Getvar CHANNEL(peerip) / CHANNEL(pjsip,remote_addr).
+// peerAddr answers Getvar CHANNEL(recvip) / CHANNEL(pjsip,remote_addr): the
+// address an attack channel's call came from.
 func (g *generator) peerAddr(ch, variable string) (string, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -344,7 +344,8 @@ func TestShortRun(t *testing.T) {
 	if rep.Reactions != rep.Caught || !(rep.ReactionP50 <= rep.ReactionP99 && rep.ReactionP99 <= rep.ReactionMax) {
 		t.Errorf("%d reactions for %d caught; p50 %.3f p99 %.3f max %.3f", rep.Reactions, rep.Caught, rep.ReactionP50, rep.ReactionP99, rep.ReactionMax)
 	}
-	if rep.Actions["hangup"] == 0 || rep.Actions["login"] != 2 {
+	// Both sessions log in with the guard's default MD5 challenge.
+	if rep.Actions["hangup"] == 0 || rep.Actions["login"] != 2 || rep.Actions["challenge"] != 2 {
 		t.Errorf("actions %v", rep.Actions)
 	}
 	if rep.GuardCPUSec <= 0 || rep.GuardPeakRSS <= 0 || rep.GuardHeapInuse <= 0 {

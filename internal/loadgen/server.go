@@ -1,6 +1,8 @@
 package loadgen
 
 import (
+	"crypto/md5"
+	"encoding/hex"
 	"errors"
 	"net"
 	"regexp"
@@ -14,8 +16,10 @@ import (
 	"github.com/astguard/astguard/internal/ami"
 )
 
-// The minimal AMI server: banner, Login (Success with FullyBooted and
-// SuccessfulAuth in one write, as Asterisk 20 does), Events, Ping, Hangup
+// The minimal AMI server: banner, Challenge (MD5), Login in plain text or
+// with the challenge's MD5 key (Success with FullyBooted and SuccessfulAuth
+// in one write, as Asterisk 20 does; its Events header sets the session's
+// event mask), Events, Ping, Hangup
 // by name and by /regex/, Getvar, GetConfig and UpdateConfig (refused:
 // the guard's rotation fails harmlessly), CoreShowChannels, SIPpeers,
 // PJSIPShowContacts (empty lists), Logoff. Reply texts follow
@@ -30,6 +34,8 @@ type conn struct {
 	mask   atomic.Uint32
 	authed atomic.Bool
 	dead   atomic.Bool
+	// challenge is the MD5 login's challenge (the serve goroutine's).
+	challenge string
 }
 
 func (c *conn) write(b []byte) error {
@@ -207,18 +213,36 @@ func (s *server) handle(c *conn, m *ami.Message, at time.Time) bool {
 	name := strings.ToLower(m.Get("Action"))
 	aid := m.Get("ActionID")
 	s.count(name)
-	if name != "login" && name != "logoff" && !c.authed.Load() {
+	if name != "login" && name != "logoff" && name != "challenge" && !c.authed.Load() {
 		return c.write(errorReply(aid, "Permission denied")) == nil
 	}
 	switch name {
+	case "challenge":
+		if !strings.EqualFold(m.Get("AuthType"), "md5") {
+			return c.write(errorReply(aid, "Must specify AuthType")) == nil
+		}
+		c.challenge = strconv.FormatInt(time.Now().UnixNano()%(1<<31), 10)
+		return c.write(new(reply).h("Response", "Success").id(aid).h("Challenge", c.challenge).end().b) == nil
 	case "login":
-		if m.Get("Username") != s.user || m.Get("Secret") != s.secret {
+		ok := m.Get("Username") == s.user && m.Get("Secret") == s.secret
+		if strings.EqualFold(m.Get("AuthType"), "md5") {
+			sum := md5.Sum([]byte(c.challenge + s.secret))
+			ok = m.Get("Username") == s.user && c.challenge != "" && m.Get("Key") == hex.EncodeToString(sum[:])
+		}
+		if !ok {
 			time.Sleep(time.Second)
 			_ = c.write(errorReply(aid, "Authentication failed"))
 			return false
 		}
 		if m.Has("Events") {
-			c.mask.Store(parseMask(m.Get("Events")))
+			mask := parseMask(m.Get("Events"))
+			if s.gen != nil && s.gen.opts.AllEvents && mask != 0 {
+				mask = classAll
+			}
+			c.mask.Store(mask)
+			if mask != 0 {
+				s.maskOnce.Do(func() { close(s.maskSet) })
+			}
 		}
 		up := strconv.Itoa(int(time.Since(s.start).Seconds()))
 		r := new(reply).h("Response", "Success").id(aid).h("Message", "Authentication accepted").end()

@@ -4,19 +4,23 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
 )
 
 // Health is the answer of /healthz.
 type Health struct {
-	// Status is "ok", or "unhealthy" when the guard is blind: an essential
-	// AMI session is down, no event arrived for silence_alarm, or events
-	// were dropped within the last silence_alarm.
+	// Status is "ok", or "unhealthy" when the guard is blind or cannot act:
+	// an essential AMI session is down, a session's actions time out, no
+	// event arrived for silence_alarm, or events were dropped within the
+	// last silence_alarm.
 	Status string `json:"status"`
 	// Reasons say why it is unhealthy, one sentence each.
 	Reasons []string `json:"reasons,omitempty"`
 	// AMI is whether each session is logged in.
 	AMI map[string]bool `json:"ami"`
+	// Links is the state of each session's link to Asterisk.
+	Links map[string]Link `json:"links"`
 	// LastEvent is when the last event arrived (absent: none since the
 	// start), SinceEvent how long ago, in seconds (since the start if none).
 	LastEvent  *time.Time `json:"last_event,omitempty"`
@@ -30,6 +34,28 @@ type Health struct {
 	SilenceAlarm string `json:"silence_alarm"`
 }
 
+// Link is the state of an AMI session's link, as /healthz shows it.
+type Link struct {
+	// State is "connecting", "up", "down" or "closed".
+	State string `json:"state"`
+	// Problem and Detail say why it is down: "unreachable", "tls",
+	// "no_banner", "login_refused", "handshake" or "lost", and the cause.
+	Problem string `json:"problem,omitempty"`
+	Detail  string `json:"detail,omitempty"`
+	// Since is when State or Problem last changed.
+	Since time.Time `json:"since"`
+	// ActionsTimingOut: actions get no reply in time (ami.action_timeout).
+	ActionsTimingOut bool `json:"actions_timing_out"`
+	// EventsSilent: no event for silence_alarm (event session only).
+	EventsSilent bool   `json:"events_silent"`
+	Banner       string `json:"banner,omitempty"`
+}
+
+func link(s client.Status) Link {
+	return Link{State: s.State.String(), Problem: s.Problem.String(), Detail: s.Detail, Since: s.Since.UTC(),
+		ActionsTimingOut: s.ActionsTimingOut, EventsSilent: s.EventsSilent, Banner: s.Banner}
+}
+
 // OK reports whether the guard is healthy.
 func (h *Health) OK() bool { return h.Status == "ok" }
 
@@ -37,13 +63,22 @@ func (h *Health) OK() bool { return h.Status == "ok" }
 func (m *Metrics) Health() Health {
 	now := m.now()
 	silence := time.Duration(m.silence.Load())
-	h := Health{Status: "ok", AMI: make(map[string]bool, len(m.opts.Sessions)), SilenceAlarm: dur(silence)}
+	h := Health{Status: "ok", AMI: make(map[string]bool, len(m.opts.Sessions)),
+		Links: make(map[string]Link, len(m.opts.Sessions)), SilenceAlarm: dur(silence)}
 
 	for _, s := range m.opts.Sessions {
-		up := s.Connected != nil && s.Connected()
-		h.AMI[s.Name] = up
-		if s.Essential && !up {
+		st := s.status()
+		h.AMI[s.Name] = st.Up()
+		h.Links[s.Name] = link(st)
+		switch {
+		case s.Essential && !st.Up() && st.Problem != client.ProblemNone:
+			h.Reasons = append(h.Reasons, fmt.Sprintf("the AMI session %s is not logged in (%s: %s)", s.Name, st.Problem, st.Detail))
+		case s.Essential && !st.Up():
 			h.Reasons = append(h.Reasons, fmt.Sprintf("the AMI session %s is not logged in", s.Name))
+		case st.Up() && st.ActionsTimingOut:
+			// Either session: without replies no call is hung up and no
+			// secret changed.
+			h.Reasons = append(h.Reasons, fmt.Sprintf("the AMI session %s gets no reply to its actions (ami.action_timeout)", s.Name))
 		}
 	}
 

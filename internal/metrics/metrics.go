@@ -20,27 +20,30 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
 )
 
 // The metric names.
 const (
-	NameEvents          = "astguard_events_total"
-	NameEventsDropped   = "astguard_events_dropped_total"
-	NameEventsUntrusted = "astguard_events_untrusted_total"
-	NameLastEvent       = "astguard_last_event_timestamp_seconds"
-	NameQueueDepth      = "astguard_queue_depth"
-	NameQueueCapacity   = "astguard_queue_capacity"
-	NameAlerts          = "astguard_alerts_total"
-	NameActions         = "astguard_actions_total"
-	NameActionDuration  = "astguard_action_duration_seconds"
-	NameAMIConnected    = "astguard_ami_connected"
-	NameAMIConnects     = "astguard_ami_connects_total"
-	NameBansActive      = "astguard_bans_active"
-	NameTrackedKeys     = "astguard_tracked_keys"
-	NameKeysEvicted     = "astguard_keys_evicted_total"
-	NameKeysUntracked   = "astguard_keys_untracked_total"
+	NameEvents         = "astguard_events_total"
+	NameEventsDropped  = "astguard_events_dropped_total"
+	NameEventsForged   = "astguard_events_forged_total"
+	NameAMIRejected    = "astguard_ami_messages_rejected_total"
+	NameLastEvent      = "astguard_last_event_timestamp_seconds"
+	NameQueueDepth     = "astguard_queue_depth"
+	NameQueueCapacity  = "astguard_queue_capacity"
+	NameAlerts         = "astguard_alerts_total"
+	NameActions        = "astguard_actions_total"
+	NameActionDuration = "astguard_action_duration_seconds"
+	NameAMIConnected   = "astguard_ami_connected"
+	NameAMIConnects    = "astguard_ami_connects_total"
+	NameAMITimeouts    = "astguard_ami_action_timeouts_total"
+	NameBansActive     = "astguard_bans_active"
+	NameTrackedKeys    = "astguard_tracked_keys"
+	NameKeysEvicted    = "astguard_keys_evicted_total"
+	NameKeysUntracked  = "astguard_keys_untracked_total"
 )
 
 // The results of an action, as the responder logs them.
@@ -64,12 +67,22 @@ const otherSecurity = "Security"
 
 // Session is what the metrics read of an AMI session.
 type Session struct {
-	Name      string        // the session label: "events", "urgent"
-	Connected func() bool   // logged in now
-	Connects  func() uint64 // logins so far, the first included
+	Name string // the session label: "events", "urgent"
+	// Status is the state of its link (logged in, why not, actions timing
+	// out, logins so far).
+	Status func() client.Status
+	// ActionTimeouts counts its actions that got no reply in time.
+	ActionTimeouts func() uint64
 	// Essential sessions make /healthz unhealthy while they are down: the
 	// guard is blind without its event session.
 	Essential bool
+}
+
+func (s *Session) status() client.Status {
+	if s.Status == nil {
+		return client.Status{}
+	}
+	return s.Status()
 }
 
 // Options are what the metrics read from the guard. Nil funcs read as 0.
@@ -81,9 +94,10 @@ type Options struct {
 	QueueCap int
 	// Bans is the number of bans in force.
 	Bans func() int
-	// Untrusted counts the messages not used because a line reached
-	// amigo's limit.
-	Untrusted func() uint64
+	// Malformed and Oversized count the AMI messages the reader rejected
+	// and did not use: a line that is not a header, or a message over
+	// 64 KiB.
+	Malformed, Oversized func() uint64
 	// LastEvent is when the last message arrived (zero: none yet).
 	LastEvent func() time.Time
 	// SilenceAlarm is how long without an event makes /healthz unhealthy.
@@ -116,6 +130,7 @@ type Metrics struct {
 	// The detector's figures, published by the loop that owns it.
 	extensions, addresses atomic.Int64
 	evicted, untracked    atomic.Uint64
+	forged                atomic.Uint64
 }
 
 // New builds the registry: the guard's metrics, and the Go runtime's and
@@ -190,9 +205,19 @@ func New(opts Options) *Metrics {
 			Help: "Events dropped because the queue to the detector was full: the guard did not see them.",
 		}, func() float64 { return float64(m.dropped.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: NameEventsUntrusted,
-			Help: "Messages not used because a line reached amigo's 4096-byte limit (their headers may be forged).",
-		}, func() float64 { return float64(call(opts.Untrusted)) }),
+			Name: NameEventsForged,
+			Help: "Events not used because they repeat a header the guard attributes by (a forged header in a caller name or user name).",
+		}, func() float64 { return float64(m.forged.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        NameAMIRejected,
+			Help:        "AMI messages rejected by the reader and not used, by reason (malformed: a line that is not a header; oversized: over 64 KiB).",
+			ConstLabels: prometheus.Labels{"reason": "malformed"},
+		}, func() float64 { return float64(call(opts.Malformed)) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        NameAMIRejected,
+			Help:        "AMI messages rejected by the reader and not used, by reason (malformed: a line that is not a header; oversized: over 64 KiB).",
+			ConstLabels: prometheus.Labels{"reason": "oversized"},
+		}, func() float64 { return float64(call(opts.Oversized)) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: NameLastEvent,
 			Help: "Unix time the last AMI event arrived (0: none since the start).",
@@ -241,7 +266,7 @@ func New(opts Options) *Metrics {
 				Help:        "1 while the AMI session is logged in, else 0.",
 				ConstLabels: prometheus.Labels{"session": s.Name},
 			}, func() float64 {
-				if s.Connected != nil && s.Connected() {
+				if s.status().Up() {
 					return 1
 				}
 				return 0
@@ -250,7 +275,12 @@ func New(opts Options) *Metrics {
 				Name:        NameAMIConnects,
 				Help:        "AMI logins of the session, the first included: more than 1 means it reconnected.",
 				ConstLabels: prometheus.Labels{"session": s.Name},
-			}, func() float64 { return float64(call(s.Connects)) }),
+			}, func() float64 { return float64(s.status().Connects) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name:        NameAMITimeouts,
+				Help:        "Actions of the AMI session (keepalive pings included) that got no reply in time.",
+				ConstLabels: prometheus.Labels{"session": s.Name},
+			}, func() float64 { return float64(call(s.ActionTimeouts)) }),
 		)
 	}
 	return m
@@ -306,7 +336,7 @@ func (m *Metrics) Action(action, result string, took time.Duration) {
 }
 
 // Dropped is told the running count of events dropped because the queue
-// was full. It never blocks (it runs on amigo's reader).
+// was full. It never blocks (it runs on the AMI reader's goroutine).
 func (m *Metrics) Dropped(n uint64) {
 	if m == nil {
 		return
@@ -330,6 +360,7 @@ func (m *Metrics) SetDetector(s detector.Stats) {
 	m.addresses.Store(int64(s.Addresses))
 	m.evicted.Store(s.Evicted)
 	m.untracked.Store(s.Untracked)
+	m.forged.Store(s.Forged)
 }
 
 // SetSilenceAlarm changes how long without an event makes /healthz

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/detector"
 )
 
@@ -47,9 +48,29 @@ type fake struct {
 	clock               *clock
 	events, urgent      atomic.Bool
 	connects, urgentCon atomic.Uint64
+	timeouts            atomic.Uint64 // the urgent session's
+	urgentTimingOut     atomic.Bool
+	eventsProblem       atomic.Pointer[client.Status] // the events session's state while down, if set
 	queue, bans         atomic.Int64
-	untrusted           atomic.Uint64
+	malformed           atomic.Uint64
+	oversized           atomic.Uint64
 	last                atomic.Int64 // Unix ns, 0: none
+}
+
+// status builds a session's link state from the fake's fields.
+func status(up *atomic.Bool, connects *atomic.Uint64, down *atomic.Pointer[client.Status], timingOut *atomic.Bool) func() client.Status {
+	return func() client.Status {
+		s := client.Status{State: client.StateUp, Connects: connects.Load()}
+		if !up.Load() {
+			s.State = client.StateDown
+			if down != nil && down.Load() != nil {
+				s = *down.Load()
+				s.Connects = connects.Load()
+			}
+		}
+		s.ActionsTimingOut = timingOut != nil && timingOut.Load()
+		return s
+	}
 }
 
 func newFake(t *testing.T, silence time.Duration) (*fake, *Metrics) {
@@ -59,13 +80,14 @@ func newFake(t *testing.T, silence time.Duration) (*fake, *Metrics) {
 	f.urgent.Store(true)
 	m := New(Options{
 		Sessions: []Session{
-			{Name: "events", Connected: f.events.Load, Connects: f.connects.Load, Essential: true},
-			{Name: "urgent", Connected: f.urgent.Load, Connects: f.urgentCon.Load},
+			{Name: "events", Status: status(&f.events, &f.connects, &f.eventsProblem, nil), Essential: true},
+			{Name: "urgent", Status: status(&f.urgent, &f.urgentCon, nil, &f.urgentTimingOut), ActionTimeouts: f.timeouts.Load},
 		},
 		QueueLen:  func() int { return int(f.queue.Load()) },
 		QueueCap:  65536,
 		Bans:      func() int { return int(f.bans.Load()) },
-		Untrusted: f.untrusted.Load,
+		Malformed: f.malformed.Load,
+		Oversized: f.oversized.Load,
 		LastEvent: func() time.Time {
 			if ns := f.last.Load(); ns != 0 {
 				return time.Unix(0, ns)
@@ -151,6 +173,26 @@ func TestHealthSession(t *testing.T) {
 	f.events.Store(true)
 	f.event()
 	checkHealth(t, m, "reconnected")
+
+	// Down with a cause: the reason says it; /healthz shows the link.
+	f.eventsProblem.Store(&client.Status{State: client.StateDown, Problem: client.ProblemLoginRefused, Detail: "Authentication failed"})
+	f.events.Store(false)
+	h = checkHealth(t, m, "login refused", "the AMI session events is not logged in (login_refused: Authentication failed)")
+	if l := h.Links["events"]; l.State != "down" || l.Problem != "login_refused" || l.Detail != "Authentication failed" {
+		t.Errorf("links[events] = %+v", l)
+	}
+	f.events.Store(true)
+
+	// Actions that time out, on either session, make it unhealthy: the
+	// guard can no longer act.
+	f.urgent.Store(true)
+	f.urgentTimingOut.Store(true)
+	h = checkHealth(t, m, "urgent actions time out", "the AMI session urgent gets no reply to its actions (ami.action_timeout)")
+	if l := h.Links["urgent"]; l.State != "up" || !l.ActionsTimingOut {
+		t.Errorf("links[urgent] = %+v", l)
+	}
+	f.urgentTimingOut.Store(false)
+	checkHealth(t, m, "urgent answered again")
 }
 
 func TestHealthDrops(t *testing.T) {
@@ -212,7 +254,7 @@ func TestHealthHandler(t *testing.T) {
 	if ami, _ := body["ami"].(map[string]any); ami["events"] != true || ami["urgent"] != true {
 		t.Errorf("ami = %v", body["ami"])
 	}
-	for _, k := range []string{"last_event", "seconds_since_event", "events_dropped", "silence_alarm"} {
+	for _, k := range []string{"last_event", "seconds_since_event", "events_dropped", "silence_alarm", "links"} {
 		if _, ok := body[k]; !ok {
 			t.Errorf("no %s in %v", k, body)
 		}
@@ -307,7 +349,9 @@ func TestScrape(t *testing.T) {
 		{NameActions, []string{"action=rotate_secret", "result=would"}},
 		{NameActionDuration, []string{"action=hangup"}},
 		{NameEventsDropped, nil},
-		{NameEventsUntrusted, nil},
+		{NameAMIRejected, []string{"reason=malformed"}},
+		{NameAMIRejected, []string{"reason=oversized"}},
+		{NameAMITimeouts, []string{"session=urgent"}},
 		{NameLastEvent, nil},
 		{NameQueueDepth, nil},
 		{NameBansActive, nil},
@@ -350,7 +394,9 @@ func TestScrape(t *testing.T) {
 	m.Action("hangup", ResultWould, 0)
 	m.Dropped(7)
 	m.SetDetector(detector.Stats{Extensions: 4, Addresses: 9, Evicted: 2, Untracked: 1})
-	f.untrusted.Store(3)
+	f.malformed.Store(3)
+	f.oversized.Store(1)
+	f.timeouts.Store(4)
 	f.queue.Store(12)
 	f.bans.Store(2)
 	f.connects.Store(2)
@@ -378,7 +424,10 @@ func TestScrape(t *testing.T) {
 		{NameActionDuration, []string{"action=block_ip"}, 2},
 		{NameActionDuration, []string{"action=hangup"}, 0}, // would: nothing timed
 		{NameEventsDropped, nil, 7},
-		{NameEventsUntrusted, nil, 3},
+		{NameAMIRejected, []string{"reason=malformed"}, 3},
+		{NameAMIRejected, []string{"reason=oversized"}, 1},
+		{NameAMITimeouts, []string{"session=urgent"}, 4},
+		{NameAMITimeouts, []string{"session=events"}, 0},
 		{NameLastEvent, nil, float64(f.clock.Now().Unix())},
 		{NameQueueDepth, nil, 12},
 		{NameBansActive, nil, 2},

@@ -2,6 +2,7 @@ package bans
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/astguard/astguard/internal/action/firewall"
+	"github.com/astguard/astguard/internal/fsafe"
 )
 
 var (
@@ -86,17 +88,25 @@ func crash(m *Manager) {
 
 func mustState(t *testing.T, path string) []Ban {
 	t.Helper()
-	bs, err := ReadState(path)
+	st, err := ReadState(path)
 	if err != nil {
 		t.Fatalf("ReadState: %v", err)
 	}
-	return bs
+	if st.Version != StateVersion {
+		t.Fatalf("state file version %d, want %d", st.Version, StateVersion)
+	}
+	return st.Bans
+}
+
+// ban bans a through m, as the guard's block_ip does.
+func ban(m *Manager, a netip.Addr, ttl time.Duration, reason, ext string) (Ban, error) {
+	return m.Ban(ctx, Request{Addr: a, TTL: ttl, Reason: reason, Extension: ext})
 }
 
 func addrsOf(bs []Ban) []netip.Addr {
 	out := make([]netip.Addr, len(bs))
 	for i, b := range bs {
-		out[i] = b.Addr
+		out[i] = b.Prefix.Addr()
 	}
 	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
 	return out
@@ -105,11 +115,13 @@ func addrsOf(bs []Ban) []netip.Addr {
 func TestBanRecordsAndApplies(t *testing.T) {
 	e := newEnv(t)
 	m := e.start(e.opts())
-	b, err := m.Ban(ctx, attack, time.Hour, "auth_failures critical: 5 failed authentications in 1m", "SIP/200")
+	b, err := m.Ban(ctx, Request{Addr: attack, TTL: time.Hour, Reason: "auth_failures critical: 5 failed authentications in 1m",
+		Rule: "auth_failures", Extension: "SIP/200"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Ban{Addr: attack, Since: t0, Until: t0.Add(time.Hour), Reason: "auth_failures critical: 5 failed authentications in 1m", Extension: "SIP/200"}
+	want := Ban{Prefix: netip.PrefixFrom(attack, 32), Since: t0, Until: t0.Add(time.Hour), Reason: "auth_failures critical: 5 failed authentications in 1m",
+		Rule: "auth_failures", Extension: "SIP/200", Origin: OriginAstguard}
 	if b != want {
 		t.Fatalf("Ban = %+v\nwant %+v", b, want)
 	}
@@ -117,7 +129,8 @@ func TestBanRecordsAndApplies(t *testing.T) {
 		t.Fatalf("List = %+v", got)
 	}
 	st := mustState(t, e.path)
-	if len(st) != 1 || !st[0].Until.Equal(want.Until) || st[0].Addr != attack || st[0].Extension != "SIP/200" {
+	if len(st) != 1 || !st[0].Until.Equal(want.Until) || st[0].Prefix != want.Prefix || st[0].Extension != "SIP/200" ||
+		st[0].Rule != "auth_failures" || st[0].DryRun || st[0].Origin != OriginAstguard {
 		t.Fatalf("state = %+v", st)
 	}
 	if got := e.fw.addrs(); !slices.Equal(got, []netip.Addr{attack}) {
@@ -153,7 +166,7 @@ func TestNeverBlocked(t *testing.T) {
 		"127.0.0.1", "::ffff:127.0.0.1",
 		"2001:db8:aaaa::1",
 	} {
-		_, err := m.Ban(ctx, netip.MustParseAddr(s), time.Hour, "test", "")
+		_, err := ban(m, netip.MustParseAddr(s), time.Hour, "test", "")
 		if !errors.Is(err, ErrProtected) {
 			t.Errorf("Ban(%s) = %v, want ErrProtected", s, err)
 		}
@@ -167,7 +180,7 @@ func TestNeverBlocked(t *testing.T) {
 	if len(m.List()) != 0 {
 		t.Fatal("protected address listed")
 	}
-	if _, err := m.Ban(ctx, netip.MustParseAddr("192.0.2.11"), time.Hour, "test", ""); err != nil {
+	if _, err := ban(m, netip.MustParseAddr("192.0.2.11"), time.Hour, "test", ""); err != nil {
 		t.Fatalf("neighbour of the AMI host refused: %v", err)
 	}
 }
@@ -176,14 +189,14 @@ func TestMappedAddressIsStoredUnmapped(t *testing.T) {
 	e := newEnv(t)
 	m := e.start(e.opts())
 	mapped := netip.AddrFrom16(attack.As16())
-	b, err := m.Ban(ctx, mapped, time.Hour, "x", "")
-	if err != nil || b.Addr != attack {
+	b, err := ban(m, mapped, time.Hour, "x", "")
+	if err != nil || b.Prefix.Addr() != attack {
 		t.Fatalf("Ban = %+v, %v", b, err)
 	}
 	if err := m.Unban(ctx, mapped); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Ban(ctx, netip.Addr{}, time.Hour, "x", ""); err == nil {
+	if _, err := ban(m, netip.Addr{}, time.Hour, "x", ""); err == nil {
 		t.Fatal("zero address banned")
 	}
 }
@@ -195,11 +208,11 @@ func TestPersistBeforeApply(t *testing.T) {
 	e.fw.set(func(f *fakeFW) {
 		f.onBlock = func(a netip.Addr) {
 			st, err := ReadState(e.path)
-			seen = err == nil && slices.Contains(addrsOf(st), a)
+			seen = err == nil && slices.Contains(addrsOf(st.Bans), a)
 		}
 		f.blockErr = errors.New("iptables: refused")
 	})
-	_, err := m.Ban(ctx, attack, time.Hour, "x", "")
+	_, err := ban(m, attack, time.Hour, "x", "")
 	if err == nil || !strings.Contains(err.Error(), "recorded but not applied yet: iptables: refused") {
 		t.Fatalf("Ban = %v, want the firewall error", err)
 	}
@@ -229,7 +242,7 @@ func TestConntrackErrorCountsAsApplied(t *testing.T) {
 	m := e.start(e.opts())
 	cterr := &firewall.Error{Op: "block", Err: firewall.ErrConntrack}
 	e.fw.set(func(f *fakeFW) { f.blockErr = cterr })
-	if _, err := m.Ban(ctx, attack, time.Hour, "x", ""); err != nil {
+	if _, err := ban(m, attack, time.Hour, "x", ""); err != nil {
 		t.Fatalf("Ban = %v, want nil: the block holds", err)
 	}
 	if e.log.count("address blocked, established flows not cut") != 1 {
@@ -240,26 +253,26 @@ func TestConntrackErrorCountsAsApplied(t *testing.T) {
 func TestRebanExtends(t *testing.T) {
 	e := newEnv(t)
 	m := e.start(e.opts())
-	if _, err := m.Ban(ctx, attack, time.Hour, "first", "SIP/200"); err != nil {
+	if _, err := ban(m, attack, time.Hour, "first", "SIP/200"); err != nil {
 		t.Fatal(err)
 	}
 	e.clock.Add(30 * time.Minute)
-	b, err := m.Ban(ctx, attack, time.Hour, "second", "")
+	b, err := ban(m, attack, time.Hour, "second", "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !b.Since.Equal(t0) || !b.Until.Equal(t0.Add(90*time.Minute)) || b.Reason != "second" || b.Extension != "SIP/200" {
 		t.Fatalf("re-ban = %+v", b)
 	}
-	b, _ = m.Ban(ctx, attack, time.Minute, "short", "")
+	b, _ = ban(m, attack, time.Minute, "short", "")
 	if !b.Until.Equal(t0.Add(90 * time.Minute)) {
 		t.Fatalf("shorter re-ban shortened Until: %v", b.Until)
 	}
-	b, _ = m.Ban(ctx, attack, 0, "permanent", "")
+	b, _ = ban(m, attack, 0, "permanent", "")
 	if !b.Permanent() {
 		t.Fatal("ttl 0 not permanent")
 	}
-	b, _ = m.Ban(ctx, attack, time.Hour, "timed again", "")
+	b, _ = ban(m, attack, time.Hour, "timed again", "")
 	if !b.Permanent() {
 		t.Fatal("permanent ban became timed")
 	}
@@ -271,7 +284,7 @@ func TestRebanExtends(t *testing.T) {
 func TestUnban(t *testing.T) {
 	e := newEnv(t)
 	m := e.start(e.opts())
-	if _, err := m.Ban(ctx, attack, time.Hour, "x", ""); err != nil {
+	if _, err := ban(m, attack, time.Hour, "x", ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Unban(ctx, attack); err != nil {
@@ -291,7 +304,7 @@ func TestNotStartedAndClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Ban(ctx, attack, time.Hour, "x", ""); !errors.Is(err, ErrNotStarted) {
+	if _, err := ban(m, attack, time.Hour, "x", ""); !errors.Is(err, ErrNotStarted) {
 		t.Fatalf("Ban before Start = %v", err)
 	}
 	if err := m.Run(ctx); !errors.Is(err, ErrNotStarted) {
@@ -303,7 +316,7 @@ func TestNotStartedAndClosed(t *testing.T) {
 	if err := m.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Ban(ctx, attack, time.Hour, "x", ""); !errors.Is(err, ErrClosed) {
+	if _, err := ban(m, attack, time.Hour, "x", ""); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Ban after Close = %v", err)
 	}
 	if _, err := New(Options{StatePath: "x"}); err == nil {
@@ -317,7 +330,7 @@ func TestNotStartedAndClosed(t *testing.T) {
 func TestCloseLeavesRulesUnlessTeardown(t *testing.T) {
 	e := newEnv(t)
 	m := e.start(e.opts())
-	m.Ban(ctx, attack, time.Hour, "x", "")
+	ban(m, attack, time.Hour, "x", "")
 	if err := m.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -341,9 +354,9 @@ func TestCloseLeavesRulesUnlessTeardown(t *testing.T) {
 func TestStartDropsExpiredAndRemovesTheirRules(t *testing.T) {
 	e := newEnv(t)
 	m := e.start(e.opts())
-	m.Ban(ctx, attack, time.Hour, "x", "")
-	m.Ban(ctx, other, 3*time.Hour, "y", "")
-	m.Ban(ctx, third, 0, "permanent", "")
+	ban(m, attack, time.Hour, "x", "")
+	ban(m, other, 3*time.Hour, "y", "")
+	ban(m, third, 0, "permanent", "")
 	crash(m)
 
 	// Restart two hours later; the kernel kept the rules (KeepRulesOnSetup).
@@ -363,8 +376,8 @@ func TestStartDropsExpiredAndRemovesTheirRules(t *testing.T) {
 func TestRestartAfterFlushingSetupReappliesAll(t *testing.T) {
 	e := newEnv(t)
 	m := e.start(e.opts())
-	m.Ban(ctx, attack, time.Hour, "x", "")
-	m.Ban(ctx, third, time.Hour, "y", "")
+	ban(m, attack, time.Hour, "x", "")
+	ban(m, third, time.Hour, "y", "")
 	crash(m)
 	e.fw.flushSetup = true
 	e.start(e.opts())
@@ -388,48 +401,238 @@ func TestLockedWhileRunning(t *testing.T) {
 	}
 }
 
-func TestCorruptStateNotOverwritten(t *testing.T) {
+// logLines returns the JSON log lines with message msg, decoded.
+func (l *logBuf) lines(msg string) []map[string]any {
+	var out []map[string]any
+	for _, line := range strings.Split(l.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && m["message"] == msg {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// A corrupt state file does not stop the guard: it is moved aside, kept
+// for a person to read, the manager starts without its bans, and the DROP
+// rules in the chain (the only record left of real bans) are kept as bans.
+func TestCorruptStateMovedAside(t *testing.T) {
 	e := newEnv(t)
-	bad := []byte(`{"version":1,"bans":[{"addr":"203.0.113.7","since":`)
+	bad := []byte(`{"version":2,"bans":[{"prefix":"203.0.113.7/32","since":`)
 	if err := os.WriteFile(e.path, bad, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	m, _ := New(e.opts())
-	err := m.Start(ctx)
-	if err == nil || !strings.Contains(err.Error(), e.path) || !strings.Contains(err.Error(), "corrupt") {
-		t.Fatalf("Start = %v, want an error naming %s", err, e.path)
+	// UnbanOffline only reports it.
+	if err := UnbanOffline(ctx, e.path, e.fw, attack); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("UnbanOffline on a corrupt file = %v, want ErrCorrupt", err)
 	}
-	if e.fw.setups != 0 {
-		t.Fatal("firewall set up (and flushed) although the state could not be read")
+	if got, _ := os.ReadFile(e.path); string(got) != string(bad) {
+		t.Fatal("UnbanOffline changed the corrupt file")
 	}
-	if _, err := m.Ban(ctx, attack, time.Hour, "x", ""); !errors.Is(err, ErrNotStarted) {
-		t.Fatalf("Ban after failed Start = %v", err)
+	e.fw.rules[other] = "astguard: left by the run before" // a real ban's rule
+	o := e.opts()
+	o.RecoverFor = 3 * time.Hour
+	m := e.start(o)
+
+	aside := e.path + ".corrupt-20260301T120000Z"
+	if got, err := os.ReadFile(aside); err != nil || string(got) != string(bad) {
+		t.Fatalf("corrupt file not kept at %s: %q, %v", aside, got, err)
 	}
-	got, _ := os.ReadFile(e.path)
-	if string(got) != string(bad) {
-		t.Fatal("corrupt state file overwritten")
+	lines := e.log.lines("corrupt bans state file moved aside: the guard goes on without its bans and writes a new one; the old one is kept for you to read")
+	if len(lines) != 1 || lines[0]["level"] != "error" || lines[0]["state"] != e.path || lines[0]["moved_to"] != aside {
+		t.Fatalf("no error line naming both paths: %v", lines)
 	}
-	if err := UnbanOffline(ctx, e.path, e.fw, attack); err == nil || !strings.Contains(err.Error(), "corrupt") {
-		t.Fatalf("UnbanOffline on corrupt file = %v", err)
+	want := Ban{Prefix: netip.PrefixFrom(other, 32), Since: t0, Until: t0.Add(3 * time.Hour), Reason: recoveredReason, Origin: OriginAstguard}
+	if got := m.List(); len(got) != 1 || got[0] != want {
+		t.Fatalf("List = %+v, want the rule kept as %+v", got, want)
 	}
-	for _, s := range []string{`{"version":2,"bans":[]}`, `{"version":1,"bans":[{"addr":""}]}`, `{"version":1,"bans":[],"x":1}`, ``, `{"version":1,"bans":[]} {}`} {
-		os.WriteFile(e.path, []byte(s), 0o600)
-		if _, err := ReadState(e.path); err == nil {
-			t.Errorf("ReadState accepted %q", s)
+	if got := mustState(t, e.path); len(got) != 1 || got[0].Prefix != want.Prefix || got[0].DryRun {
+		t.Fatalf("new state file = %+v", got)
+	}
+	if got := e.fw.addrs(); !slices.Equal(got, []netip.Addr{other}) {
+		t.Fatalf("firewall = %v: the rule of a real ban was lost", got)
+	}
+	if _, err := ban(m, attack, time.Hour, "x", ""); err != nil {
+		t.Fatalf("Ban after a corrupt state: %v", err)
+	}
+	if got := addrsOf(mustState(t, e.path)); !slices.Equal(got, []netip.Addr{attack, other}) {
+		t.Fatalf("state = %v", got)
+	}
+}
+
+// When the chain cannot be read at start, the rules are kept as bans at
+// the first sync that can read it, not removed as strays.
+func TestCorruptStateRulesKeptWhenChainReadableLater(t *testing.T) {
+	e := newEnv(t)
+	mustWrite(t, e.path, []byte(`{"version":2,"bans":[`), 0o600)
+	e.fw.rules[other] = "astguard: left by the run before"
+	e.fw.blockedErr = errors.New("xtables lock")
+	m := e.start(e.opts())
+	if len(m.List()) != 0 {
+		t.Fatalf("List = %v before the chain could be read", m.List())
+	}
+	e.fw.set(func(f *fakeFW) { f.blockedErr = nil })
+	if !m.sync(ctx) {
+		t.Fatal("sync failed")
+	}
+	if got := addrsOf(m.List()); !slices.Equal(got, []netip.Addr{other}) {
+		t.Fatalf("List = %v, want the chain's rule kept as a ban", got)
+	}
+	if got := e.fw.addrs(); !slices.Equal(got, []netip.Addr{other}) {
+		t.Fatalf("firewall = %v: the rule of a real ban was removed", got)
+	}
+}
+
+// What counts as corrupt: anything but a well-formed version 1 or 2
+// document.
+func TestReadStateRejectsCorrupt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bans.json")
+	for _, s := range []string{
+		``,
+		`{"version":3,"bans":[]}`,
+		`{"version":"2","bans":[]}`,
+		`{"version":2}`,
+		`{"version":2,"bans":{}}`,
+		`{"version":2,"bans":[{"prefix":7,"since":"2026-03-01T12:00:00Z","reason":"","dry_run":false,"origin":"astguard"}]}`,
+		`{"version":2,"bans":[{"prefix":"203.0.113.7/24","since":"2026-03-01T12:00:00Z","reason":"","dry_run":false,"origin":"astguard"}]}`,
+		`{"version":2,"bans":[{"prefix":"203.0.113.7/32","since":"2026-03-01T12:00:00Z","reason":"","dry_run":false}]}`,
+		`{"version":2,"bans":[{"prefix":"203.0.113.7/32","reason":"","dry_run":false,"origin":"astguard"}]}`,
+		`{"version":2,"bans":[{"prefix":"203.0.113.7/32","since":"2026-03-01T12:00:00Z","reason":"","dry_run":"no","origin":"astguard"}]}`,
+		`{"version":2,"bans":[{"addr":"203.0.113.7","since":"2026-03-01T12:00:00Z","reason":""}]}`,
+		`{"version":1,"bans":[{"addr":""}]}`,
+		`{"version":1,"bans":[],"x":1}`,
+		`{"version":1,"bans":[]} {}`,
+	} {
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ReadState(path); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("ReadState(%q) = %v, want ErrCorrupt", s, err)
 		}
 	}
-	// After the admin fixes the file, Start works.
-	os.Remove(e.path)
-	if err := m.Start(ctx); err != nil {
-		t.Fatalf("Start after fix: %v", err)
+	ok := `{"version":2,"bans":[{"prefix":"2001:db8::/64","since":"2026-03-01T12:00:00Z","reason":"r","dry_run":true,"origin":"crowdsec","incident":"i-1"}]}`
+	if err := os.WriteFile(path, []byte(ok), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	m.Close(ctx)
+	st, err := ReadState(path)
+	want := Ban{Prefix: netip.MustParsePrefix("2001:db8::/64"), Since: t0, Reason: "r", DryRun: true, Origin: "crowdsec", Incident: "i-1"}
+	if err != nil || st.Version != 2 || len(st.Bans) != 1 || st.Bans[0] != want || !st.Bans[0].Permanent() {
+		t.Fatalf("ReadState(%s) = %+v, %v", ok, st, err)
+	}
+}
+
+// A state file or lock file that is not a private regular file is refused
+// loudly and stops Start: the guard cannot know its bans and must not act
+// on a file someone else controls. What the symlink points to is never
+// read, written or moved.
+func TestUnsafeStateRefused(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "elsewhere")
+	content := []byte(`{"version":2,"bans":[]}`)
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, path string)
+	}{
+		{"symlinked state file", func(t *testing.T, path string) {
+			mustWrite(t, target, content, 0o600)
+			mustSymlink(t, target, path)
+		}},
+		{"symlinked lock file", func(t *testing.T, path string) {
+			mustWrite(t, target, content, 0o600)
+			mustSymlink(t, target, path+".lock")
+		}},
+		{"state file readable by others", func(t *testing.T, path string) {
+			mustWrite(t, path, content, 0o644)
+		}},
+		{"state file of another user", func(t *testing.T, path string) {
+			if os.Geteuid() != 0 {
+				t.Fatal("needs root to give the file to another user; run the tests as root")
+			}
+			mustWrite(t, path, content, 0o600)
+			if err := os.Chown(path, 65534, 65534); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"state file is a directory", func(t *testing.T, path string) {
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_ = os.Remove(target)
+			e := newEnv(t)
+			tc.setup(t, e.path)
+			before, _ := os.Lstat(e.path)
+			m, err := New(e.opts())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Start(ctx); !errors.Is(err, fsafe.ErrUnsafe) {
+				t.Fatalf("Start = %v, want an error wrapping fsafe.ErrUnsafe", err)
+			}
+			if e.fw.setups != 0 || len(e.fw.calls) != 0 {
+				t.Fatalf("firewall touched: %v", e.fw.calls)
+			}
+			if _, err := ban(m, attack, time.Hour, "x", ""); !errors.Is(err, ErrNotStarted) {
+				t.Fatalf("Ban after refused Start = %v", err)
+			}
+			if err := UnbanOffline(ctx, e.path, e.fw, attack); !errors.Is(err, fsafe.ErrUnsafe) {
+				t.Fatalf("UnbanOffline = %v, want an error wrapping fsafe.ErrUnsafe", err)
+			}
+			if after, _ := os.Lstat(e.path); before != nil && (after == nil || after.Mode() != before.Mode() || !after.ModTime().Equal(before.ModTime())) {
+				t.Fatal("the refused path was changed")
+			}
+			if got, err := os.ReadFile(target); err == nil && string(got) != string(content) {
+				t.Fatalf("the symlink's target was changed: %q", got)
+			}
+			if fi, err := os.Stat(target); err == nil && fi.Mode().Perm() != 0o600 {
+				t.Fatalf("the symlink's target mode changed to %v", fi.Mode().Perm())
+			}
+			if matches, _ := filepath.Glob(e.path + ".corrupt-*"); len(matches) != 0 {
+				t.Fatalf("an unsafe file was moved aside as corrupt: %v", matches)
+			}
+		})
+	}
+}
+
+// A missing state directory is created private (0700), the state and lock
+// files in it 0600.
+func TestStateDirectoryCreatedPrivate(t *testing.T) {
+	e := newEnv(t)
+	dir := filepath.Join(t.TempDir(), "var", "lib", "astguard")
+	e.path = filepath.Join(dir, "bans.json")
+	m := e.start(e.opts())
+	if _, err := ban(m, attack, time.Hour, "x", ""); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]os.FileMode{dir: os.ModeDir | 0o700, e.path: 0o600, e.path + ".lock": 0o600} {
+		fi, err := os.Lstat(path)
+		if err != nil || fi.Mode() != want {
+			t.Errorf("%s: mode %v, %v; want %v", path, fi.Mode(), err, want)
+		}
+	}
+}
+
+func mustWrite(t *testing.T, path string, data []byte, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, data, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustSymlink(t *testing.T, target, link string) {
+	t.Helper()
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestAtomicWrite(t *testing.T) {
 	e := newEnv(t)
-	// A world-readable file from elsewhere becomes 0600 at the first write.
-	os.WriteFile(e.path, []byte(`{"version":1,"bans":[]}`), 0o644)
 	m := e.start(e.opts())
 
 	// A reader racing with writers always sees a complete document.
@@ -459,7 +662,7 @@ func TestAtomicWrite(t *testing.T) {
 		if i == 0 {
 			a = netip.MustParseAddr("203.0.113.200")
 		}
-		if _, err := m.Ban(ctx, a, time.Hour, "x", ""); err != nil {
+		if _, err := ban(m, a, time.Hour, "x", ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -476,7 +679,7 @@ func TestAtomicWrite(t *testing.T) {
 	// no temporary file behind; the ban is still applied and kept.
 	before, _ := os.ReadFile(e.path)
 	setRenameHook(func(tmp string) error { return errors.New("disk full") })
-	_, err := m.Ban(ctx, other, time.Hour, "x", "")
+	_, err := ban(m, other, time.Hour, "x", "")
 	setRenameHook(nil)
 	if err == nil || !strings.Contains(err.Error(), "applied but not saved yet") {
 		t.Fatalf("Ban with failing write = %v", err)
@@ -506,8 +709,8 @@ func TestAtomicWrite(t *testing.T) {
 func TestUnbanOffline(t *testing.T) {
 	e := newEnv(t)
 	m := e.start(e.opts())
-	m.Ban(ctx, attack, time.Hour, "x", "")
-	m.Ban(ctx, other, time.Hour, "y", "")
+	ban(m, attack, time.Hour, "x", "")
+	ban(m, other, time.Hour, "y", "")
 	if err := m.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -535,8 +738,8 @@ func TestUnbanOffline(t *testing.T) {
 func TestSetNeverLiftsBans(t *testing.T) {
 	e := newEnv(t)
 	m := e.start(e.opts())
-	m.Ban(ctx, attack, time.Hour, "x", "")
-	m.Ban(ctx, other, time.Hour, "y", "")
+	ban(m, attack, time.Hour, "x", "")
+	ban(m, other, time.Hour, "y", "")
 	m.SetNever([]netip.Prefix{netip.MustParsePrefix("::ffff:203.0.113.7/128"), {}})
 	if got := addrsOf(m.List()); !slices.Equal(got, []netip.Addr{other}) {
 		t.Fatalf("List = %v", got)
@@ -550,7 +753,7 @@ func TestSetNeverLiftsBans(t *testing.T) {
 	if e.log.count("ban lifted: address is now protected") != 1 {
 		t.Fatalf("lift not logged: %s", e.log)
 	}
-	if _, err := m.Ban(ctx, attack, time.Hour, "x", ""); !errors.Is(err, ErrProtected) {
+	if _, err := ban(m, attack, time.Hour, "x", ""); !errors.Is(err, ErrProtected) {
 		t.Fatalf("Ban after SetNever = %v", err)
 	}
 }
@@ -558,7 +761,7 @@ func TestSetNeverLiftsBans(t *testing.T) {
 func TestStartLiftsBansOfNowProtected(t *testing.T) {
 	e := newEnv(t)
 	m := e.start(e.opts())
-	m.Ban(ctx, attack, time.Hour, "x", "")
+	ban(m, attack, time.Hour, "x", "")
 	m.Close(ctx)
 	o := e.opts()
 	o.Never = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
@@ -579,7 +782,7 @@ func TestConcurrentUse(t *testing.T) {
 		wg.Go(func() {
 			for i := range 25 {
 				a := netip.AddrFrom4([4]byte{198, 18, byte(g), byte(i)})
-				if _, err := m.Ban(ctx, a, time.Hour, "x", ""); err != nil {
+				if _, err := ban(m, a, time.Hour, "x", ""); err != nil {
 					t.Error(err)
 				}
 				_ = m.List()
@@ -638,9 +841,9 @@ func TestRunExpiresOnTime(t *testing.T) {
 		defer stop()
 
 		start := time.Now()
-		m.Ban(ctx, attack, 10*time.Minute, "x", "")
-		m.Ban(ctx, other, 20*time.Minute, "y", "")
-		m.Ban(ctx, third, 0, "permanent", "")
+		ban(m, attack, 10*time.Minute, "x", "")
+		ban(m, other, 20*time.Minute, "y", "")
+		ban(m, third, 0, "permanent", "")
 
 		time.Sleep(10*time.Minute - time.Nanosecond)
 		synctest.Wait()
@@ -663,7 +866,7 @@ func TestRunExpiresOnTime(t *testing.T) {
 		}
 
 		// A re-ban extends; the timer follows the new Until.
-		m.Ban(ctx, other, 30*time.Minute, "again", "")
+		ban(m, other, 30*time.Minute, "again", "")
 		time.Sleep(20 * time.Minute)
 		synctest.Wait()
 		if !slices.Contains(addrsOf(m.List()), other) {
@@ -687,8 +890,8 @@ func TestRunReappliesAfterFlush(t *testing.T) {
 		stop := runInBackground(t, m)
 		defer stop()
 
-		m.Ban(ctx, attack, time.Hour, "x", "")
-		m.Ban(ctx, third, time.Hour, "y", "")
+		ban(m, attack, time.Hour, "x", "")
+		ban(m, third, time.Hour, "y", "")
 		e.fw.flush() // iptables -F ASTGUARD
 		e.fw.set(func(f *fakeFW) { f.rules[other] = "stray" })
 
@@ -728,7 +931,7 @@ func TestRunRetriesFailedApplyWithBackoffAndLogsOnce(t *testing.T) {
 
 		lock := &firewall.Error{Op: "block", Step: "append", Err: errors.New("xtables lock")}
 		e.fw.set(func(f *fakeFW) { f.blockErr = lock })
-		if _, err := m.Ban(ctx, attack, time.Hour, "x", ""); err == nil {
+		if _, err := ban(m, attack, time.Hour, "x", ""); err == nil {
 			t.Fatal("Ban succeeded with a failing firewall")
 		}
 		// Retries at 1s, 2s, 4s, 8s, 16s, 30s, 30s... all fail: one log line.
@@ -753,7 +956,7 @@ func TestRunRetriesFailedApplyWithBackoffAndLogsOnce(t *testing.T) {
 		}
 		// Recovered quickly after a failed Ban: within the first second.
 		e.fw.set(func(f *fakeFW) { f.blockErr = lock })
-		m.Ban(ctx, other, time.Hour, "y", "")
+		ban(m, other, time.Hour, "y", "")
 		e.fw.set(func(f *fakeFW) { f.blockErr = nil })
 		time.Sleep(time.Second)
 		synctest.Wait()
@@ -770,7 +973,7 @@ func TestRunRetriesStateWrite(t *testing.T) {
 		stop := runInBackground(t, m)
 		defer stop()
 		setRenameHook(func(string) error { return errors.New("disk full") })
-		_, err := m.Ban(ctx, attack, time.Hour, "x", "")
+		_, err := ban(m, attack, time.Hour, "x", "")
 		setRenameHook(nil)
 		if err == nil {
 			t.Fatal("write failure not reported")
@@ -818,7 +1021,7 @@ func TestStartMergesDuplicateAddresses(t *testing.T) {
 	}
 	m := e.start(e.opts())
 	got := m.List()
-	if len(got) != 1 || got[0].Addr != attack || !got[0].Permanent() {
+	if len(got) != 1 || got[0].Prefix.Addr() != attack || !got[0].Permanent() {
 		t.Fatalf("List = %+v, want one permanent ban of %s", got, attack)
 	}
 }

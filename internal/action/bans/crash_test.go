@@ -38,13 +38,13 @@ func TestCrashChild(t *testing.T) {
 	if err := m.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Ban(ctx, attack, time.Hour, "kept", "SIP/200"); err != nil {
+	if _, err := ban(m, attack, time.Hour, "kept", "SIP/200"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Ban(ctx, other, time.Millisecond, "expires before the restart", ""); err != nil {
+	if _, err := ban(m, other, time.Millisecond, "expires before the restart", ""); err != nil {
 		t.Fatal(err)
 	}
-	_, _ = m.Ban(ctx, third, time.Hour, "saved, never applied", "")
+	_, _ = ban(m, third, time.Hour, "saved, never applied", "")
 	t.Fatal("still alive after SIGKILL")
 }
 

@@ -25,6 +25,7 @@ type fakeFW struct {
 	onBlock    func(netip.Addr)
 	setups     int
 	teardowns  int
+	dryRun     bool // Real reports false: a stand-in for firewall.DryRun
 }
 
 var _ firewall.Firewall = (*fakeFW)(nil)
@@ -77,6 +78,22 @@ func (f *fakeFW) Blocked(ctx context.Context) ([]netip.Addr, error) {
 		return nil, f.blockedErr
 	}
 	return f.addrsLocked(), nil
+}
+
+func (f *fakeFW) Rules(ctx context.Context) ([]netip.Addr, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "rules")
+	if f.blockedErr != nil {
+		return nil, f.blockedErr
+	}
+	return f.addrsLocked(), nil
+}
+
+func (f *fakeFW) Real() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.dryRun
 }
 
 func (f *fakeFW) Teardown(ctx context.Context) error {

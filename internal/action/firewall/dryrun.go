@@ -73,6 +73,12 @@ func (d *DryRun) Blocked(ctx context.Context) ([]netip.Addr, error) {
 	return out, nil
 }
 
+// Rules is Blocked: a dry run has no chain, only what it remembers.
+func (d *DryRun) Rules(ctx context.Context) ([]netip.Addr, error) { return d.Blocked(ctx) }
+
+// Real is false: a dry run drops nothing.
+func (d *DryRun) Real() bool { return false }
+
 // Teardown forgets everything.
 func (d *DryRun) Teardown(ctx context.Context) error {
 	d.mu.Lock()

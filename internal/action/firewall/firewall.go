@@ -39,6 +39,13 @@ type Firewall interface {
 	// Blocked lists the addresses that are dropped now: a DROP rule in our
 	// chain, and the chain hooked into INPUT. It detects a flushed chain.
 	Blocked(ctx context.Context) ([]netip.Addr, error)
+	// Rules lists the addresses with a DROP rule in our chain, whether or
+	// not INPUT jumps to it, and changes nothing: what a firewall of ours
+	// put there before (a missing chain has none).
+	Rules(ctx context.Context) ([]netip.Addr, error)
+	// Real reports whether Block really drops traffic: false for a dry
+	// run that only logs.
+	Real() bool
 	// Teardown removes the jump from INPUT, then flushes and deletes our
 	// chain (both families). Missing pieces count as success.
 	Teardown(ctx context.Context) error
@@ -80,7 +87,7 @@ var (
 // Error is the error type returned by IPTables. It names the operation, the
 // address and the step that failed, and says whether a retry can help.
 type Error struct {
-	Op        string     // "init", "setup", "block", "unblock", "blocked", "teardown"
+	Op        string     // "init", "setup", "block", "unblock", "blocked", "rules", "teardown"
 	Addr      netip.Addr // zero when the operation is not about one address
 	Step      string     // what failed, e.g. "append DROP rule to ASTGUARD (iptables)"
 	Err       error

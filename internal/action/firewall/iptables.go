@@ -449,6 +449,28 @@ func (f *IPTables) Blocked(ctx context.Context) ([]netip.Addr, error) {
 	return slices.Compact(out), nil
 }
 
+// Rules returns the addresses with a DROP rule in our chain, sorted,
+// whether or not INPUT jumps to it. It changes nothing.
+func (f *IPTables) Rules(ctx context.Context) ([]netip.Addr, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []netip.Addr
+	for _, fam := range f.families() {
+		rules, _, err := f.listDrops(ctx, "rules", netip.Addr{}, fam)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rules {
+			out = append(out, r.addr)
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
+	return slices.Compact(out), nil
+}
+
+// Real is true: iptables drops the traffic.
+func (f *IPTables) Real() bool { return true }
+
 // Teardown removes every jump to our chain from INPUT, then flushes and
 // deletes the chain, in each family. Missing pieces count as success.
 func (f *IPTables) Teardown(ctx context.Context) error {

@@ -202,6 +202,47 @@ func TestBlockedDetectsFlushAndUnhook(t *testing.T) {
 	}
 }
 
+// Rules lists what our chain holds, hooked into INPUT or not, and creates
+// nothing: no chain, no jump.
+func TestRulesListsWithoutChanging(t *testing.T) {
+	r := newRig(t, Options{})
+	if got, err := r.fw.Rules(ctx); err != nil || len(got) != 0 {
+		t.Fatalf("Rules without a chain = %v, %v; want none", got, err)
+	}
+	if r.v4.hasChain("ASTGUARD") || r.v6.hasChain("ASTGUARD") {
+		t.Fatal("Rules created the chain")
+	}
+	mustNil(t, "new chain", r.v4.NewChain("filter", "ASTGUARD"))
+	mustNil(t, "rule v4", r.v4.Append("filter", "ASTGUARD", dropSpec(addr2, "left by a previous run")...))
+	mustNil(t, "new chain v6", r.v6.NewChain("filter", "ASTGUARD"))
+	mustNil(t, "rule v6", r.v6.Append("filter", "ASTGUARD", dropSpec(addr6, "left by a previous run")...))
+	n4, n6 := r.v4.callCount(), r.v6.callCount()
+	got, err := r.fw.Rules(ctx)
+	mustNil(t, "rules", err)
+	if want := []netip.Addr{addr2, addr6}; !slices.Equal(got, want) {
+		t.Fatalf("Rules of an unhooked chain = %v, want %v", got, want)
+	}
+	r.v4.mu.Lock()
+	r.v6.mu.Lock()
+	calls := append(slices.Clone(r.v4.calls[n4:]), r.v6.calls[n6:]...)
+	r.v6.mu.Unlock()
+	r.v4.mu.Unlock()
+	if len(calls) == 0 {
+		t.Fatal("Rules read nothing")
+	}
+	for _, c := range calls {
+		if !strings.HasPrefix(c, "ChainExists ") && !strings.HasPrefix(c, "List ") {
+			t.Fatalf("Rules changed the tables: %s", c)
+		}
+	}
+	if got, _ := r.fw.Blocked(ctx); len(got) != 0 {
+		t.Fatalf("Blocked of an unhooked chain = %v, want none", got)
+	}
+	if !r.fw.Real() || NewDryRun(zerolog.Nop()).Real() {
+		t.Fatal("Real: iptables must be real, the dry run not")
+	}
+}
+
 func TestTeardown(t *testing.T) {
 	r := newRig(t, Options{})
 	mustNil(t, "canary", r.v4.Append("filter", "INPUT", "-s", "198.51.100.1", "-j", "ACCEPT"))

@@ -408,7 +408,7 @@ func testFlushReapply(t *testing.T, fw *firewall.IPTables, chain string) {
 		t.Fatal(err)
 	}
 	for _, f := range families {
-		if _, err := m.Ban(bg, f.blocked, time.Hour, "netns test", "SIP/200"); err != nil {
+		if _, err := m.Ban(bg, bans.Request{Addr: f.blocked, TTL: time.Hour, Reason: "netns test", Extension: "SIP/200"}); err != nil {
 			t.Fatalf("Ban(%s): %v", f.blocked, err)
 		}
 	}

@@ -2,6 +2,7 @@ package amitest
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"regexp"
 	"sort"
 	"strconv"
@@ -31,7 +32,8 @@ func (s *Server) actChallenge(q *req) bool {
 		return true
 	}
 	if q.c.challenge == "" {
-		q.c.challenge = fakeHex(9, "challenge", strconv.Itoa(q.c.id), time.Now().String())
+		// manager.c prints ast_random() with %ld: a decimal number below 2^31.
+		q.c.challenge = strconv.FormatInt(rand.Int64N(1<<31), 10)
 	}
 	q.c.enqueue(new(reply).h("Response", "Success").id(q.aid).h("Challenge", q.c.challenge).end().b, false)
 	return true
@@ -59,6 +61,9 @@ func (r *reply) listComplete(event, aid string, n int) *reply {
 }
 
 func (s *Server) actCoreShowChannels(q *req) bool {
+	if s.opts.Version.legacy() {
+		return s.actCoreShowChannels11(q)
+	}
 	r := listStart(q.aid, "Channels will follow")
 	chans := s.pbx.live()
 	now := s.pbx.now()
@@ -128,6 +133,9 @@ var userAgents = map[string]string{
 // is chan_sip's manager_sip_show_peers (PeerEntry events and
 // PeerlistComplete), synthesized.
 func (s *Server) actSIPpeers(q *req) bool {
+	if s.opts.Version.legacy() {
+		return s.actSIPpeers11(q)
+	}
 	r := listStart(q.aid, "Peer status list will follow")
 	peers := s.sipPeers()
 	for _, c := range peers {
@@ -202,7 +210,11 @@ func (s *Server) actSIPshowpeer(q *req) bool {
 	ip, port, registered := s.peerAddress(c)
 	dynamic := strings.EqualFold(c.get("host"), "dynamic")
 	r := new(reply).h("Response", "Success").id(q.aid)
-	for _, f := range sipShowPeerFields {
+	fields := sipShowPeerFields
+	if s.opts.Version.legacy() {
+		fields = sipShowPeerFields11
+	}
+	for _, f := range fields {
 		k, v := f[0], f[1]
 		switch k {
 		case "ObjectName", "Default-Username":
@@ -259,6 +271,8 @@ func (s *Server) actSIPshowpeer(q *req) bool {
 			}
 		case "Codecs":
 			v = codecs(c, general)
+		case "CodecOrder": // Asterisk 11: "ulaw,alaw"
+			v = strings.ReplaceAll(strings.Trim(codecs(c, general), "()"), "|", ",")
 		case "SIP-Useragent":
 			v = ""
 			if registered {
@@ -518,7 +532,7 @@ func isTrue(v string) bool {
 }
 
 // actGetvar answers the channel variables the guard asks for: the source
-// address of a live call.
+// address of a live call (see setRemote for how the model knows it).
 func (s *Server) actGetvar(q *req) bool {
 	name := q.get("Variable")
 	if name == "" {
@@ -536,8 +550,10 @@ func (s *Server) actGetvar(q *req) bool {
 	if ch != nil {
 		fn := strings.ToLower(strings.ReplaceAll(name, " ", ""))
 		switch {
-		case (fn == "channel(peerip)" || fn == "channel(recvip)") && ch.tech == ami.TechSIP:
+		case fn == "channel(recvip)" && ch.tech == ami.TechSIP:
 			value = ch.remoteIP
+		case fn == "channel(peerip)" && ch.tech == ami.TechSIP:
+			value = ch.peerIP
 		case fn == "channel(pjsip,remote_addr)" && ch.tech == ami.TechPJSIP && ch.remoteIP != "":
 			value = ch.remoteIP + ":" + ch.remotePt
 		case fn == "channel(name)":
@@ -569,7 +585,8 @@ func (s *Server) matchChannels(q *req, onlyTech ami.Tech) (targets []*channel, i
 		q.c.enqueue(errorReply(q.aid, "No channel specified"), false)
 		return nil, false, false
 	}
-	if len(spec) >= 2 && spec[0] == '/' && spec[len(spec)-1] == '/' {
+	// Asterisk 1.8 looks every value up as a name or uniqueid.
+	if len(spec) >= 2 && spec[0] == '/' && spec[len(spec)-1] == '/' && s.opts.Version != Asterisk1_8 {
 		re, err := regexp.CompilePOSIX(spec[1 : len(spec)-1])
 		if err != nil {
 			q.c.enqueue(errorReply(q.aid, "Regex compile failed on: "+spec), false)
@@ -591,8 +608,9 @@ func (s *Server) matchChannels(q *req, onlyTech ami.Tech) (targets []*channel, i
 }
 
 // hangupReply answers a hangup: "Channel Hungup" for one channel, a list of
-// ChannelHungup events for a regex.
-func hangupReply(q *req, targets []*channel, isRegex bool) {
+// ChannelHungup events for a regex (Asterisk 11 puts the ActionID of the
+// complete event last).
+func (s *Server) hangupReply(q *req, targets []*channel, isRegex bool) {
 	if !isRegex {
 		q.c.enqueue(ackReply(q.aid, "Channel Hungup"), false)
 		return
@@ -601,7 +619,11 @@ func hangupReply(q *req, targets []*channel, isRegex bool) {
 	for _, ch := range targets {
 		r.h("Event", "ChannelHungup").h("Channel", ch.name).id(q.aid).end()
 	}
-	r.listComplete("ChannelsHungupListComplete", q.aid, len(targets))
+	if s.opts.Version.legacy() {
+		r.listComplete11("ChannelsHungupListComplete", q.aid, len(targets))
+	} else {
+		r.listComplete("ChannelsHungupListComplete", q.aid, len(targets))
+	}
 	q.c.enqueue(r.b, false)
 }
 
@@ -610,7 +632,7 @@ func (s *Server) actHangup(q *req) bool {
 	if !ok {
 		return true
 	}
-	hangupReply(q, targets, isRegex)
+	s.hangupReply(q, targets, isRegex)
 	s.hangup(targets, hangupCause(q.get("Cause")))
 	return true
 }
@@ -622,7 +644,7 @@ func (s *Server) actPJSIPHangup(q *req) bool {
 	if !ok {
 		return true
 	}
-	hangupReply(q, targets, isRegex)
+	s.hangupReply(q, targets, isRegex)
 	cause := hangupCause(q.get("Cause"))
 	s.after(pjsipHangupDelay, func() {
 		var still []*channel
@@ -726,9 +748,20 @@ func (s *Server) reloadModule(mod string, event bool) bool {
 	case "chan_sip", "chan_sip.so":
 		s.pbx.reloadSIP(s.files["sip.conf"])
 	case "res_pjsip", "res_pjsip.so":
-		s.pbx.reloadPJSIP(s.files["pjsip.conf"])
+		known = !s.opts.Version.legacy()
+		if known {
+			s.pbx.reloadPJSIP(s.files["pjsip.conf"])
+		}
 	default:
 		known = false
+	}
+	if s.opts.Version.legacy() {
+		// chan_sip announces its own reloads; there is no Reload event.
+		if known && !strings.HasPrefix(strings.ToLower(mod), "res_pjsip") {
+			s.channelReload("RELOAD (Channel module reload)")
+		}
+		s.logf("amitest: reload %q (known %v)", mod, known)
+		return known
 	}
 	if event && mod != "" {
 		status := "0"
@@ -744,6 +777,9 @@ func (s *Server) reloadModule(mod string, event bool) bool {
 // actCommand runs the few CLI commands the guard may use; others answer
 // as Asterisk does for an unknown command.
 func (s *Server) actCommand(q *req) bool {
+	if s.opts.Version.legacy() {
+		return s.actCommand11(q)
+	}
 	cmd := strings.Join(strings.Fields(q.get("Command")), " ")
 	out := func(resp string, lines ...string) {
 		r := new(reply).h("Response", resp).id(q.aid).h("Message", "Command output follows")
@@ -779,7 +815,12 @@ func (s *Server) actCommand(q *req) bool {
 func (s *Server) actReload(q *req) bool {
 	mod := q.get("Module")
 	switch strings.ToLower(mod) {
-	case "", "chan_sip", "chan_sip.so", "res_pjsip", "res_pjsip.so":
+	case "", "chan_sip", "chan_sip.so":
+	case "res_pjsip", "res_pjsip.so":
+		if s.opts.Version.legacy() {
+			q.c.enqueue(errorReply(q.aid, "No such module"), false)
+			return true
+		}
 	default:
 		q.c.enqueue(errorReply(q.aid, "No such module"), false)
 		return true

@@ -166,6 +166,43 @@ func TestGetvarAsDialog(t *testing.T) {
 	}
 }
 
+// recvip is the address the call's INVITE came from, as chan_sip's: for a
+// peer with a secret the address its challenged INVITE came from, whatever
+// its registration's contact says (peerip follows that contact); for the
+// carrier, a peer matched by its host, the host, even after someone
+// elsewhere got a challenge naming it by putting it in the From header.
+func TestGetvarRecvipIsWhereTheRequestCameFrom(t *testing.T) {
+	s := start(t, Options{})
+	c := dial(t, s)
+	c.login("call,security,system")
+	inject := func(lines ...string) { s.Inject(strings.Join(lines, "\r\n") + "\r\n") }
+	newchannel := func(ch, uid string) {
+		inject("Event: Newchannel", "Privilege: call,all", "Channel: "+ch, "ChannelState: 0", "Exten: 02079460123", "Uniqueid: "+uid, "Linkedid: "+uid)
+	}
+	challenge := func(account, remote string) {
+		inject("Event: ChallengeSent", "Privilege: security,all", "Service: SIP", "AccountID: "+account, "SessionID: 0x7fa2b4035830",
+			"LocalAddress: IPV4/UDP/127.0.0.1/5060", "RemoteAddress: "+remote, "Challenge: 1e72b9ae")
+	}
+	// 200 registered with a contact of 198.51.100.20 and calls from 203.0.113.9.
+	inject("Event: PeerStatus", "Privilege: system,all", "ChannelType: SIP", "Peer: SIP/200", "PeerStatus: Registered", "Address: 198.51.100.20:5060")
+	challenge("sip:200@127.0.0.1", "IPV4/UDP/203.0.113.9/5071")
+	newchannel("SIP/200-000000a1", "1795610900.1")
+	// An outsider's INVITE with From user carrier, then the carrier's own call.
+	challenge("sip:carrier@127.0.0.1", "IPV4/UDP/203.0.113.50/5060")
+	newchannel("SIP/carrier-000000a2", "1795610900.2")
+	for _, tc := range []struct{ ch, variable, want string }{
+		{"SIP/200-000000a1", "CHANNEL(recvip)", "203.0.113.9"},
+		{"SIP/200-000000a1", "CHANNEL(peerip)", "198.51.100.20"},
+		{"SIP/carrier-000000a2", "CHANNEL(recvip)", "127.0.0.9"},
+		{"SIP/carrier-000000a2", "CHANNEL(peerip)", "127.0.0.9"},
+	} {
+		c.send("Action: Getvar", "Channel: "+tc.ch, "Variable: "+tc.variable, "ActionID: v")
+		if f, _ := c.response("v"); f.get("Response") != "Success" || f.get("Value") != tc.want {
+			t.Errorf("%s of %s: %v, want %s", tc.variable, tc.ch, f.hdrs, tc.want)
+		}
+	}
+}
+
 // collect reads until a Ping's Pong and returns the events by name.
 func hangups(frames []*frame) map[string]*frame {
 	out := map[string]*frame{}

@@ -209,18 +209,57 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	}
 }
 
+// The Challenge / MD5 login as manager.c answers it: the challenge is a
+// decimal number; the Key is the lower-case hex md5 of challenge and
+// secret, compared exactly; a wrong Key raises ChallengeResponseFailed
+// (AccountID empty: Asterisk has not taken the user name yet), an MD5 login
+// without a challenge fails without any event.
 func TestChallengeLogin(t *testing.T) {
-	s := start(t, Options{})
+	s := start(t, Options{LoginFailDelay: time.Millisecond})
+	watcher := dial(t, s)
+	watcher.login("security")
+
 	c := dial(t, s)
 	c.send("Action: Challenge", "AuthType: MD5", "ActionID: ch")
 	f := c.next()
 	nonce := f.get("Challenge")
-	if f.get("Response") != "Success" || nonce == "" {
+	if f.get("Response") != "Success" || f.get("ActionID") != "ch" || strings.Trim(nonce, "0123456789") != "" || nonce == "" {
 		t.Fatalf("challenge: %v", f.hdrs)
 	}
 	sum := md5.Sum([]byte(nonce + "guardpass"))
-	c.send("Action: Login", "AuthType: MD5", "Username: guard", "Key: "+hex.EncodeToString(sum[:]), "Events: off", "ActionID: l")
+	key := hex.EncodeToString(sum[:])
+	c.send("Action: Login", "AuthType: MD5", "Username: guard", "Key: "+key, "Events: off", "ActionID: l")
 	if f := c.next(); f.get("Message") != "Authentication accepted" {
 		t.Errorf("md5 login: %v", f.hdrs)
+	}
+	watcher.ping("drain") // the logins' SuccessfulAuth events
+
+	// The same key in upper case is refused, with its security event.
+	bad := dial(t, s)
+	bad.send("Action: Challenge", "AuthType: MD5", "ActionID: ch")
+	nonce = bad.next().get("Challenge")
+	sum = md5.Sum([]byte(nonce + "guardpass"))
+	bad.send("Action: Login", "AuthType: MD5", "Username: guard", "Key: "+strings.ToUpper(hex.EncodeToString(sum[:])), "ActionID: l")
+	if f := bad.next(); f.get("Message") != "Authentication failed" {
+		t.Errorf("upper-case key: %v", f.hdrs)
+	}
+	evs := watcher.ping("after-bad")
+	if len(evs) != 1 {
+		t.Fatalf("%d events after the wrong key, want its ChallengeResponseFailed", len(evs))
+	}
+	ev := evs[0]
+	if !ev.isEvent("ChallengeResponseFailed") || ev.get("AccountID") != "" || ev.get("Challenge") != nonce ||
+		ev.get("ExpectedResponse") != hex.EncodeToString(sum[:]) {
+		t.Errorf("security event of the wrong key: %v", ev.hdrs)
+	}
+
+	// No challenge asked: refused, and no event.
+	none := dial(t, s)
+	none.send("Action: Login", "AuthType: MD5", "Username: guard", "Key: "+key, "ActionID: l")
+	if f := none.next(); f.get("Message") != "Authentication failed" {
+		t.Errorf("md5 login without a challenge: %v", f.hdrs)
+	}
+	if skipped := watcher.ping("p"); len(skipped) != 0 {
+		t.Errorf("events after the login without a challenge: %v", skipped[0].hdrs)
 	}
 }

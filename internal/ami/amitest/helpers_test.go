@@ -20,6 +20,9 @@ const (
 	attackMixed  = transcripts + "attack-mixed.ami"
 	dialog20     = "testdata/asterisk-20/actions-dialog.txt"
 	dialog22     = "testdata/asterisk-22/actions-dialog.txt"
+	dialog11     = "testdata/asterisk-11/actions-dialog.txt"
+	loginFail11  = "testdata/asterisk-11/login-failure-dialog.txt"
+	attack11     = transcripts + "asterisk11-attack-sip.ami"
 	rotateDialog = "testdata/asterisk-20/rotate-dialog.txt"
 	loginFailDlg = "testdata/asterisk-20/login-failure-dialog.txt"
 	readTimeout  = 10 * time.Second

@@ -37,8 +37,16 @@ type channel struct {
 	appData  string
 	bridge   string
 	created  time.Time
-	remoteIP string // where the call came from, as Asterisk saw it
+	remoteIP string // where the call came from, as Asterisk saw it (recvip)
 	remotePt string
+	peerIP   string // the peer's address, where Asterisk sends to (chan_sip peerip)
+
+	// Asterisk 1.8/11, which have no Linkedid and no bridge objects: the
+	// channel this one is bridged to (Bridge Link), whether it was
+	// Channel1 of that Bridge event, and whether it dialled (Dial Begin).
+	bridgedTo   string
+	bridgeFirst bool
+	dialled     bool
 }
 
 type bridge struct {
@@ -80,6 +88,10 @@ type pbx struct {
 	deadUniq     map[string]bool // channels whose later events are dropped
 	deadLinked   map[string]bool // calls whose later events are dropped
 	bridgeLinked map[string]string
+	// dialLinked maps a 1.8/11 leg to the channel that dialled it (the
+	// Dial Begin comes after the leg's Newchannel, and there is no
+	// Linkedid): a refused call drops its leg's events too.
+	dialLinked map[string]string
 
 	// Secrets in effect (as last reloaded) and at start: an extension whose
 	// secret changed and was reloaded can no longer place calls.
@@ -87,6 +99,9 @@ type pbx struct {
 	origPJ, loadedPJ   map[string]string // endpoint -> password of its auth
 	pjAccount          map[string]string // auth username -> endpoint (as loaded)
 	pendingCRF         map[string]bool   // endpoint: a failed auth awaits its call
+	// sipTrunks are the chan_sip peers without a secret, matched by their
+	// static host (as loaded).
+	sipTrunks map[string]hostPort
 
 	clock time.Time // recorded time of the last streamed message
 }
@@ -102,21 +117,26 @@ func newPBX(script []scriptMsg, files map[string]*confFile) *pbx {
 		deadUniq:      map[string]bool{},
 		deadLinked:    map[string]bool{},
 		bridgeLinked:  map[string]string{},
+		dialLinked:    map[string]string{},
 		pendingCRF:    map[string]bool{},
 	}
 	// Bridges are created before the channels enter them: know in advance
 	// which call each bridge belongs to, so a dropped call drops its bridge.
 	for i := range script {
 		m := &script[i]
-		if m.event == "bridgeenter" {
+		switch {
+		case m.event == "bridgeenter":
 			b := m.get("BridgeUniqueid")
 			if _, ok := p.bridgeLinked[b]; !ok {
 				p.bridgeLinked[b] = m.get("Linkedid")
 			}
+		case m.event == "dial" && strings.EqualFold(m.get("SubEvent"), "Begin"):
+			p.dialLinked[m.get("DestUniqueID")] = m.get("UniqueID")
 		}
 	}
 	p.origSIP = sipSecrets(files["sip.conf"])
 	p.loadedSIP = p.origSIP
+	p.sipTrunks = sipTrunks(files["sip.conf"])
 	p.origPJ, p.pjAccount = pjsipPasswords(files["pjsip.conf"])
 	p.loadedPJ = p.origPJ
 	return p
@@ -133,6 +153,31 @@ func sipSecrets(f *confFile) map[string]string {
 			continue
 		}
 		out[c.name] = c.get("secret") + "\x00" + c.get("md5secret")
+	}
+	return out
+}
+
+type hostPort struct{ ip, port string }
+
+// sipTrunks returns the chan_sip peers that take no password and have a
+// static host (the lab's carrier): chan_sip matches their requests by that
+// address.
+func sipTrunks(f *confFile) map[string]hostPort {
+	out := map[string]hostPort{}
+	if f == nil {
+		return out
+	}
+	for _, c := range f.cats {
+		host := c.get("host")
+		if strings.EqualFold(c.name, "general") || host == "" || strings.EqualFold(host, "dynamic") ||
+			c.get("secret") != "" || c.get("md5secret") != "" {
+			continue
+		}
+		port := c.get("port")
+		if port == "" {
+			port = "5060"
+		}
+		out[c.name] = hostPort{host, port}
 	}
 	return out
 }
@@ -163,7 +208,7 @@ func pjsipPasswords(f *confFile) (map[string]string, map[string]string) {
 }
 
 // reloadSIP and reloadPJSIP make the current files the loaded config.
-func (p *pbx) reloadSIP(f *confFile)   { p.loadedSIP = sipSecrets(f) }
+func (p *pbx) reloadSIP(f *confFile)   { p.loadedSIP, p.sipTrunks = sipSecrets(f), sipTrunks(f) }
 func (p *pbx) reloadPJSIP(f *confFile) { p.loadedPJ, p.pjAccount = pjsipPasswords(f) }
 
 func (p *pbx) sipRotated(peer string) bool {
@@ -216,6 +261,9 @@ func (p *pbx) dead(m *scriptMsg) bool {
 	}
 	if u := m.get("Uniqueid"); u != "" && p.deadUniq[u] {
 		return true
+	} else if caller, ok := p.dialLinked[u]; ok && p.deadUniq[caller] {
+		p.deadUniq[u] = true
+		return true
 	}
 	if l := m.get("Linkedid"); l != "" && p.deadLinked[l] {
 		if m.event == "newchannel" {
@@ -223,8 +271,10 @@ func (p *pbx) dead(m *scriptMsg) bool {
 		}
 		return true
 	}
-	if u := m.get("DestUniqueid"); u != "" && p.deadUniq[u] {
-		return true
+	for _, k := range []string{"DestUniqueid", "Uniqueid1", "Uniqueid2"} { // Uniqueid1/2: 1.8/11 Bridge
+		if u := m.get(k); u != "" && p.deadUniq[u] {
+			return true
+		}
 	}
 	if b := m.get("BridgeUniqueid"); b != "" {
 		if l, ok := p.bridgeLinked[b]; ok && p.deadLinked[l] {
@@ -304,9 +354,32 @@ func (p *pbx) track(m *scriptMsg) {
 	case "hangup":
 		if ch := p.chans[m.get("Uniqueid")]; ch != nil {
 			p.leaveBridge(ch)
+			p.unlink(ch)
 			delete(p.chans, ch.uniqueid)
 		}
 		return
+	case "bridge": // 1.8/11: Bridgestate Link or Unlink of Channel1 and Channel2
+		c1, c2 := p.chans[m.get("Uniqueid1")], p.chans[m.get("Uniqueid2")]
+		if c1 == nil || c2 == nil {
+			return
+		}
+		if strings.EqualFold(m.get("Bridgestate"), "Link") {
+			c1.bridgedTo, c1.bridgeFirst = c2.uniqueid, true
+			c2.bridgedTo, c2.bridgeFirst = c1.uniqueid, false
+		} else {
+			p.unlink(c1)
+		}
+		return
+	case "dial": // 1.8/11: the caller's Dial Begin names the leg it created
+		if !strings.EqualFold(m.get("SubEvent"), "Begin") {
+			break
+		}
+		src, dst := p.chans[m.get("UniqueID")], p.chans[m.get("DestUniqueID")]
+		if src != nil && dst != nil {
+			src.dialled = true
+			dst.linkedid = src.linkedid // what Linkedid would have said
+			dst.app, dst.appData = "AppDial", "(Outgoing Line)"
+		}
 	case "bridgecreate", "bridgeenter", "bridgeleave", "bridgedestroy":
 		p.trackBridge(m)
 	case "peerstatus":
@@ -371,7 +444,18 @@ func (p *pbx) track(m *scriptMsg) {
 	}
 	if m.event == "newexten" {
 		ch.app, ch.appData = m.get("Application"), m.get("AppData")
+		if m.has("Extension") && !m.has("Exten") { // 1.8/11 spell it Extension
+			ch.snap["Exten"] = m.get("Extension")
+		}
 	}
+}
+
+// unlink ends a 1.8/11 bridge of ch.
+func (p *pbx) unlink(ch *channel) {
+	if o := p.chans[ch.bridgedTo]; o != nil && o.bridgedTo == ch.uniqueid {
+		o.bridgedTo = ""
+	}
+	ch.bridgedTo = ""
 }
 
 func secOf(m *scriptMsg) secInfo {
@@ -385,16 +469,38 @@ func secOf(m *scriptMsg) secInfo {
 	}
 }
 
-// setRemote records where a new channel's call came from: for chan_sip the
-// address of the peer's last challenged request (else its registration), for
-// PJSIP the endpoint's last successful authentication.
+// setRemote records where a new channel's call came from, as chan_sip's
+// recvip and PJSIP's remote_addr give it, and for chan_sip the peer's
+// address (peerip).
+//
+// chan_sip: a peer without a secret and with a static host (a trunk) is
+// matched by that address and never challenged, so its calls come from its
+// host; a ChallengeSent naming it came from whoever put its name in the From
+// header (alwaysauthreject challenges anyone) and made no channel. Any other
+// peer's INVITE was challenged and answered from the address of the last
+// challenge naming it; else its registration. peerip is where Asterisk
+// sends to: the registration's address (the Contact header's with nat=no),
+// else the host, else recvip. PJSIP: the endpoint's last successful
+// authentication.
 func (p *pbx) setRemote(ch *channel) {
 	switch ch.tech {
 	case ami.TechSIP:
-		if si, ok := p.lastChallenge[ch.owner]; ok && si.remote != "" {
+		trunk, isTrunk := p.sipTrunks[ch.owner]
+		si, challenged := p.lastChallenge[ch.owner]
+		reg := p.peers[ch.owner]
+		switch {
+		case isTrunk:
+			ch.remoteIP, ch.remotePt = trunk.ip, trunk.port
+		case challenged && si.remote != "":
 			ch.remoteIP, ch.remotePt = splitRemote(si.remote)
-		} else if st := p.peers[ch.owner]; st != nil {
-			ch.remoteIP, ch.remotePt = st.ip, st.port
+		case reg != nil:
+			ch.remoteIP, ch.remotePt = reg.ip, reg.port
+		}
+		ch.peerIP = ch.remoteIP
+		if reg != nil {
+			ch.peerIP = reg.ip
+		} else if isTrunk {
+			ch.peerIP = trunk.ip
 		}
 	case ami.TechPJSIP:
 		acct := ch.owner
@@ -669,6 +775,10 @@ func (r *reply) bridgeHeaders(id string, b *bridge) *reply {
 // (PJSIP adds TechCause) and Hangup of the other legs with cause 16. The
 // transcript's later events of those calls are dropped. Callers hold s.mu.
 func (s *Server) hangup(targets []*channel, cause int) {
+	if s.opts.Version.legacy() {
+		s.hangup11(targets, cause)
+		return
+	}
 	p := s.pbx
 	isTarget := map[string]bool{}
 	for _, t := range targets {

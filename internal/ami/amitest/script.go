@@ -92,6 +92,16 @@ func (m *scriptMsg) get(k string) string {
 	return ""
 }
 
+// has reports whether the message has a header named k (ASCII case ignored).
+func (m *scriptMsg) has(k string) bool {
+	for _, h := range m.hdrs {
+		if strings.EqualFold(h[0], k) {
+			return true
+		}
+	}
+	return false
+}
+
 func newScriptMsg(m *ami.Message, seq int, at time.Time) scriptMsg {
 	sm := scriptMsg{seq: seq, at: at}
 	sm.hdrs = make([][2]string, 0, m.Len())

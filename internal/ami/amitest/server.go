@@ -1,6 +1,7 @@
 package amitest
 
 import (
+	"crypto/tls"
 	_ "embed"
 	"fmt"
 	"io"
@@ -27,12 +28,35 @@ var (
 	PJSIPConf22 string
 )
 
+// Version is the Asterisk release a [Server] answers as.
+type Version string
+
+// The versions the server imitates.
+const (
+	// Asterisk20 (the default) answers as Asterisk 20.20.1 (and, with
+	// Banner22 and PJSIPConf22, as 22.10.1): testdata/asterisk-20 and -22.
+	Asterisk20 Version = "20"
+	// Asterisk11 answers as Asterisk 11.25.3, AMI 1.3: testdata/asterisk-11.
+	// No security events, no PJSIP, the 1.8/11 event and list formats.
+	Asterisk11 Version = "11"
+	// Asterisk1_8 answers as Asterisk 11 does, except where Asterisk 1.8's
+	// manager.c differs in what the guard uses: AMI 1.1, and Hangup takes
+	// no /regex/ (the value is looked up as a channel name or uniqueid, so
+	// a regex answers "No such channel"). Not recorded: no 1.8 was at hand.
+	Asterisk1_8 Version = "1.8"
+)
+
+// legacy reports whether v is Asterisk 1.8 or 11.
+func (v Version) legacy() bool { return v == Asterisk11 || v == Asterisk1_8 }
+
 // Defaults for [Options].
 const (
 	DefaultUsername       = "guard"
 	DefaultSecret         = "guardpass"
 	DefaultBanner         = "Asterisk Call Manager/9.0.0" // Asterisk 20.20.1
 	Banner22              = "Asterisk Call Manager/11.0.0"
+	Banner11              = "Asterisk Call Manager/1.3" // Asterisk 11 (the default with Asterisk11)
+	Banner1_8             = "Asterisk Call Manager/1.1" // Asterisk 1.8 (the default with Asterisk1_8)
 	DefaultLoginFailDelay = time.Second
 	DefaultWriteTimeout   = 100 * time.Millisecond // Asterisk's writetimeout default
 )
@@ -48,9 +72,12 @@ const pjsipHangupDelay = 20 * time.Millisecond
 // Options configures a [Server]. The zero value is usable.
 type Options struct {
 	Username, Secret string // accepted credentials (default "guard"/"guardpass")
-	Banner           string // default DefaultBanner
+	// Version is the Asterisk to answer as (default Asterisk20).
+	Version Version
+	Banner  string // default DefaultBanner, Banner11 or Banner1_8 by Version
 	// SIPConf and PJSIPConf are the initial texts of sip.conf and pjsip.conf
-	// (default DefaultSIPConf / DefaultPJSIPConf).
+	// (default DefaultSIPConf / DefaultPJSIPConf). Asterisk 1.8 and 11 have
+	// no pjsip.conf.
 	SIPConf, PJSIPConf string
 	// Transcript holds events to stream, in the `.ami` format of the
 	// fixtures; nil streams nothing. It is read completely by Start.
@@ -67,6 +94,12 @@ type Options struct {
 	// WriteTimeout bounds each write to a client; a session whose write
 	// times out is dropped, like Asterisk's writetimeout (default 100ms).
 	WriteTimeout time.Duration
+	// Listen is the address to listen on (default "127.0.0.1:0"; "[::1]:0"
+	// for IPv6 loopback).
+	Listen string
+	// TLS, when set, makes the server speak AMI over TLS with this
+	// configuration (Asterisk's tlsenable in manager.conf).
+	TLS *tls.Config
 	// Logf, if set, receives a trace (never secrets).
 	Logf func(format string, args ...any)
 }
@@ -97,6 +130,10 @@ type Server struct {
 
 	mu       sync.Mutex
 	closed   bool
+	down     bool          // Down was called: nothing listens until Up
+	noBanner bool          // new connections get no banner
+	deaf     bool          // logged-in sessions' actions are not read
+	hear     chan struct{} // closed when deaf ends
 	sessions map[int]*session
 	nextID   int
 	actions  []Action
@@ -121,8 +158,20 @@ func Start(opts Options) (*Server, error) {
 	if opts.Secret == "" {
 		opts.Secret = DefaultSecret
 	}
+	banner := DefaultBanner
+	switch opts.Version {
+	case "":
+		opts.Version = Asterisk20
+	case Asterisk20:
+	case Asterisk11:
+		banner = Banner11
+	case Asterisk1_8:
+		banner = Banner1_8
+	default:
+		return nil, fmt.Errorf("amitest: unknown Asterisk version %q", opts.Version)
+	}
 	if opts.Banner == "" {
-		opts.Banner = DefaultBanner
+		opts.Banner = banner
 	}
 	if opts.SIPConf == "" {
 		opts.SIPConf = DefaultSIPConf
@@ -151,6 +200,9 @@ func Start(opts Options) (*Server, error) {
 			"pjsip.conf": parseConf("pjsip.conf", opts.PJSIPConf),
 		},
 	}
+	if opts.Version.legacy() {
+		delete(s.files, "pjsip.conf")
+	}
 	if opts.Transcript != nil {
 		script, err := loadScript(opts.Transcript)
 		if err != nil {
@@ -161,16 +213,32 @@ func Start(opts Options) (*Server, error) {
 		close(s.done)
 	}
 	s.pbx = newPBX(s.script, s.files)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr := opts.Listen
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := s.listen(addr)
+	if err != nil {
+		return nil, err
+	}
+	s.addr = ln.Addr().String()
+	s.port = ln.Addr().(*net.TCPAddr).Port
+	s.ln = ln
+	s.wg.Add(1)
+	go s.acceptLoop(ln)
+	return s, nil
+}
+
+// listen opens the listener, wrapped in TLS when Options.TLS is set.
+func (s *Server) listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("amitest: listen: %w", err)
 	}
-	s.ln = ln
-	s.addr = ln.Addr().String()
-	s.port = ln.Addr().(*net.TCPAddr).Port
-	s.wg.Add(1)
-	go s.acceptLoop()
-	return s, nil
+	if s.opts.TLS != nil {
+		return tls.NewListener(ln, s.opts.TLS), nil
+	}
+	return ln, nil
 }
 
 func (s *Server) logf(format string, args ...any) {
@@ -179,7 +247,7 @@ func (s *Server) logf(format string, args ...any) {
 	}
 }
 
-// Addr returns the listening address, "127.0.0.1:port".
+// Addr returns the listening address, "127.0.0.1:port" (or "[::1]:port").
 func (s *Server) Addr() string { return s.addr }
 
 // Close stops listening, cuts every session, stops the stream and waits for
@@ -192,9 +260,12 @@ func (s *Server) Close() error {
 		for _, c := range s.sessions {
 			all = append(all, c)
 		}
+		ln := s.ln
 		s.mu.Unlock()
 		close(s.quit)
-		s.ln.Close()
+		if ln != nil {
+			ln.Close()
+		}
 		for _, c := range all {
 			s.drop(c, "server closing")
 		}
@@ -349,11 +420,140 @@ func (s *Server) Inject(frame string) {
 	s.broadcast(msg.raw, msg.classes, msg.classes == 0)
 }
 
+// Down stops listening and cuts every session, as an Asterisk that stopped
+// or crashed: connections are refused (nothing listens on the port) until
+// Up.
+func (s *Server) Down() {
+	s.mu.Lock()
+	ln := s.ln
+	s.ln, s.down = nil, true
+	s.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	s.DropSessions()
+}
+
+// Up listens again on the same address after Down, as Asterisk started
+// again. The model (live channels, config files) is kept.
+func (s *Server) Up() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || !s.down {
+		return nil
+	}
+	ln, err := s.listen(s.addr)
+	if err != nil {
+		return err
+	}
+	s.ln, s.down = ln, false
+	s.wg.Add(1)
+	go s.acceptLoop(ln)
+	return nil
+}
+
+// WithholdBanner makes new connections get no banner while on: the
+// connection stays open and silent, as a port that is not AMI (or an
+// Asterisk hung before its manager thread writes).
+func (s *Server) WithholdBanner(on bool) {
+	s.mu.Lock()
+	s.noBanner = on
+	s.mu.Unlock()
+}
+
+// StopReadingActions makes the server stop reading the actions of every
+// logged-in session while on, as an Asterisk whose manager thread for the
+// session is stuck: actions get no reply, while events keep being written.
+// Logins are still read. StopReadingActions(false) reads on, and the actions
+// waiting in the socket are then answered.
+func (s *Server) StopReadingActions(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case on && !s.deaf:
+		s.deaf = true
+		s.hear = make(chan struct{})
+	case !on && s.deaf:
+		s.deaf = false
+		close(s.hear)
+	}
+}
+
+// waitHearing waits while actions of logged-in session c are not read. It
+// returns false if c or the server ends first.
+func (s *Server) waitHearing(c *session) bool {
+	for {
+		s.mu.Lock()
+		deaf, hear, authed := s.deaf, s.hear, c.authed
+		s.mu.Unlock()
+		if !deaf || !authed {
+			return true
+		}
+		select {
+		case <-hear:
+		case <-c.quit:
+			return false
+		case <-s.quit:
+			return false
+		}
+	}
+}
+
+// Flood writes n copies of an event frame to every logged-in session whose
+// event mask allows it, as fast as the socket takes them (in 64 KiB
+// writes), without the per-session queue: a server that sends faster than
+// the client reads. A session whose write times out (Options.WriteTimeout)
+// is dropped, as Asterisk drops a slow reader. Flood returns how many
+// frames each session was sent, by session number, once they are written.
+func (s *Server) Flood(frame string, n int) map[int]int {
+	msg := parseFrame(frame)
+	per := max(1, (64<<10)/len(msg.raw))
+	chunk := make([]byte, 0, per*len(msg.raw))
+	for range per {
+		chunk = append(chunk, msg.raw...)
+	}
+	s.mu.Lock()
+	var targets []*session
+	for _, id := range s.sessionIDs() {
+		c := s.sessions[id]
+		if c.authed && (msg.classes == 0 && c.mask != 0 || msg.classes != 0 && c.mask&msg.classes == msg.classes) {
+			targets = append(targets, c)
+		}
+	}
+	s.mu.Unlock()
+	sent := make(map[int]int, len(targets))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, c := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Each Write is whole frames, and a net.Conn never interleaves
+			// two Writes: the session's own writer cannot split a frame.
+			done := 0
+			for done < n {
+				k := min(per, n-done)
+				c.conn.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
+				if _, err := c.conn.Write(chunk[:k*len(msg.raw)]); err != nil {
+					s.drop(c, "flood write failed (slow or gone reader): "+err.Error())
+					break
+				}
+				done += k
+			}
+			mu.Lock()
+			sent[c.id] = done
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return sent
+}
+
 // acceptLoop accepts connections until the listener closes.
-func (s *Server) acceptLoop() {
+func (s *Server) acceptLoop(ln net.Listener) {
 	defer s.wg.Done()
 	for {
-		conn, err := s.ln.Accept()
+		conn, err := ln.Accept()
 		if err != nil {
 			return
 		}
@@ -390,8 +590,8 @@ func (s *Server) drop(c *session, why string) {
 // all of classes (classes == 0: anyWithEvents decides whether sessions with
 // events on get it). Callers hold s.mu.
 func (s *Server) broadcast(frame []byte, classes uint32, anyWithEvents bool) {
-	if len(frame) == 0 {
-		return
+	if len(frame) == 0 || classes == classSecurity && s.opts.Version.legacy() {
+		return // Asterisk 1.8 and 11 send no security events over AMI
 	}
 	for _, id := range s.sessionIDs() {
 		c := s.sessions[id]

@@ -128,11 +128,16 @@ func (c *session) writeLoop() {
 // serve reads and answers the actions of one session.
 func (s *Server) serve(c *session) {
 	defer s.wg.Done()
-	c.enqueue([]byte(s.opts.Banner+"\r\n"), false)
+	s.mu.Lock()
+	noBanner := s.noBanner
+	s.mu.Unlock()
+	if !noBanner {
+		c.enqueue([]byte(s.opts.Banner+"\r\n"), false)
+	}
 	r := ami.NewReader(c.conn, ami.ReaderOptions{})
 	var m ami.Message
 	for {
-		if !s.waitRunning(c.quit) {
+		if !s.waitRunning(c.quit) || !s.waitHearing(c) {
 			return
 		}
 		err := r.Next(&m)
@@ -262,6 +267,11 @@ func (s *Server) handle(c *session, m *ami.Message) bool {
 	}
 	defer s.mu.Unlock()
 	h := actionHandlers[lname]
+	if s.opts.Version.legacy() {
+		if _, ok := pjsipActions[lname]; ok {
+			h = nil // PJSIP does not exist before Asterisk 12
+		}
+	}
 	if h == nil {
 		c.enqueue(errorReply(q.aid, "Invalid/unknown command: "+name+". Use Action: ListCommands to show available commands."), false)
 		s.securityEvent(c, "RequestBadFormat", "Error", 1, [][2]string{{"RequestType", "Action: " + name}}, true)
@@ -273,6 +283,9 @@ func (s *Server) handle(c *session, m *ami.Message) bool {
 // actionHandlers answer actions, holding s.mu. They return false to end the
 // session.
 var actionHandlers map[string]func(*Server, *req) bool
+
+// pjsipActions are the actions of res_pjsip (Asterisk 12 and later).
+var pjsipActions = map[string]struct{}{"pjsipshowcontacts": {}, "pjsipshowendpoint": {}, "pjsiphangup": {}}
 
 func init() {
 	actionHandlers = map[string]func(*Server, *req) bool{
@@ -300,22 +313,46 @@ func init() {
 func (s *Server) login(q *req) bool {
 	c := q.c
 	user, secret := q.get("Username"), q.get("Secret")
-	ok := strings.EqualFold(user, s.opts.Username)
-	if ok {
-		if strings.EqualFold(q.get("AuthType"), "md5") {
-			sum := md5.Sum([]byte(c.challenge + s.opts.Secret))
-			ok = c.challenge != "" && strings.EqualFold(q.get("Key"), hex.EncodeToString(sum[:]))
-		} else {
-			ok = secret == s.opts.Secret
+	// As manager.c's authenticate: the user name is matched ignoring case;
+	// an MD5 login needs a challenge asked first on this connection and a
+	// Key equal to the lower-case hex md5 of challenge and secret (compared
+	// exactly); otherwise the Secret must match. Each failure but the MD5
+	// login without a challenge (only a debug line in Asterisk) raises a
+	// security event.
+	var (
+		ok       bool
+		typ, ver = "InvalidAccountID", 1
+		extra    [][2]string
+	)
+	switch {
+	case user == "":
+		typ = ""
+	case !strings.EqualFold(user, s.opts.Username):
+	case strings.EqualFold(q.get("AuthType"), "md5"):
+		sum := md5.Sum([]byte(c.challenge + s.opts.Secret))
+		want := hex.EncodeToString(sum[:])
+		key := q.get("Key")
+		switch {
+		case c.challenge == "" || key == "":
+			typ = ""
+		case key == want:
+			ok = true
+		default:
+			// Asterisk has not copied the user name into the session yet:
+			// the event's AccountID is empty.
+			typ, ver, user = "ChallengeResponseFailed", 1, ""
+			extra = [][2]string{{"Challenge", c.challenge}, {"Response", key}, {"ExpectedResponse", want}}
 		}
+	case secret == s.opts.Secret:
+		ok = true
+	default:
+		typ, ver = "InvalidPassword", 2
 	}
 	if !ok {
 		// The failure is a security event for the other sessions.
-		typ, ver := "InvalidPassword", 2
-		if !strings.EqualFold(user, s.opts.Username) {
-			typ, ver = "InvalidAccountID", 1
+		if typ != "" {
+			s.securityEventAs(c, user, typ, "Error", ver, extra, false)
 		}
-		s.securityEventAs(c, user, typ, "Error", ver, nil, false)
 		s.logf("amitest: session %d login failed", c.id)
 		return false
 	}
@@ -325,19 +362,24 @@ func (s *Server) login(q *req) bool {
 		c.mask = eventMask(q.get("Events"))
 	}
 	r := new(reply).h("Response", "Success").id(q.aid).h("Message", "Authentication accepted").end()
-	if c.mask&classSystem != 0 {
+	switch {
+	case c.mask&classSystem == 0:
+	case s.opts.Version.legacy():
+		r.h("Event", "FullyBooted").h("Privilege", "system,all").h("Status", "Fully Booted").end()
+	default:
 		up := strconv.Itoa(int(time.Since(s.start).Seconds()))
 		r.h("Event", "FullyBooted").h("Privilege", "system,all").h("Uptime", up).h("LastReload", up).h("Status", "Fully Booted").end()
 	}
 	auth := s.securityFrame(c, c.user, "SuccessfulAuth", "Informational", 1, [][2]string{{"UsingPassword", "0"}})
-	if c.mask&classSecurity != 0 {
+	noSecurity := s.opts.Version.legacy() // Asterisk 1.8 and 11 send none
+	if c.mask&classSecurity != 0 && !noSecurity {
 		r.b = append(r.b, auth...)
 	}
 	c.enqueue(r.b, false)
 	// Every other session with security events sees the login too.
 	for _, id := range s.sessionIDs() {
 		o := s.sessions[id]
-		if o != c && o.authed && o.mask&classSecurity != 0 {
+		if o != c && o.authed && o.mask&classSecurity != 0 && !noSecurity {
 			o.enqueue(auth, false)
 		}
 	}
@@ -360,6 +402,9 @@ func (s *Server) securityEvent(c *session, typ, severity string, version int, ex
 // securityEventAs broadcasts an AMI security event; includeSelf says
 // whether c gets it too.
 func (s *Server) securityEventAs(c *session, account, typ, severity string, version int, extra [][2]string, includeSelf bool) {
+	if s.opts.Version.legacy() {
+		return // Asterisk 1.8 and 11 send no security events over AMI
+	}
 	f := s.securityFrame(c, account, typ, severity, version, extra)
 	for _, id := range s.sessionIDs() {
 		o := s.sessions[id]

@@ -21,6 +21,8 @@ func TestTablesMatchDialogs(t *testing.T) {
 		{"authDetailFields", authDetailFields, dialog22, "pjsip-endpoint", "AuthDetail"},
 		{"aorDetailFields", aorDetailFields, dialog22, "pjsip-endpoint", "AorDetail"},
 		{"contactStatusDetailFields", contactStatusDetailFields, dialog22, "pjsip-endpoint", "ContactStatusDetail"},
+		{"sipShowPeerFields11", sipShowPeerFields11, dialog11, "sip-peer", "Response"},
+		{"peerEntryFields11", peerEntryFields11, dialog11, "sip-peers", "PeerEntry"},
 	} {
 		_, replies := dialogFor(t, tc.dialog, tc.aid)
 		var want [][2]string
@@ -53,6 +55,8 @@ func TestEmbeddedConfs(t *testing.T) {
 		"testdata/asterisk-20/pbx/sip.conf":   DefaultSIPConf,
 		"testdata/asterisk-20/pbx/pjsip.conf": DefaultPJSIPConf,
 		"testdata/asterisk-22/pbx/pjsip.conf": PJSIPConf22,
+		// Asterisk 11's lab kept the same sip.conf: the fake uses one copy.
+		"testdata/asterisk-11/pbx/sip.conf": DefaultSIPConf,
 	} {
 		b, err := os.ReadFile(path)
 		if err != nil || string(b) != got || len(got) == 0 {

@@ -1,8 +1,10 @@
 // Command mkcases writes the input transcripts of the detector's synthetic
 // cases (internal/detector/testdata/cases/<case>/input.ami). Every frame is a
 // real Asterisk 20 frame taken from testdata/transcripts/attack-mixed.ami
-// with only its values changed, so header sets and order are exactly what
-// Asterisk sends. Run from the repository root:
+// (for the asterisk11-* cases, a real Asterisk 11 frame from
+// testdata/transcripts/asterisk11-attack-sip.ami) with only its values
+// changed, so header sets and order are exactly what Asterisk sends. Run
+// from the repository root:
 //
 //	go run ./internal/detector/testdata/mkcases
 package main
@@ -19,8 +21,9 @@ import (
 )
 
 const (
-	source = "testdata/transcripts/attack-mixed.ami"
-	outDir = "internal/detector/testdata/cases"
+	source   = "testdata/transcripts/attack-mixed.ami"
+	source11 = "testdata/transcripts/asterisk11-attack-sip.ami"
+	outDir   = "internal/detector/testdata/cases"
 )
 
 // frame is an ordered list of headers.
@@ -49,16 +52,16 @@ func (f frame) set(k, v string) frame {
 	return f
 }
 
-var templates = map[string]frame{}
+var templates, templates11 = map[string]frame{}, map[string]frame{}
 
-// loadTemplates keeps the first frame of each kind the cases need.
-func loadTemplates() {
-	data, err := os.ReadFile(source)
+// readFrames returns the messages of a transcript, without TimeReceived.
+func readFrames(path string) []frame {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		log.Fatal(err)
 	}
-	msgs := strings.Split(string(data), "\r\n\r\n")
-	for i, m := range msgs {
+	var out []frame
+	for i, m := range strings.Split(string(data), "\r\n\r\n") {
 		lines := strings.Split(m, "\r\n")
 		if i == 0 {
 			lines = lines[1:]
@@ -74,9 +77,16 @@ func loadTemplates() {
 			}
 			f = append(f, [2]string{k, v})
 		}
-		if len(f) == 0 {
-			continue
+		if len(f) > 0 {
+			out = append(out, f)
 		}
+	}
+	return out
+}
+
+// loadTemplates keeps the first frame of each kind the cases need.
+func loadTemplates() {
+	for _, f := range readFrames(source) {
 		name := f.get("Event")
 		switch {
 		case name == "Newchannel" && f.get("Uniqueid") == f.get("Linkedid"):
@@ -91,6 +101,27 @@ func loadTemplates() {
 	for _, n := range []string{"Newchannel-orig", "DialBegin", "DialEnd", "Hangup", "PeerStatus", "SuccessfulAuth-SIP", "SuccessfulAuth-PJSIP", "InvalidPassword", "FailedACL", "ChallengeResponseFailed-SIP", "Newstate"} {
 		if templates[n] == nil {
 			log.Fatalf("no %s frame in %s", n, source)
+		}
+	}
+	// Asterisk 11: a Newchannel with an Exten (a channel a phone brought
+	// in) and one without (a leg Dial created), Dial Begin and End.
+	for _, f := range readFrames(source11) {
+		name := f.get("Event")
+		switch {
+		case name == "Newchannel" && f.get("Exten") != "":
+			name = "Newchannel-in"
+		case name == "Newchannel":
+			name = "Newchannel-out"
+		case name == "Dial":
+			name += "-" + f.get("SubEvent")
+		}
+		if _, ok := templates11[name]; !ok && name != "" {
+			templates11[name] = f
+		}
+	}
+	for _, n := range []string{"Newchannel-in", "Newchannel-out", "Dial-Begin", "Dial-End", "Hangup", "PeerStatus"} {
+		if templates11[n] == nil {
+			log.Fatalf("no %s frame in %s", n, source11)
 		}
 	}
 }
@@ -108,10 +139,19 @@ type script struct {
 	chanNo int
 	uidNo  int
 	sess   int
+	banner string
 }
 
 func newScript() *script {
-	return &script{base: time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC), chanNo: 0x100, uidNo: 500}
+	return &script{base: time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC), chanNo: 0x100, uidNo: 500,
+		banner: "Asterisk Call Manager/9.0.0"}
+}
+
+// newScript11 is a script of Asterisk 11 frames.
+func newScript11() *script {
+	s := newScript()
+	s.banner = "Asterisk Call Manager/1.3"
+	return s
 }
 
 func (s *script) at(sec float64) time.Time {
@@ -225,6 +265,44 @@ func (s *script) originateLocal(sec float64, ext, number string, dur float64) {
 	}
 }
 
+// register11: a chan_sip REGISTER on Asterisk 11, where PeerStatus is all
+// the AMI says (no security events).
+func (s *script) register11(sec float64, ext, ip string, port int) {
+	s.add(s.at(sec), templates11["PeerStatus"].clone().set("Peer", "SIP/"+ext).set("Address", fmt.Sprintf("%s:%d", ip, port)))
+}
+
+// dial11 adds an Asterisk 11 call from channel ch (uid, dialplan extension
+// exten, in context) that dials a new leg of peer to (whose Newchannel has no
+// Exten and the peer's own context; its caller id is legCID when it ends),
+// answered, both ending after dur.
+func (s *script) dial11(sec float64, ch, uid, cidNum, exten, context, to, toContext, legCID, dialString string, dur float64) {
+	t := s.at(sec)
+	out, ouid := s.channel("SIP", to), s.uid(t)
+	s.add(t, templates11["Newchannel-in"].clone().set("Channel", ch).set("CallerIDNum", cidNum).
+		set("CallerIDName", "").set("Exten", exten).set("Context", context).set("Uniqueid", uid))
+	s.add(t, templates11["Newchannel-out"].clone().set("Channel", out).set("Context", toContext).set("Uniqueid", ouid))
+	s.add(t, templates11["Dial-Begin"].clone().set("Channel", ch).set("Destination", out).set("CallerIDNum", cidNum).
+		set("CallerIDName", "").set("UniqueID", uid).set("DestUniqueID", ouid).set("Dialstring", dialString))
+	end := s.at(sec + dur)
+	s.add(end, templates11["Hangup"].clone().set("Channel", out).set("Uniqueid", ouid).set("CallerIDNum", legCID).
+		set("ConnectedLineNum", cidNum).set("ConnectedLineName", ""))
+	s.add(end, templates11["Dial-End"].clone().set("Channel", ch).set("UniqueID", uid))
+	s.add(end, templates11["Hangup"].clone().set("Channel", ch).set("Uniqueid", uid).set("CallerIDNum", cidNum).
+		set("CallerIDName", ""))
+}
+
+// call11: ext places a call to number through the carrier on Asterisk 11.
+func (s *script) call11(sec float64, ext, number string, dur float64) {
+	t := s.at(sec)
+	s.dial11(sec, s.channel("SIP", ext), s.uid(t), ext, number, "from-internal", "carrier", "from-carrier", number, "carrier/"+number, dur)
+}
+
+// incoming11: a call from the carrier to did, ringing ext, on Asterisk 11.
+func (s *script) incoming11(sec float64, ext, did string, dur float64) {
+	t := s.at(sec)
+	s.dial11(sec, s.channel("SIP", "carrier"), s.uid(t), "02079460999", did, "from-carrier", ext, "from-internal", "02079460999", ext, dur)
+}
+
 // authFail: one failed request from ip (chan_sip InvalidPassword or a PJSIP
 // request that raises ChallengeResponseFailed).
 func (s *script) authFail(sec float64, service, typ, account, ip, session string) {
@@ -246,7 +324,7 @@ func (s *script) authFail(sec float64, service, typ, account, ip, session string
 func (s *script) write(name string) {
 	sort.SliceStable(s.frames, func(i, j int) bool { return s.frames[i].t.Before(s.frames[j].t) })
 	var b bytes.Buffer
-	b.WriteString("Asterisk Call Manager/9.0.0\r\n")
+	b.WriteString(s.banner + "\r\n")
 	login := s.base.Add(-time.Second).Format("2006-01-02T15:04:05.000000Z")
 	b.WriteString("Response: Success\r\nMessage: Authentication accepted\r\nTimeReceived: " + login + "\r\n\r\n")
 	for _, tf := range s.frames {
@@ -349,4 +427,21 @@ func main() {
 		s.authFail(10+float64(i)*0.5+0.001, "PJSIP", "ChallengeResponseFailed", "<unknown>", "203.0.113.6", sess)
 	}
 	s.write("auth-dedupe")
+
+	// The receptionist on Asterisk 11, where no Linkedid tells a call from
+	// a leg: the carrier's incoming calls (several up at once) are the
+	// carrier's, never 210's, whose own calls are her consults and national
+	// calls. 210's registration (PeerStatus) is all the AMI shows of it.
+	s = newScript11()
+	s.register11(0, "210", "192.0.2.20", 5060)
+	for i := range 60 {
+		sec := 1 + float64(i)*10
+		s.incoming11(sec, "210", "02079460100", 45)
+		s.incoming11(sec+2, "210", "02079460100", 30)
+		if i%2 == 0 {
+			s.call11(sec+5, "210", "2"+fmt.Sprint(11+i%5), 20)
+			s.call11(sec+6, "210", nationals[i%len(nationals)], 15)
+		}
+	}
+	s.write("asterisk11-receptionist")
 }

@@ -1,4 +1,4 @@
-package guard
+package hangup
 
 import (
 	"bytes"
@@ -11,6 +11,9 @@ import (
 
 	"github.com/astguard/astguard/internal/ami"
 )
+
+// transcripts holds the repository's recorded AMI streams.
+const transcripts = "../../../testdata/transcripts/"
 
 // FuzzChannelRegex checks the Hangup /regex/ the guard builds for an
 // extension: for a name ValidName accepts it compiles as POSIX ERE (what
@@ -53,19 +56,19 @@ func FuzzChannelRegex(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, tech uint8, name, channel, other string) {
 		tc := ami.Tech(tech % 6)
-		re, ok := channelRegex(tc, name)
+		re, ok := ChannelRegex(tc, name)
 		wantOK := ami.ValidName(name) && (tc == ami.TechSIP || tc == ami.TechPJSIP || tc == ami.TechIAX2)
 		if ok != wantOK {
-			t.Fatalf("channelRegex(%v, %q) ok = %v, want %v", tc, name, ok, wantOK)
+			t.Fatalf("ChannelRegex(%v, %q) ok = %v, want %v", tc, name, ok, wantOK)
 		}
 		if !ok {
 			if re != "" {
-				t.Fatalf("channelRegex(%v, %q) refused but returned %q", tc, name, re)
+				t.Fatalf("ChannelRegex(%v, %q) refused but returned %q", tc, name, re)
 			}
 			return
 		}
 		if len(re) < 2 || re[0] != '/' || re[len(re)-1] != '/' || strings.ContainsAny(re, "\r\n\x00") {
-			t.Fatalf("channelRegex(%v, %q) = %q: not a /regex/ value", tc, name, re)
+			t.Fatalf("ChannelRegex(%v, %q) = %q: not a /regex/ value", tc, name, re)
 		}
 		// Asterisk compiles it with regcomp(REG_EXTENDED): it must be
 		// POSIX ERE. Without REG_NEWLINE, ^ and $ anchor at the ends of
@@ -74,11 +77,11 @@ func FuzzChannelRegex(f *testing.F) {
 		// matches are compared on strings without one.
 		posix, err := regexp.CompilePOSIX(re[1 : len(re)-1])
 		if err != nil {
-			t.Fatalf("channelRegex(%v, %q) = %q does not compile as POSIX ERE: %v", tc, name, re, err)
+			t.Fatalf("ChannelRegex(%v, %q) = %q does not compile as POSIX ERE: %v", tc, name, re, err)
 		}
 		rx, err := regexp.Compile(re[1 : len(re)-1])
 		if err != nil {
-			t.Fatalf("channelRegex(%v, %q) = %q does not compile: %v", tc, name, re, err)
+			t.Fatalf("ChannelRegex(%v, %q) = %q does not compile: %v", tc, name, re, err)
 		}
 		// The extension's channels, as Asterisk names them, match.
 		suffixes := []string{"-00000000", "-0000001a", "-ffffffff"}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// unitExecStart returns the ExecStart command line of deploy/astguard.service.
+func unitExecStart(t *testing.T, unit string) []string {
+	t.Helper()
+	f, err := os.Open(unit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "ExecStart="); ok {
+			return strings.Fields(v)
+		}
+	}
+	t.Fatalf("%s has no ExecStart", unit)
+	return nil
+}
+
+// The systemd unit starts the binary the README installs with a command
+// line guard run accepts.
+func TestUnitCommandLine(t *testing.T) {
+	cmd := unitExecStart(t, "../../deploy/astguard.service")
+	if len(cmd) < 2 || cmd[0] != "/usr/local/bin/guard" || cmd[1] != "run" {
+		t.Fatalf("ExecStart = %q, want /usr/local/bin/guard run ...", cmd)
+	}
+	// Exit 2 is a usage error; anything else means the flags were taken
+	// (here the configuration is then missing).
+	useInstalledConfig(t, filepath.Join(t.TempDir(), "config.toml"))
+	args := append([]string(nil), cmd[1:]...)
+	for i, a := range args {
+		if a == "/etc/astguard/config.toml" {
+			args[i] = installedConfig
+		}
+	}
+	if code, _, stderr := runGuard(args...); code != 1 || !strings.Contains(stderr, "config is invalid:\nopen "+installedConfig) {
+		t.Fatalf("guard %q: exit %d, stderr %q; want its flags accepted and the configuration read", args, code, stderr)
+	}
+}
+
+// systemd-analyze verify finds nothing to say about the unit, with
+// ExecStart pointing at a freshly built guard (it checks the binary exists
+// and is executable). .ci/run installs systemd-analyze.
+func TestUnitVerifies(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze is not installed (package systemd); .ci/run installs it")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "guard")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	raw, err := os.ReadFile("../../deploy/astguard.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := filepath.Join(dir, "astguard.service")
+	if err := os.WriteFile(unit, []byte(strings.ReplaceAll(string(raw), "/usr/local/bin/guard", bin)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Unknown keys and similar mistakes are only warnings: any output fails.
+	out, err := exec.Command(analyze, "verify", unit).CombinedOutput()
+	if err != nil || len(out) != 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
