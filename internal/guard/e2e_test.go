@@ -16,8 +16,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/astguard/astguard/internal/action/firewall"
+	"github.com/astguard/astguard/internal/action/secret"
 	"github.com/astguard/astguard/internal/ami/amitest"
 	"github.com/astguard/astguard/internal/config"
+	"github.com/astguard/astguard/internal/policy"
 )
 
 const transcripts = "../../testdata/transcripts/"
@@ -51,13 +53,46 @@ type kernelFirewall struct{ *firewall.DryRun }
 func (kernelFirewall) Real() bool { return true }
 
 type harness struct {
-	srv    *amitest.Server
-	cfg    *config.Config
-	fw     kernelFirewall
-	logs   *syncBuffer
-	cancel context.CancelFunc
-	done   chan error
-	guard  chan *Guard
+	srv      *amitest.Server
+	cfg      *config.Config
+	fw       kernelFirewall
+	logs     *syncBuffer
+	outcomes *outcomeLog
+	cancel   context.CancelFunc
+	done     chan error
+	guard    chan *Guard
+}
+
+// outcomeLog keeps the outcomes the guard reports (Options.Outcomes), in
+// the order it reported them.
+type outcomeLog struct {
+	mu  sync.Mutex
+	all []Outcome
+}
+
+func (l *outcomeLog) add(o Outcome) {
+	l.mu.Lock()
+	l.all = append(l.all, o)
+	l.mu.Unlock()
+}
+
+// list returns the outcomes so far for which keep holds (nil: all).
+func (l *outcomeLog) list(keep func(*Outcome) bool) []Outcome {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []Outcome
+	for i := range l.all {
+		if keep == nil || keep(&l.all[i]) {
+			out = append(out, l.all[i])
+		}
+	}
+	return out
+}
+
+// has reports whether an outcome of action act with result res about key
+// was reported.
+func (l *outcomeLog) has(act policy.Action, res policy.Result, key policy.Key) bool {
+	return len(l.list(func(o *Outcome) bool { return o.Action == act && o.Result == res && o.Key == key })) > 0
 }
 
 // startGuard runs the guard in enforce mode against the fake Asterisk 20
@@ -102,14 +137,15 @@ func startGuardOn(t *testing.T, srvOpts amitest.Options, mutate func(*config.Con
 	if mutate != nil {
 		mutate(cfg)
 	}
-	h := &harness{srv: srv, cfg: cfg, fw: kernelFirewall{firewall.NewDryRun(zerolog.Nop())}, logs: &syncBuffer{}, done: make(chan error, 1), guard: make(chan *Guard, 1)}
+	h := &harness{srv: srv, cfg: cfg, fw: kernelFirewall{firewall.NewDryRun(zerolog.Nop())}, logs: &syncBuffer{}, outcomes: &outcomeLog{},
+		done: make(chan error, 1), guard: make(chan *Guard, 1)}
 	if fw == nil {
 		fw = h.fw
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	opts := Options{Config: cfg, Logger: zerolog.New(h.logs), Firewall: fw, Record: recordTo,
-		Started: func(g *Guard) { h.guard <- g }}
+		Started: func(g *Guard) { h.guard <- g }, Outcomes: h.outcomes.add}
 	if more != nil {
 		more(&opts)
 	}
@@ -239,7 +275,7 @@ func TestEndToEndAttackMixed(t *testing.T) {
 	raw, _ := os.ReadFile(h.cfg.Response.SecretsFile)
 	var applied []string
 	for _, l := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
-		var sl secretLine
+		var sl secret.FileLine
 		if err := json.Unmarshal([]byte(l), &sl); err != nil {
 			t.Fatalf("secrets file line %q: %v", l, err)
 		}
