@@ -104,7 +104,9 @@ func TestLaterAlertOfAnIncidentInFlight(t *testing.T) {
 	sip200 := policy.ExtensionKey(ami.TechSIP, "200")
 	var hung Outcome
 	waitFor(t, "the hang-up decided by the prefix_guess critical while the block waits", 20*time.Second, func() bool {
-		l := h.outcomes.list(func(o *Outcome) bool { return o.Action == policy.Hangup && o.Key == sip200 && o.AlertRule == detector.RulePrefixGuess })
+		l := h.outcomes.list(func(o *Outcome) bool {
+			return o.Action == policy.Hangup && o.Key == sip200 && o.AlertRule == detector.RulePrefixGuess
+		})
 		if len(l) > 0 {
 			hung = l[0]
 		}
