@@ -423,9 +423,9 @@ func (s *saveState) note(log *zerolog.Logger, err error) {
 // switchMode follows a reload that changed the mode. To enforce: the
 // firewall is set up and the real bans applied before the responder acts.
 // To observe: nothing more is done; the bans already applied stay in the
-// firewall (observe mode changes nothing, lifting included).
-// The incident book follows the bans: it saves its incidents through
-// them, which they refuse while observing.
+// firewall (observe mode changes nothing, lifting included). The incident
+// book switches after the bans manager: it saves its incidents through
+// it, which refuses them while observing.
 func (g *Guard) switchMode(mode string) {
 	if mode != config.ModeEnforce {
 		g.bans.Observe()

@@ -58,7 +58,8 @@ type Outcome struct {
 // hang-up of the incident then in flight is over. Each outcome is logged
 // and reported to the book.
 type responder struct {
-	log      zerolog.Logger
+	log      zerolog.Logger // the responder's own lines and the outcomes
+	alerts   zerolog.Logger // the alert lines, as the detector's
 	book     *incident.Book
 	events   *client.Client // config actions (the secret's rotation)
 	urgent   *client.Client // hang-ups and Getvar: never behind a slow action
@@ -77,6 +78,7 @@ type responder struct {
 func newResponder(log zerolog.Logger, book *incident.Book, events, urgent *client.Client, b *bans.Manager) *responder {
 	return &responder{
 		log:     log.With().Str("component", "responder").Logger(),
+		alerts:  log,
 		book:    book,
 		events:  events,
 		urgent:  urgent,
@@ -121,7 +123,7 @@ func (r *responder) decided(ctx context.Context, cfg *config.Config, a *detector
 		switch {
 		case d.Action == policy.Alert:
 			logged = true
-			l := r.log
+			l := r.alerts
 			if d.Incident != "" {
 				l = l.With().Str("incident", d.Incident).Logger()
 			}
@@ -139,7 +141,7 @@ func (r *responder) decided(ctx context.Context, cfg *config.Config, a *detector
 		}
 	}
 	if !logged {
-		r.log.Debug().Str("rule", a.Rule.String()).Str("severity", a.Severity.String()).
+		r.alerts.Debug().Str("rule", a.Rule.String()).Str("severity", a.Severity.String()).
 			Str("extension", a.Extension).Str("reason", a.Reason).Msg("fraud alert not logged: the policy has no alert action for it")
 	}
 	if len(run) == 0 {
