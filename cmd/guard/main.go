@@ -6,10 +6,12 @@
 //	guard check-config [--config FILE]           validate a configuration file
 //	guard bans [--config FILE]                   list the bans
 //	guard unblock [--config FILE] ADDRESS        lift a ban
+//	guard incidents [--config FILE] [--json]     list the incidents
+//	guard release [--config FILE] TECH/NAME      let a stopped extension call again
 //	guard version
 //
 // guard run reads /etc/astguard/config.toml unless --config names another
-// file; guard bans and guard unblock read it when it exists.
+// file; guard bans, unblock, incidents and release read it when it exists.
 package main
 
 import (
@@ -49,6 +51,9 @@ const usage = `usage:
   guard check-config [--config FILE]           validate a configuration file (exit 0 or 1)
   guard bans [--config FILE] [--json]         list the bans (from the running guard, else its state file)
   guard unblock [--config FILE] ADDRESS        lift a ban
+  guard incidents [--config FILE] [--json]     list the incidents: open ones, and those closed in the last 7 days
+  guard release [--config FILE] TECH/NAME      end the open incident of an extension (e.g. SIP/200):
+                                               its new calls are no longer hung up
   guard version
 `
 
@@ -66,6 +71,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdBans(args[1:], stdout, stderr)
 	case "unblock":
 		return cmdUnblock(args[1:], stdout, stderr)
+	case "incidents":
+		return cmdIncidents(args[1:], stdout, stderr)
+	case "release":
+		return cmdRelease(args[1:], stdout, stderr)
 	case "replay":
 		return cmdReplay(args[1:], stdout, stderr)
 	case "check-config":

@@ -10,16 +10,23 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/astguard/astguard/internal/action/bans"
+	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/fsafe"
+	"github.com/astguard/astguard/internal/incident"
+	"github.com/astguard/astguard/internal/policy"
 )
 
 // The admin endpoint is HTTP over a unix socket only root can open: the
-// daemon owns the bans, and `guard bans` / `guard unblock` ask it.
+// daemon owns the bans and the incidents, and `guard bans`, `guard
+// unblock`, `guard incidents` and `guard release` ask it.
 type adminServer struct {
 	g    *Guard
 	ln   net.Listener
@@ -60,6 +67,8 @@ func (g *Guard) listenAdmin(path string) (*adminServer, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /bans", s.listBans)
 	mux.HandleFunc("POST /unblock", s.unblock)
+	mux.HandleFunc("GET /incidents", s.listIncidents)
+	mux.HandleFunc("POST /release", s.release)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return s, nil
 }
@@ -96,6 +105,111 @@ func (s *adminServer) unblock(w http.ResponseWriter, r *http.Request) {
 	}
 	s.g.log.Warn().Str("component", "admin").Str("ip", addr.String()).Msg("ban lifted by the administrator")
 	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *adminServer) listIncidents(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(s.g.book.List(time.Now()))
+}
+
+// Released is what `guard release` reports.
+type Released struct {
+	// Incident is the incident released, as it is now (closed).
+	Incident incident.Record `json:"incident"`
+	// Warning says why the release is not in the state file yet: it
+	// holds in the running guard all the same.
+	Warning string `json:"warning,omitempty"`
+}
+
+func (s *adminServer) release(w http.ResponseWriter, r *http.Request) {
+	key, err := ParseExtension(r.URL.Query().Get("ext"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	rec, err := s.g.book.Release(key, time.Now())
+	if errors.Is(err, incident.ErrNotOpen) {
+		http.Error(w, "no open incident of "+key.String(), http.StatusNotFound)
+		return
+	}
+	out := Released{Incident: rec}
+	switch {
+	case err != nil:
+		out.Warning = "released, but not saved yet (" + err.Error() + "): the guard saves it again within a second; until then a restart would stop the extension again"
+	case s.g.cfg.Load().Mode != config.ModeEnforce:
+		out.Warning = "observe mode writes nothing: the release holds while this guard runs, and is saved when it enforces"
+	}
+	ev := s.g.log.Warn().Str("component", "admin").Str("incident", rec.ID).Str("tech", key.Tech.String()).Str("extension", key.Name).Str("rule", rec.Rule.String())
+	if err != nil {
+		ev = ev.AnErr("state_error", err)
+	}
+	ev.Msg("incident released by the administrator: the extension's new calls are no longer hung up")
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
+}
+
+// ParseExtension reads an extension as `guard release` takes it:
+// TECH/NAME (SIP/200, PJSIP/300; the technology in any case), a name the
+// guard would act on (ami.ValidName).
+func ParseExtension(s string) (policy.Key, error) {
+	tech, name, ok := strings.Cut(s, "/")
+	t, known := ami.ParseTech(tech)
+	if !ok || !known || !ami.ValidName(name) {
+		return policy.Key{}, fmt.Errorf("%q is not an extension: write TECH/NAME, e.g. SIP/200 or PJSIP/300", s)
+	}
+	return policy.ExtensionKey(t, name), nil
+}
+
+// IncidentsOffline lists the incidents of the state file at path while no
+// guard runs, as a guard started at now with the quiet time quiet would
+// see them: those whose quiet time passed are closed, an action that was
+// running when the guard stopped shows as skipped.
+func IncidentsOffline(path string, quiet time.Duration, now time.Time) (incident.Listing, error) {
+	st, err := bans.ReadState(path)
+	if err != nil {
+		return incident.Listing{}, err
+	}
+	book, err := incident.New(incident.Options{Quiet: quiet, Mode: policy.Observe})
+	if err != nil {
+		return incident.Listing{}, err
+	}
+	if err := book.Load(st.Incidents, now); err != nil {
+		return incident.Listing{}, err
+	}
+	return book.List(now), nil
+}
+
+// ReleaseOffline releases the open incident of key in the state file at
+// path while no guard runs: under the state file's lock (bans.ErrLocked
+// if a guard holds it), as the guard's own release would, so that the
+// guard, when it starts, does not hang up the extension's calls. It
+// returns incident.ErrNotOpen when the extension has no open incident.
+func ReleaseOffline(path string, quiet time.Duration, key policy.Key, now time.Time) (incident.Record, error) {
+	var rec incident.Record
+	err := bans.EditIncidentsOffline(path, func(raw json.RawMessage) (json.RawMessage, error) {
+		var saved savedIncidents
+		book, err := incident.New(incident.Options{Quiet: quiet, Mode: policy.Enforce, Store: &saved})
+		if err != nil {
+			return nil, err
+		}
+		if err := book.Load(raw, now); err != nil {
+			return nil, err
+		}
+		if rec, err = book.Release(key, now); err != nil {
+			return nil, err
+		}
+		return saved.raw, nil
+	})
+	return rec, err
+}
+
+// savedIncidents is the incident.Store of ReleaseOffline: it keeps what
+// the book saves last.
+type savedIncidents struct{ raw json.RawMessage }
+
+func (s *savedIncidents) SaveIncidents(raw json.RawMessage) error {
+	s.raw = raw
+	return nil
 }
 
 // AdminClient talks to a running guard's admin socket.
@@ -158,4 +272,42 @@ func (a *AdminClient) Unblock(ctx context.Context, addr netip.Addr) error {
 		return fmt.Errorf("guard answered %s: %s", resp.Status, b)
 	}
 	return nil
+}
+
+// Incidents lists the daemon's incidents.
+func (a *AdminClient) Incidents(ctx context.Context) (incident.Listing, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://guard/incidents", nil)
+	resp, err := a.c.Do(req)
+	if err != nil {
+		return incident.Listing{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return incident.Listing{}, fmt.Errorf("guard answered %s: %s", resp.Status, b)
+	}
+	var out incident.Listing
+	return out, json.NewDecoder(resp.Body).Decode(&out)
+}
+
+// Release asks the daemon to release the open incident of key: its
+// extension's new calls are no longer hung up. No open incident is an
+// error wrapping incident.ErrNotOpen.
+func (a *AdminClient) Release(ctx context.Context, key policy.Key) (Released, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://guard/release?ext="+url.QueryEscape(key.String()), nil)
+	resp, err := a.c.Do(req)
+	if err != nil {
+		return Released{}, err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound:
+		return Released{}, fmt.Errorf("%w of %s", incident.ErrNotOpen, key)
+	default:
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return Released{}, fmt.Errorf("guard answered %s: %s", resp.Status, b)
+	}
+	var out Released
+	return out, json.NewDecoder(resp.Body).Decode(&out)
 }

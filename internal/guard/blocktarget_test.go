@@ -87,10 +87,10 @@ func TestBlockNeverTheContact(t *testing.T) {
 		h.srv.Inject(hangupFrame(ch, uid))
 	}
 	waitFor(t, "the block_ip outcome of SIP/200", 20*time.Second, func() bool {
-		_, ok := outcomeOf(h, actBlock, "200")
+		_, ok := outcomeOf(h, "block_ip", "200")
 		return ok
 	})
-	o, _ := outcomeOf(h, actBlock, "200")
+	o, _ := outcomeOf(h, "block_ip", "200")
 	if o.Result != "skipped" || o.Rule != "failed_probes" || o.Severity != "critical" {
 		t.Errorf("block_ip outcome %+v, want a skipped block of the failed_probes critical", o)
 	}
@@ -123,10 +123,10 @@ func TestBlockTheLiveCallsRecvip(t *testing.T) {
 		h.srv.Inject(newchannelFrame(fmt.Sprintf("SIP/200-000002%02x", i), fmt.Sprintf("1795640000.%d", i), "0011442079460000", "200"))
 	}
 	waitFor(t, "the block_ip outcome of SIP/200", 20*time.Second, func() bool {
-		_, ok := outcomeOf(h, actBlock, "200")
+		_, ok := outcomeOf(h, "block_ip", "200")
 		return ok
 	})
-	if o, _ := outcomeOf(h, actBlock, "200"); o.Result != "done" || o.Target != "203.0.113.9" {
+	if o, _ := outcomeOf(h, "block_ip", "200"); o.Result != "done" || o.Target != "203.0.113.9" {
 		t.Errorf("block_ip outcome %+v, want 203.0.113.9 blocked", o)
 	}
 	b := blocked(h)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +12,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/astguard/astguard/internal/action/firewall"
+	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/config"
+	"github.com/astguard/astguard/internal/detector"
+	"github.com/astguard/astguard/internal/policy"
 )
 
 // An action answered with Response: Error is retried per policy; the alert
@@ -86,8 +90,9 @@ func (g *gatedFirewall) Block(ctx context.Context, a netip.Addr, c string) error
 	return g.DryRun.Block(ctx, a, c)
 }
 
-// A second alert about an extension whose incident is still being handled
-// is not lost: the actions the first did not include run after it.
+// A later alert of an incident whose block is still running is not lost:
+// the actions the first alert's policy did not include run in the same
+// incident, the hang-up at once, the rotation only after the block.
 func TestLaterAlertOfAnIncidentInFlight(t *testing.T) {
 	fw := &gatedFirewall{DryRun: firewall.NewDryRun(zerolog.Nop()), gate: make(chan struct{})}
 	h := startGuardWith(t, "attack-mixed.ami", 4, func(c *config.Config) {
@@ -96,16 +101,37 @@ func TestLaterAlertOfAnIncidentInFlight(t *testing.T) {
 		c.Policy.International.Critical = []string{"alert"}
 		c.Policy.PrefixGuess.Critical = []string{"alert", "hangup", "rotate_secret"}
 	}, fw)
-	waitFor(t, "the prefix_guess critical of 200 while its block waits", 20*time.Second, func() bool {
-		return strings.Contains(h.logs.String(), `"rule":"prefix_guess","severity":"critical","event_time"`) &&
-			strings.Contains(h.logs.String(), `"extension":"200","sources"`)
+	sip200 := policy.ExtensionKey(ami.TechSIP, "200")
+	var hung Outcome
+	waitFor(t, "the hang-up decided by the prefix_guess critical while the block waits", 20*time.Second, func() bool {
+		l := h.outcomes.list(func(o *Outcome) bool {
+			return o.Action == policy.Hangup && o.Key == sip200 && o.AlertRule == detector.RulePrefixGuess
+		})
+		if len(l) > 0 {
+			hung = l[0]
+		}
+		return len(l) > 0
 	})
+	if hung.Result != policy.Done || hung.Rule != detector.RuleCallRate || hung.Incident == "" {
+		t.Errorf("hang-up %+v: want done, in the incident call_rate opened", hung)
+	}
+	if h.outcomes.has(policy.RotateSecret, policy.Done, sip200) {
+		t.Fatal("the secret was rotated while the block of its incident was still running")
+	}
 	close(fw.gate)
 	waitFor(t, "200's secret rotated after the block", 20*time.Second, func() bool {
-		s, _ := confSection(h.srv.Conf("sip.conf"), "200", "secret")
-		return s != "Leaky200"
+		return h.outcomes.has(policy.RotateSecret, policy.Done, sip200)
 	})
-	if !strings.Contains(h.logs.String(), `"action":"hangup","result":"done","rule":"prefix_guess"`) {
-		t.Error("the later alert's hang-up did not run")
+	var order []policy.Action
+	for _, o := range h.outcomes.list(func(o *Outcome) bool { return o.Key == sip200 }) {
+		if o.Incident != hung.Incident {
+			t.Errorf("%s of SIP/200 in incident %s, want %s", o.Action, o.Incident, hung.Incident)
+		}
+		if o.AlertRule != 0 { // not a new call of the stopped extension
+			order = append(order, o.Action)
+		}
+	}
+	if want := []policy.Action{policy.Hangup, policy.BlockIP, policy.RotateSecret}; !slices.Equal(order, want) {
+		t.Errorf("outcomes of SIP/200 in the order %v, want %v", order, want)
 	}
 }

@@ -1,7 +1,12 @@
-// Package guard is the live guard: it stays logged in to AMI, feeds the
-// detector, and turns critical alerts into hang-ups, secret rotations and
-// firewall bans as the policy says. Everything it needs comes in Options, so
-// the whole guard runs inside a test against the fake AMI server.
+// Package guard is the live guard. It wires the stages: it stays logged in
+// to AMI and feeds the detector (package detector) every event in order,
+// hands each alert to the incident book (package incident), which decides
+// with the policy table (package policy) what to do about the alert's
+// incident, and has the responder carry the decisions out off the loop
+// with the action packages (hang-up, block, secret rotation). It also runs
+// the resync after every login, the reloads and the admin socket.
+// Everything it needs comes in Options, so the whole guard runs inside a
+// test against the fake AMI server.
 package guard
 
 import (
@@ -10,7 +15,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -19,12 +23,14 @@ import (
 
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/action/firewall"
-	"github.com/astguard/astguard/internal/alert"
+	"github.com/astguard/astguard/internal/action/secret"
 	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
+	"github.com/astguard/astguard/internal/incident"
 	"github.com/astguard/astguard/internal/metrics"
+	"github.com/astguard/astguard/internal/policy"
 )
 
 // Options hold what the guard runs with.
@@ -54,6 +60,9 @@ type Options struct {
 	// LookupNetIP resolves the host of ami.address (tests); default
 	// net.DefaultResolver.LookupNetIP.
 	LookupNetIP func(ctx context.Context, network, host string) ([]netip.Addr, error)
+	// Outcomes, if set, is called with every action outcome the guard
+	// logs, from the goroutine that logs it (tests).
+	Outcomes func(Outcome)
 }
 
 // Guard is a running guard.
@@ -67,6 +76,8 @@ type Guard struct {
 	events  *client.Client // events, config and Getvar actions
 	urgent  *client.Client // hang-ups only
 	bans    *bans.Manager
+	book    *incident.Book // the incidents: what was decided and done about each attack
+	table   *policy.Table  // the [policy] table; the detector loop's own
 	resp    *responder
 	queue   chan incoming
 	connect chan struct{}
@@ -96,8 +107,8 @@ func Run(ctx context.Context, opts Options) error {
 	if err := cfg.RequireSecret(); err != nil {
 		return err
 	}
-	if err := checkSecretsFile(cfg.Response.SecretsFile); err != nil {
-		return err
+	if err := secret.CheckFile(cfg.Response.SecretsFile); err != nil {
+		return fmt.Errorf("response.secrets_file: %w", err)
 	}
 	g := &Guard{
 		opts:    opts,
@@ -162,13 +173,28 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}()
 
+	// The incidents, kept in the bans state file: a restart in the middle
+	// of an attack does not run its actions again.
+	g.book, err = incident.New(incident.Options{Quiet: time.Duration(cfg.Response.IncidentQuiet), Mode: policy.ModeOf(cfg.Mode), Store: g.bans})
+	if err != nil {
+		return err
+	}
+	if err := g.book.Load(g.bans.Incidents(), time.Now()); err != nil {
+		log.Error().Err(err).Str("state", cfg.Response.StateFile).
+			Msg("incidents not loaded: going on with none, so the actions of an attack already answered may run again")
+	}
+	if g.table, err = policy.NewTable(&cfg.Policy); err != nil {
+		return err
+	}
+
 	if err := g.dialAMI(cfg, opts.Record != ""); err != nil {
 		return err
 	}
 	defer g.events.Close()
 	defer g.urgent.Close()
-	g.resp = newResponder(cfg, g.log, g.events, g.urgent, g.bans)
+	g.resp = newResponder(g.log, g.book, g.events, g.urgent, g.bans)
 	g.resp.metrics = g.metrics
+	g.resp.outcomes = opts.Outcomes
 
 	var rec *recorder
 	if opts.Record != "" {
@@ -185,7 +211,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	log.Info().Str("config", opts.ConfigFile).Str("mode", cfg.Mode).Str("ami", cfg.AMI.Address).Str("firewall", cfg.Response.Firewall).
-		Int("bans_restored", len(g.bans.List())).Msg("guard started")
+		Int("bans_restored", len(g.bans.List())).Int("incidents_open", len(g.book.List(time.Now()).Open)).Msg("guard started")
 	if opts.Started != nil {
 		opts.Started(g)
 	}
@@ -257,7 +283,9 @@ func (g *Guard) dropped(n uint64) {
 	}
 }
 
-// loop owns the detector: every event goes through it in order.
+// loop owns the detector: every event goes through it in order, and every
+// alert through the incident book (the decisions are made here, in order;
+// the responder carries them out elsewhere).
 func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 	cfg := g.cfg.Load()
 	det := detector.New(cfg.Detector())
@@ -265,28 +293,28 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 	var (
 		ev     ami.Event
 		alerts []detector.Alert
+		decs   []policy.Decision
 		seq    int
 		live   []string
+		saving saveState
 	)
 	flush := time.NewTicker(time.Second)
 	defer flush.Stop()
 	handleAlerts := func() {
 		for i := range alerts {
-			a := alerts[i]
+			a := &alerts[i]
 			g.stats.alerts.Add(1)
 			g.metrics.Alert(a.Rule, a.Severity)
-			cfg := g.cfg.Load()
-			if slices.Contains(cfg.Policy.Actions(a.Rule.String(), a.Severity.String()), config.ActionAlert) {
-				alert.Log(&g.log, &a)
-			} else {
-				g.log.Debug().Str("rule", a.Rule.String()).Str("severity", a.Severity.String()).
-					Str("extension", a.Extension).Str("reason", a.Reason).Msg("fraud alert not logged: the policy has no alert action for it")
-			}
-			live = live[:0]
-			if a.IsExtension() {
-				live = det.LiveChannels(a.Tech, a.Extension, live)
-			}
-			g.resp.handle(ctx, a, append([]string(nil), live...))
+			var err error
+			decs, err = g.book.Decide(g.table, a, time.Now(), decs[:0])
+			saving.note(&g.log, err)
+			g.resp.decided(ctx, g.cfg.Load(), a, decs, func() []string {
+				if !a.IsExtension() {
+					return nil
+				}
+				live = det.LiveChannels(a.Tech, a.Extension, live[:0])
+				return append([]string{}, live...)
+			})
 		}
 	}
 	for {
@@ -298,6 +326,7 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 			return nil
 		case <-flush.C:
 			g.metrics.SetDetector(det.Stats())
+			g.expireIncidents(&saving)
 			if rec != nil {
 				if err := rec.flush(); err != nil {
 					log.Error().Err(err).Msg("recording failed")
@@ -341,9 +370,13 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 			case ami.KindHangup:
 				g.resp.channelGone(ev.Channel)
 			case ami.KindNewchannel:
+				// A new call of an extension whose incident hung up its
+				// calls is hung up too, while the incident is open.
 				if detector.IsCall(&ev) {
 					if cn, ok := ami.ParseChannel(ev.Channel); ok {
-						g.resp.newChannel(ctx, cn.Tech, cn.Name, ev.Channel)
+						if stop, ok := g.book.Stopped(cn.Tech, cn.Name, time.Now()); ok {
+							g.resp.stoppedChannel(ctx, g.cfg.Load(), stop, ami.Extension{Tech: cn.Tech, Name: cn.Name}, ev.Channel)
+						}
 					}
 				}
 			}
@@ -352,20 +385,61 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 	}
 }
 
+// expireIncidents closes the incidents whose quiet time has passed and
+// logs each.
+func (g *Guard) expireIncidents(saving *saveState) {
+	closed, err := g.book.Expire(time.Now())
+	saving.note(&g.log, err)
+	for i := range closed {
+		rec := &closed[i]
+		ev := g.log.Info().Str("component", "incidents").Str("incident", rec.ID).Str("rule", rec.Rule.String())
+		if rec.Key.IsExtension() {
+			ev = ev.Str("tech", rec.Key.Tech.String()).Str("extension", rec.Key.Name)
+		} else {
+			ev = ev.Str("ip", rec.Key.Addr.String())
+		}
+		ev.Str("close_reason", rec.CloseReason).Int("alerts", rec.AlertCount).Time("opened", rec.Opened).Time("last_alert", rec.LastAlert).
+			Msg("incident closed: no alert of its key for incident_quiet")
+	}
+}
+
+// saveState says, once per change, whether the incident book is saved:
+// a failing save is logged at error when its error changes, and once at
+// info when the book is saved again.
+type saveState struct{ failing string }
+
+func (s *saveState) note(log *zerolog.Logger, err error) {
+	switch {
+	case err == nil && s.failing != "":
+		s.failing = ""
+		log.Info().Str("component", "incidents").Msg("incidents saved again")
+	case err != nil && err.Error() != s.failing:
+		s.failing = err.Error()
+		log.Error().Str("component", "incidents").Err(err).
+			Msg("incidents not saved: the actions go on, but a restart before the next save may run them again")
+	}
+}
+
 // switchMode follows a reload that changed the mode. To enforce: the
 // firewall is set up and the real bans applied before the responder acts.
 // To observe: nothing more is done; the bans already applied stay in the
-// firewall (observe mode changes nothing, lifting included).
+// firewall (observe mode changes nothing, lifting included). The incident
+// book switches after the bans manager: it saves its incidents through
+// it, which refuses them while observing.
 func (g *Guard) switchMode(mode string) {
 	if mode != config.ModeEnforce {
 		g.bans.Observe()
-		return
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := g.bans.Enforce(ctx); err != nil {
+			g.log.Error().Str("component", "guard").Err(err).
+				Msg("the firewall cannot be set up: block_ip will fail until it can; the other actions go on")
+		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := g.bans.Enforce(ctx); err != nil {
-		g.log.Error().Str("component", "guard").Err(err).
-			Msg("the firewall cannot be set up: block_ip will fail until it can; the other actions go on")
+	if err := g.book.SetMode(policy.ModeOf(mode)); err != nil {
+		g.log.Error().Str("component", "incidents").Err(err).
+			Msg("incidents not saved: the actions go on, but a restart before the next save may run them again")
 	}
 }
 

@@ -22,24 +22,6 @@ import (
 	"github.com/astguard/astguard/internal/replay"
 )
 
-// In observe mode the guard says what it would do and does nothing.
-func TestObserveModeActsOnNothing(t *testing.T) {
-	h := startGuard(t, "attack-mixed.ami", 4, func(c *config.Config) { c.Mode = config.ModeObserve })
-	<-h.srv.Done()
-	waitFor(t, "would-lines", 10*time.Second, func() bool {
-		return strings.Contains(h.logs.String(), `"result":"would"`)
-	})
-	h.stop(t)
-	if b := blocked(h); len(b) != 0 {
-		t.Errorf("observe mode blocked %v", b)
-	}
-	for _, a := range h.srv.Actions() {
-		if a.Name == "Hangup" || a.Name == "UpdateConfig" {
-			t.Errorf("observe mode sent %s", a.Name)
-		}
-	}
-}
-
 // SIGHUP: a bad file keeps the running configuration and says why; a good
 // one takes effect.
 func TestReloadKeepsOldConfigWhenNewIsBad(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
+	"github.com/astguard/astguard/internal/policy"
 )
 
 // ReloadResult is what a reload did.
@@ -42,8 +43,9 @@ var restartKeys = []string{
 	"response.admin_socket",
 }
 
-// liveKeys are the keys (or tables) a reload applies at once: the mode and
-// policy (read for every alert), log.level (the shared level gate),
+// liveKeys are the keys (or tables) a reload applies at once: the mode
+// (the bans manager's and the incident book's) and policy (a new
+// policy.Table, read for every alert), log.level (the shared level gate),
 // metrics.silence_alarm, the detector's thresholds and allow-lists
 // (Detector.SetConfig), the never-blocked networks (bans.SetNever) and the
 // responder's settings, read for every action: response.secrets_file is
@@ -114,11 +116,16 @@ func (g *Guard) reload(ctx context.Context, det *detector.Detector) ReloadResult
 	g.metrics.SetSilenceAlarm(time.Duration(next.Metrics.SilenceAlarm))
 	g.events.SetSilenceAlarm(time.Duration(next.Metrics.SilenceAlarm))
 	det.SetConfig(next.Detector())
-	g.resp.setConfig(next)
+	if t, err := policy.NewTable(&next.Policy); err != nil {
+		log.Error().Err(err).Msg("the new [policy] cannot be used: keeping the running one")
+	} else {
+		g.table = t
+	}
+	g.book.SetQuiet(time.Duration(next.Response.IncidentQuiet))
 	if next.Mode != running.Mode {
 		// Alerts wait while this runs (the detector loop reloads), so
-		// none is handled between the responder's and the bans' switch;
-		// the new mode shows in the configuration once it is in effect.
+		// none is decided between the bans' and the book's switch; the
+		// new mode shows in the configuration once it is in effect.
 		g.switchMode(next.Mode)
 	}
 	g.cfg.Store(next)

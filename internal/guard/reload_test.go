@@ -19,21 +19,25 @@ import (
 
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/action/firewall"
+	"github.com/astguard/astguard/internal/action/secret"
 	"github.com/astguard/astguard/internal/ami/amitest"
 	"github.com/astguard/astguard/internal/config"
+	"github.com/astguard/astguard/internal/incident"
+	"github.com/astguard/astguard/internal/policy"
 )
 
 // reloadHarness runs a guard whose configuration file a test rewrites and
 // reloads.
 type reloadHarness struct {
-	srv     *amitest.Server
-	g       *Guard
-	cfg     *config.Config // the start configuration
-	file    string
-	next    atomic.Pointer[config.Config]
-	reload  chan struct{}
-	results chan ReloadResult
-	logs    *syncBuffer
+	srv      *amitest.Server
+	g        *Guard
+	cfg      *config.Config // the start configuration
+	file     string
+	next     atomic.Pointer[config.Config]
+	reload   chan struct{}
+	results  chan ReloadResult
+	logs     *syncBuffer
+	outcomes *outcomeLog
 }
 
 // startReloadable runs the guard against srv with the test defaults,
@@ -53,7 +57,7 @@ func startReloadable(t *testing.T, srv *amitest.Server, mutate func(*config.Conf
 		mutate(cfg)
 	}
 	h := &reloadHarness{srv: srv, cfg: cfg, file: filepath.Join(dir, "config.toml"), reload: make(chan struct{}),
-		results: make(chan ReloadResult, 1), logs: &syncBuffer{}}
+		results: make(chan ReloadResult, 1), logs: &syncBuffer{}, outcomes: &outcomeLog{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	started := make(chan *Guard, 1)
@@ -62,7 +66,7 @@ func startReloadable(t *testing.T, srv *amitest.Server, mutate func(*config.Conf
 			Firewall: firewall.NewDryRun(zerolog.Nop()), LookupNetIP: lookup,
 			Load:     func() (*config.Config, error) { c := *h.next.Load(); return &c, nil },
 			Started:  func(g *Guard) { started <- g },
-			Reloaded: func(r ReloadResult) { h.results <- r }})
+			Reloaded: func(r ReloadResult) { h.results <- r }, Outcomes: h.outcomes.add})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -225,10 +229,10 @@ func TestReloadAppliesSecretsFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var statuses []string
+	var statuses []secret.Status
 	sc := bufio.NewScanner(bytes.NewReader(raw))
 	for sc.Scan() {
-		var l secretLine
+		var l secret.FileLine
 		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
 			t.Fatal(err)
 		}
@@ -236,7 +240,7 @@ func TestReloadAppliesSecretsFile(t *testing.T) {
 			statuses = append(statuses, l.Status)
 		}
 	}
-	if !slices.Equal(statuses, []string{"pending", "applied"}) {
+	if !slices.Equal(statuses, []secret.Status{secret.Pending, secret.Applied}) {
 		t.Errorf("SIP/200 in %s: %v, want pending then applied", moved, statuses)
 	}
 	if _, err := os.Stat(h.cfg.Response.SecretsFile); !errors.Is(err, os.ErrNotExist) {
@@ -286,7 +290,7 @@ func TestReloadWarnsPerRestartKey(t *testing.T) {
 	if c.AMI != h.cfg.AMI || c.Metrics.Listen != "" || c.Response.Chain != "ASTGUARD" || c.Response.StateFile != h.cfg.Response.StateFile {
 		t.Errorf("a restart key took the new value: %+v %+v", c.AMI, c.Response)
 	}
-	if c.Detection.Cooldown != config.Duration(time.Minute) || c.Response.HangupCause != 16 || h.g.resp.config() != c {
+	if c.Detection.Cooldown != config.Duration(time.Minute) || c.Response.HangupCause != 16 {
 		t.Errorf("an applied key kept its old value")
 	}
 }
@@ -414,5 +418,52 @@ func TestAMINameResolvedAtConnect(t *testing.T) {
 	waitFor(t, "the AMI server protected", 10*time.Second, func() bool { return covers(h.g.protected(), "127.0.0.1") })
 	if l := h.lines(t, "the AMI server's address resolves now: it is protected from a ban"); len(l) != 1 || l[0].str("when") != "connect" {
 		t.Errorf("resolved: %v", l)
+	}
+}
+
+// A reload rebuilds the policy table, sets the incidents' quiet time, and
+// switches the incident book with the bans manager: from observe to
+// enforce, the incidents observe mode kept in memory are written to the
+// state file.
+func TestReloadCarriesTheIncidents(t *testing.T) {
+	srv, err := amitest.Start(amitest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	h := startReloadable(t, srv, func(c *config.Config) { c.Policy.AuthFailures.Critical = []string{"alert"} }, nil)
+	waitFor(t, "the login", 5*time.Second, func() bool { return h.g.events.Connected() })
+
+	r := h.reloadWith(t, func(c *config.Config) {
+		c.Policy.AuthFailures.Critical = []string{"alert", "block_ip"}
+		c.Response.IncidentQuiet = config.Duration(20 * time.Minute)
+	})
+	if want := []string{"response.incident_quiet", "policy.auth_failures.critical"}; !slices.Equal(r.Applied, want) {
+		t.Fatalf("reload applied %v, want %v", r.Applied, want)
+	}
+	guesser := netip.MustParseAddr("192.0.2.60")
+	guessing(srv, guesser.String())
+	waitFor(t, "the would-block the new policy decides", 5*time.Second, func() bool {
+		return h.outcomes.has(policy.BlockIP, policy.Would, policy.AddressKey(guesser))
+	})
+	rec := incidentsByKey(h.g.book.List(time.Now()))[policy.AddressKey(guesser)]
+	if rec.ID == "" || !rec.Closes.Equal(rec.LastAlert.Add(20*time.Minute)) {
+		t.Fatalf("the guesser's incident %s closes at %v, last alert %v: want 20m after", rec.ID, rec.Closes, rec.LastAlert)
+	}
+	if _, err := os.Stat(h.cfg.Response.StateFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("observe mode wrote the state file: %v", err)
+	}
+
+	h.reloadWith(t, func(c *config.Config) { c.Mode = config.ModeEnforce })
+	st, err := bans.ReadState(h.cfg.Response.StateFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saved []incident.Record
+	if err := json.Unmarshal(st.Incidents, &saved); err != nil || len(saved) != 1 || saved[0].ID != rec.ID {
+		t.Fatalf("incidents in the state file after the switch to enforce: %s (%v); want %s", st.Incidents, err, rec.ID)
+	}
+	if n := len(h.lines(t, "incidents not saved: the actions go on, but a restart before the next save may run them again")); n != 0 {
+		t.Errorf("%d lines say the incidents were not saved", n)
 	}
 }

@@ -16,260 +16,258 @@ import (
 	"github.com/astguard/astguard/internal/action/block"
 	"github.com/astguard/astguard/internal/action/hangup"
 	"github.com/astguard/astguard/internal/action/secret"
+	"github.com/astguard/astguard/internal/alert"
 	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
+	"github.com/astguard/astguard/internal/incident"
 	"github.com/astguard/astguard/internal/metrics"
+	"github.com/astguard/astguard/internal/policy"
 )
 
-// The actions a policy can name.
-const (
-	actAlert  = config.ActionAlert
-	actHangup = config.ActionHangup
-	actRotate = config.ActionRotateSecret
-	actBlock  = config.ActionBlockIP
-)
+// Outcome is what came of one action, as the guard logs it (message
+// "action outcome") and hands it to Options.Outcomes.
+type Outcome struct {
+	Action policy.Action
+	// Result is Done, Failed, Skipped or Would.
+	Result policy.Result
+	// Incident is the id of the incident the action belongs to; Rule is
+	// the rule whose alert opened it.
+	Incident string
+	Rule     detector.Rule
+	// AlertRule and Severity are the rule and severity of the alert the
+	// action answers; zero for the hang-up of a stopped extension's new
+	// channel, which answers no alert.
+	AlertRule detector.Rule
+	Severity  detector.Severity
+	// Key is the incident's extension or address.
+	Key policy.Key
+	// Target is what was acted on: the extension, a channel, an address.
+	Target string
+	Took   time.Duration
+	Err    error
+	Detail string
+}
 
-// responder turns critical alerts into actions, as the policy says.
+// responder carries out what the incident book decided, off the detector
+// loop. The loop decides, in the order of the alerts (incident.Book.Decide),
+// and hands each alert's decisions to the responder, which never blocks it:
+// the actions to carry out run in a goroutine per alert, blocking and
+// hanging up in parallel, then rotating the secret once every block and
+// hang-up of the incident then in flight is over. Each outcome is logged
+// and reported to the book.
 type responder struct {
-	log     zerolog.Logger
-	events  *client.Client // config actions (the secret's rotation)
-	urgent  *client.Client // hang-ups and Getvar: never behind a slow action
-	hangup  *hangup.Hanger // on urgent
-	block   *block.Blocker // Getvar on urgent, bans through the ban manager
-	now     func() time.Time
-	metrics *metrics.Metrics // nil: not counted
+	log      zerolog.Logger // the responder's own lines and the outcomes
+	alerts   zerolog.Logger // the alert lines, as the detector's
+	book     *incident.Book
+	events   *client.Client // config actions (the secret's rotation)
+	urgent   *client.Client // hang-ups and Getvar: never behind a slow action
+	hangup   *hangup.Hanger // on urgent
+	block    *block.Blocker // Getvar on urgent, bans through the ban manager
+	now      func() time.Time
+	metrics  *metrics.Metrics // nil: not counted
+	outcomes func(Outcome)    // Options.Outcomes; nil: none
 
-	mu       sync.Mutex
-	cfg      *config.Config
-	blocked  map[ami.Extension]time.Time // extension -> its new channels are hung up until then
-	inflight map[string]bool             // incident key -> being handled
-	pending  map[string]pendingResponse
-	secrets  map[string]*secretsFile // by path: the writes to one file are serialized
-	wg       sync.WaitGroup
+	mu      sync.Mutex
+	secrets map[string]*secret.File    // by path: the writes to one file are serialized
+	fronts  map[string][]chan struct{} // by incident: its blocks and hang-ups in flight, each closed when over
+	wg      sync.WaitGroup
 }
 
-func newResponder(cfg *config.Config, log zerolog.Logger, events, urgent *client.Client, b *bans.Manager) *responder {
+func newResponder(log zerolog.Logger, book *incident.Book, events, urgent *client.Client, b *bans.Manager) *responder {
 	return &responder{
-		log:      log.With().Str("component", "responder").Logger(),
-		events:   events,
-		urgent:   urgent,
-		hangup:   hangup.New(urgent),
-		block:    block.New(urgent, b),
-		now:      time.Now,
-		secrets:  make(map[string]*secretsFile),
-		cfg:      cfg,
-		blocked:  make(map[ami.Extension]time.Time),
-		inflight: make(map[string]bool),
-		pending:  make(map[string]pendingResponse),
+		log:     log.With().Str("component", "responder").Logger(),
+		alerts:  log,
+		book:    book,
+		events:  events,
+		urgent:  urgent,
+		hangup:  hangup.New(urgent),
+		block:   block.New(urgent, b),
+		now:     time.Now,
+		secrets: make(map[string]*secret.File),
+		fronts:  make(map[string][]chan struct{}),
 	}
 }
 
-func (r *responder) setConfig(cfg *config.Config) {
-	r.mu.Lock()
-	r.cfg = cfg
-	r.mu.Unlock()
+// response is what the responder carries out for one alert: the decisions
+// to carry out (Running, all of the alert's incident, in the policy's
+// order), with the alert, the extension's live channels when it came and
+// the configuration then.
+type response struct {
+	alert detector.Alert
+	live  []string
+	cfg   *config.Config
+	decs  []policy.Decision
 }
 
-func (r *responder) config() *config.Config {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.cfg
+func (rs *response) decision(act policy.Action) *policy.Decision {
+	for i := range rs.decs {
+		if rs.decs[i].Action == act {
+			return &rs.decs[i]
+		}
+	}
+	return nil
 }
 
-// secretsFile returns the secrets file of cfg (response.secrets_file). A
-// rotation takes it once, so its lines and every message about its secret
-// name the same file, even when a reload changes the key meanwhile.
-func (r *responder) secretsFile(cfg *config.Config) *secretsFile {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	path := cfg.Response.SecretsFile
-	f, ok := r.secrets[path]
-	if !ok {
-		f = &secretsFile{path: path}
-		r.secrets[path] = f
-	}
-	return f
-}
-
-// report writes an action's outcome as an alert line of its own.
-func (r *responder) report(a *detector.Alert, o action.Outcome) {
-	r.outcome(o.Action, string(o.Result), a, o.Target, o.Took, o.Err, o.Detail)
-}
-
-// Record writes l to the file: the secret package's Recorder.
-func (f *secretsFile) Record(l secret.Line) (string, error) {
-	return f.path, f.write(secretLine{Time: l.Time, Extension: l.Extension, Secret: l.Secret, Status: string(l.Status)})
-}
-
-// outcome writes one action's result as an alert line of its own.
-func (r *responder) outcome(action, result string, a *detector.Alert, target string, took time.Duration, err error, detail string) {
-	r.metrics.Action(action, result, took)
-	ev := r.log.Warn()
-	switch result {
-	case "failed":
-		ev = r.log.Error()
-	case "would", "skipped":
-		ev = r.log.Info()
-	}
-	ev = ev.Str("action", action).Str("result", result).Str("rule", a.Rule.String()).Str("severity", a.Severity.String())
-	if a.IsExtension() {
-		ev = ev.Str("tech", a.Tech.String()).Str("extension", a.Extension)
-	} else {
-		ev = ev.Str("ip", a.IP.String())
-	}
-	if target != "" {
-		ev = ev.Str("target", target)
-	}
-	if took > 0 {
-		ev = ev.Float64("took_ms", float64(took.Microseconds())/1000)
-	}
-	if err != nil {
-		ev = ev.Str("error", err.Error())
-	}
-	if detail != "" {
-		ev = ev.Str("detail", detail)
-	}
-	ev.Msg("action outcome")
-}
-
-// handle is called by the detector loop for every alert; it never blocks.
-// live holds the extension's tracked channels at the time of the alert.
-func (r *responder) handle(ctx context.Context, a detector.Alert, live []string) {
-	cfg := r.config()
-	acts := cfg.Policy.Actions(a.Rule.String(), a.Severity.String())
-	var todo []string
-	for _, act := range acts {
-		if act != actAlert {
-			if act == actRotate && !a.IsExtension() || act == actHangup && !a.IsExtension() {
-				continue // address alerts have no extension to act on
+// decided is called by the detector loop with the book's decisions about
+// alert a; live returns the extension's tracked channels. It logs the
+// alert (with its incident), logs the outcomes the book decided itself
+// (Would, Skipped), and starts the actions to carry out. It never blocks.
+func (r *responder) decided(ctx context.Context, cfg *config.Config, a *detector.Alert, decs []policy.Decision, live func() []string) {
+	logged := false
+	var run []policy.Decision
+	var channels []string
+	for i := range decs {
+		d := &decs[i]
+		switch {
+		case d.Action == policy.Alert:
+			logged = true
+			l := r.alerts
+			if d.Incident != "" {
+				l = l.With().Str("incident", d.Incident).Logger()
 			}
-			todo = append(todo, act)
+			alert.Log(&l, a)
+		case d.Result == policy.Running:
+			run = append(run, *d)
+		default: // Would or Skipped: the book recorded it, nothing to carry out
+			if channels == nil {
+				channels = live()
+			}
+			r.report(&Outcome{
+				Action: d.Action, Result: d.Result, Incident: d.Incident, Rule: d.OpenedBy, AlertRule: a.Rule, Severity: a.Severity,
+				Key: d.Key, Target: describe(d, a, channels), Detail: d.Detail,
+			})
 		}
 	}
-	if len(todo) == 0 {
+	if !logged {
+		r.alerts.Debug().Str("rule", a.Rule.String()).Str("severity", a.Severity.String()).
+			Str("extension", a.Extension).Str("reason", a.Reason).Msg("fraud alert not logged: the policy has no alert action for it")
+	}
+	if len(run) == 0 {
 		return
 	}
-	if cfg.Mode != config.ModeEnforce {
-		for _, act := range todo {
-			r.outcome(act, "would", &a, r.describe(act, &a, live), 0, nil, "mode is observe: nothing done")
+	if channels == nil {
+		channels = live()
+	}
+	r.start(ctx, &response{alert: *a, live: channels, cfg: cfg, decs: run})
+}
+
+// describe says what a decision not carried out would have acted on.
+func describe(d *policy.Decision, a *detector.Alert, live []string) string {
+	switch d.Action {
+	case policy.Hangup:
+		return fmt.Sprintf("%s (%d live channels)", d.Key, len(live))
+	case policy.BlockIP:
+		if !d.Key.IsExtension() {
+			return d.Key.Addr.String()
 		}
-		return
+		return block.Describe(block.Request{Extension: ami.Extension{Tech: d.Key.Tech, Name: d.Key.Name}, Live: live, Sources: a.Sources})
 	}
-	key := a.IP.String()
-	if a.IsExtension() {
-		key = a.Tech.String() + "/" + a.Extension
-	}
+	return d.Key.String()
+}
+
+// start carries out rs in a goroutine of its own. A rotation waits for
+// the blocks and hang-ups of its incident already in flight, those of rs
+// included, never the other way round.
+func (r *responder) start(ctx context.Context, rs *response) {
+	id := rs.decs[0].Incident
+	var mine chan struct{}
 	r.mu.Lock()
-	if r.inflight[key] {
-		// The same incident is being handled: a later alert's actions
-		// that the first did not include run when it is done.
-		r.pending[key] = pendingResponse{a: a, todo: todo, live: live}
-		r.mu.Unlock()
-		return
+	prior := slices.Clone(r.fronts[id])
+	if rs.decision(policy.BlockIP) != nil || rs.decision(policy.Hangup) != nil {
+		mine = make(chan struct{})
+		r.fronts[id] = append(r.fronts[id], mine)
 	}
-	r.inflight[key] = true
 	r.mu.Unlock()
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		done := map[string]bool{}
-		for {
-			r.respond(ctx, cfg, a, todo, live)
-			for _, act := range todo {
-				done[act] = true
-			}
-			r.mu.Lock()
-			p, ok := r.pending[key]
-			delete(r.pending, key)
-			if ok {
-				todo = slices.DeleteFunc(p.todo, func(act string) bool { return done[act] })
-				a, live = p.a, p.live
-			}
-			if !ok || len(todo) == 0 || ctx.Err() != nil {
-				delete(r.inflight, key)
-				r.mu.Unlock()
-				return
-			}
-			r.mu.Unlock()
-		}
+		r.run(ctx, rs, prior, mine)
 	}()
 }
 
-// pendingResponse is an alert that came while its key's incident was being
-// handled.
-type pendingResponse struct {
-	a    detector.Alert
-	todo []string
-	live []string
-}
-
-func (r *responder) describe(act string, a *detector.Alert, live []string) string {
-	switch act {
-	case actHangup:
-		return fmt.Sprintf("%s/%s (%d live channels)", a.Tech, a.Extension, len(live))
-	case actRotate:
-		return a.Tech.String() + "/" + a.Extension
-	case actBlock:
-		return block.Describe(blockRequest(nil, a, live))
-	}
-	return ""
-}
-
-// respond blocks and hangs up in parallel, then rotates the secret.
-func (r *responder) respond(ctx context.Context, cfg *config.Config, a detector.Alert, todo []string, live []string) {
-	do := func(act string) bool { return slices.Contains(todo, act) }
-	var blocked []netip.Addr
+// run blocks and hangs up in parallel, then rotates the secret.
+func (r *responder) run(ctx context.Context, rs *response, prior []chan struct{}, mine chan struct{}) {
+	var blocked netip.Addr
 	var wg sync.WaitGroup
-	if do(actBlock) {
+	if d := rs.decision(policy.BlockIP); d != nil {
 		// Chosen before the hang-up: a live call's address is read from
 		// its channel.
-		req, s := blockRequest(cfg, &a, live), r.blockSettings(cfg)
+		req, s := blockRequest(rs, d), blockSettings(rs.cfg)
 		c := r.block.Choose(ctx, req, s)
-		if c.Target.Addr.IsValid() {
-			blocked = append(blocked, c.Target.Addr)
-		}
+		blocked = c.Target.Addr
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.report(&a, r.block.Ban(ctx, req, c, s).Outcome)
+			r.ban(ctx, rs, d, req, c, s)
 		}()
 	}
-	if do(actHangup) {
+	if d := rs.decision(policy.Hangup); d != nil {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.hangupExtension(ctx, cfg, &a, live)
+			r.hangupExtension(ctx, rs, d)
 		}()
 	}
 	wg.Wait()
-	if do(actRotate) {
-		r.rotate(ctx, cfg, &a, blocked)
+	if mine != nil {
+		r.frontDone(rs.decs[0].Incident, mine)
+	}
+	if d := rs.decision(policy.RotateSecret); d != nil {
+		for _, p := range prior {
+			select {
+			case <-p:
+			case <-ctx.Done():
+			}
+		}
+		r.rotate(ctx, rs, d, blocked)
 	}
 }
 
-// blockRequest is what alert a says about what to block (nil cfg: the
-// ban's duration left out).
-func blockRequest(cfg *config.Config, a *detector.Alert, live []string) block.Request {
-	req := block.Request{
-		Rule:   a.Rule.String(),
-		Reason: fmt.Sprintf("%s %s: %d %s", a.Rule, a.Severity, a.Count, a.Reason),
+// frontDone says the blocks and hang-ups of one response of incident id
+// are over.
+func (r *responder) frontDone(id string, ch chan struct{}) {
+	close(ch)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fs := slices.DeleteFunc(r.fronts[id], func(c chan struct{}) bool { return c == ch })
+	if len(fs) == 0 {
+		delete(r.fronts, id)
+		return
 	}
-	if cfg != nil {
-		req.TTL = time.Duration(cfg.Response.BanDuration)
-	}
-	if !a.IsExtension() {
-		req.Addr = a.IP
+	r.fronts[id] = fs
+}
+
+// blockRequest is what decision d of rs asks to block.
+func blockRequest(rs *response, d *policy.Decision) block.Request {
+	a := &rs.alert
+	req := block.Request{Rule: a.Rule.String(), Reason: d.Reason, TTL: time.Duration(rs.cfg.Response.BanDuration), Incident: d.Incident}
+	if !d.Key.IsExtension() {
+		req.Addr = d.Key.Addr
 		return req
 	}
-	req.Extension = ami.Extension{Tech: a.Tech, Name: a.Extension}
-	req.Live, req.Sources, req.Contacts = live, a.Sources, a.Contacts
+	req.Extension = ami.Extension{Tech: d.Key.Tech, Name: d.Key.Name}
+	req.Live, req.Sources, req.Contacts = rs.live, a.Sources, a.Contacts
 	return req
 }
 
+// ban bans the address chosen for an incident, unless another open
+// incident holds it already (an extension's thief who also guesses
+// passwords from the same address is banned once).
+func (r *responder) ban(ctx context.Context, rs *response, d *policy.Decision, req block.Request, c block.Choice, s block.Settings) {
+	if addr := c.Target.Addr; addr.IsValid() && d.Key.IsExtension() {
+		if owner, ok := r.book.Owner(addr, r.now()); ok && owner.ID != d.Incident {
+			r.finish(ctx, rs, d, action.Outcome{Action: action.BlockIP, Result: action.Skipped, Target: addr.String(),
+				Detail: fmt.Sprintf("%s is blocked by incident %s of %s, which owns it", addr, owner.ID, owner.Key)})
+			return
+		}
+	}
+	r.finish(ctx, rs, d, r.block.Ban(ctx, req, c, s).Outcome)
+}
+
 // blockSettings are the block settings of cfg.
-func (r *responder) blockSettings(cfg *config.Config) block.Settings {
+func blockSettings(cfg *config.Config) block.Settings {
 	return block.Settings{Timeout: time.Duration(cfg.AMI.ActionTimeout), Retry: backoff(cfg)}
 }
 
@@ -289,52 +287,65 @@ func backoff(cfg *config.Config) action.Backoff {
 	return action.Backoff{Attempts: cfg.Response.RetryMax, First: time.Duration(cfg.Response.RetryBackoff)}
 }
 
-// hangupExtension hangs up every channel of the extension, and stops it:
-// its new channels are hung up as they appear for the ban duration.
-func (r *responder) hangupExtension(ctx context.Context, cfg *config.Config, a *detector.Alert, live []string) {
-	ext := ami.Extension{Tech: a.Tech, Name: a.Extension}
-	r.mu.Lock()
-	r.blocked[ext] = r.now().Add(time.Duration(cfg.Response.BanDuration))
-	r.mu.Unlock()
-	res := r.hangup.Extension(ctx, ext, live, r.hangupSettings(cfg))
-	res.Detail += "; new channels are hung up as they appear"
-	r.report(a, res.Outcome)
+// hangupExtension hangs up every channel of the incident's extension. The
+// book has stopped the extension: while the incident is open, its new
+// channels are hung up as they appear (stoppedChannel).
+func (r *responder) hangupExtension(ctx context.Context, rs *response, d *policy.Decision) {
+	ext := ami.Extension{Tech: d.Key.Tech, Name: d.Key.Name}
+	res := r.hangup.Extension(ctx, ext, rs.live, r.hangupSettings(rs.cfg))
+	res.Detail += fmt.Sprintf("; its new calls are hung up while incident %s is open (guard release %s ends it)", d.Incident, ext)
+	r.finish(ctx, rs, d, res.Outcome)
 }
 
 // channelGone is told of every Hangup event.
 func (r *responder) channelGone(channel string) { r.hangup.Gone(channel) }
 
-// newChannel is told of every channel an extension originates: a channel of
-// an extension being stopped is hung up at once.
-func (r *responder) newChannel(ctx context.Context, tech ami.Tech, name, channel string) {
-	ext := ami.Extension{Tech: tech, Name: name}
-	r.mu.Lock()
-	until, ok := r.blocked[ext]
-	if ok && r.now().After(until) {
-		delete(r.blocked, ext)
-		ok = false
-	}
-	cfg := r.cfg
-	r.mu.Unlock()
-	if !ok || !ami.ValidChannel(channel) {
+// stoppedChannel hangs up a new channel of an extension the book has
+// stopped (its incident decided to hang up its calls), naming the
+// incident. In observe mode it only says so.
+func (r *responder) stoppedChannel(ctx context.Context, cfg *config.Config, stop incident.Stop, ext ami.Extension, channel string) {
+	o := Outcome{Action: policy.Hangup, Incident: stop.Incident, Rule: stop.Rule, Key: policy.ExtensionKey(ext.Tech, ext.Name), Target: channel}
+	what := "new channel of " + ext.String() + ", stopped by incident " + stop.Incident
+	if cfg.Mode != config.ModeEnforce {
+		o.Result, o.Detail = policy.Would, what+"; mode is observe: nothing done"
+		r.report(&o)
 		return
 	}
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		o := r.hangup.Channel(ctx, channel, r.hangupSettings(cfg))
-		o.Detail = "new channel of a stopped extension: " + o.Detail
-		r.report(&detector.Alert{Tech: tech, Extension: name, Severity: detector.Critical}, o)
+		res := r.hangup.Channel(ctx, channel, r.hangupSettings(cfg))
+		o.Result, o.Took, o.Err, o.Detail = resultOf(res.Result), res.Took, res.Err, what
+		if res.Detail != "" {
+			o.Detail += ": " + res.Detail
+		}
+		r.report(&o)
 	}()
+}
+
+// secretsFile returns the secrets file of cfg (response.secrets_file). A
+// rotation takes it once, so its lines and every message about its secret
+// name the same file, even when a reload changes the key meanwhile.
+func (r *responder) secretsFile(cfg *config.Config) *secret.File {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	path := cfg.Response.SecretsFile
+	f, ok := r.secrets[path]
+	if !ok {
+		f = secret.NewFile(path)
+		r.secrets[path] = f
+	}
+	return f
 }
 
 // rotate gives the extension a new secret (into sip.conf or pjsip.conf by
 // UpdateConfig with a reload, and into the secrets file for the
 // administrator), then keeps the extension's earlier addresses, other
-// than those just blocked, from being blocked for the real phone's
-// failures with the old secret.
-func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.Alert, blocked []netip.Addr) {
-	ext := ami.Extension{Tech: a.Tech, Name: a.Extension}
+// than those blocked, from being blocked for the real phone's failures
+// with the old secret.
+func (r *responder) rotate(ctx context.Context, rs *response, d *policy.Decision, blocked netip.Addr) {
+	cfg := rs.cfg
+	ext := ami.Extension{Tech: d.Key.Tech, Name: d.Key.Name}
 	rot := secret.Rotator{Store: secret.ConfigFiles{Doer: r.events}, Now: r.now}
 	res := rot.Rotate(ctx, ext, r.secretsFile(cfg), secret.Settings{Timeout: 4 * time.Duration(cfg.AMI.ActionTimeout), Retry: backoff(cfg)})
 	if res.RecordErr != nil {
@@ -343,12 +354,15 @@ func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.
 	if res.Result == action.Done {
 		var earlier []netip.Addr
 		if p := time.Duration(cfg.Response.ProtectPreviousSources); p > 0 {
-			for _, s := range a.Sources {
-				if !slices.Contains(blocked, s) {
-					earlier = append(earlier, s)
+			now := r.now()
+			for _, s := range rs.alert.Sources {
+				s = s.Unmap()
+				if _, owned := r.book.Owner(s, now); s == blocked || owned || slices.Contains(earlier, s) {
+					continue // blocked: the thief's
 				}
+				earlier = append(earlier, s)
 			}
-			r.block.Protect(ext.String(), earlier, r.now().Add(p))
+			r.block.Protect(ext.String(), earlier, now.Add(p))
 		}
 		if len(earlier) > 0 {
 			s := make([]string, len(earlier))
@@ -358,7 +372,92 @@ func (r *responder) rotate(ctx context.Context, cfg *config.Config, a *detector.
 			res.Detail += "; failures from its earlier addresses " + strings.Join(s, ",") + " will not be blocked"
 		}
 	}
-	r.report(a, res.Outcome)
+	r.finish(ctx, rs, d, res.Outcome)
+}
+
+// interrupted is added to the detail of an action that failed because the
+// guard was stopping: it is not reported to its incident, so the book
+// keeps it as running, and a restarted guard never runs it again in the
+// incident.
+const interrupted = "the guard stopped while this action ran: it is not run again in this incident; see whether it took effect"
+
+// finish reports the outcome of decision d of rs to the incident book,
+// then logs it.
+func (r *responder) finish(ctx context.Context, rs *response, d *policy.Decision, o action.Outcome) {
+	out := Outcome{
+		Action: d.Action, Result: resultOf(o.Result), Incident: d.Incident, Rule: d.OpenedBy,
+		AlertRule: rs.alert.Rule, Severity: rs.alert.Severity, Key: d.Key,
+		Target: o.Target, Took: o.Took, Err: o.Err, Detail: o.Detail,
+	}
+	if out.Result == policy.Failed && ctx.Err() != nil {
+		out.Detail = joinDetail(out.Detail, interrupted)
+	} else if err := r.book.Outcome(d.Incident, d.Action, incident.Outcome{Result: out.Result, Target: o.Target, Time: r.now(), Detail: o.Detail}); err != nil {
+		r.log.Error().Err(err).Str("incident", d.Incident).Str("action", d.Action.String()).
+			Msg("action outcome not recorded in its incident: a restart may run the action again")
+	}
+	r.report(&out)
+}
+
+func joinDetail(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
+}
+
+// resultOf is the policy's result of an action's.
+func resultOf(r action.Result) policy.Result {
+	switch r {
+	case action.Done:
+		return policy.Done
+	case action.Skipped:
+		return policy.Skipped
+	case action.Would:
+		return policy.Would
+	}
+	return policy.Failed
+}
+
+// report logs an outcome as a line of its own, counts it, and hands it to
+// Options.Outcomes.
+func (r *responder) report(o *Outcome) {
+	r.metrics.Action(o.Action.String(), o.Result.String(), o.Took)
+	ev := r.log.Warn()
+	switch o.Result {
+	case policy.Failed:
+		ev = r.log.Error()
+	case policy.Would, policy.Skipped:
+		ev = r.log.Info()
+	}
+	ev = ev.Str("action", o.Action.String()).Str("result", o.Result.String()).Str("rule", o.Rule.String())
+	if o.AlertRule != 0 && o.AlertRule != o.Rule {
+		ev = ev.Str("alert_rule", o.AlertRule.String())
+	}
+	if o.Severity != 0 {
+		ev = ev.Str("severity", o.Severity.String())
+	}
+	ev = ev.Str("incident", o.Incident)
+	if o.Key.IsExtension() {
+		ev = ev.Str("tech", o.Key.Tech.String()).Str("extension", o.Key.Name)
+	} else {
+		ev = ev.Str("ip", o.Key.Addr.String())
+	}
+	if o.Target != "" {
+		ev = ev.Str("target", o.Target)
+	}
+	if o.Took > 0 {
+		ev = ev.Float64("took_ms", float64(o.Took.Microseconds())/1000)
+	}
+	if o.Err != nil {
+		ev = ev.Str("error", o.Err.Error())
+	}
+	if o.Detail != "" {
+		ev = ev.Str("detail", o.Detail)
+	}
+	ev.Msg("action outcome")
+	if r.outcomes != nil {
+		r.outcomes(*o)
+	}
 }
 
 func (r *responder) wait() { r.wg.Wait() }

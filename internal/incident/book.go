@@ -456,14 +456,18 @@ func (b *Book) Owner(addr netip.Addr, now time.Time) (policy.Ref, bool) {
 	addr = addr.Unmap()
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	if o, ok := b.owned[addr]; ok && o.real && b.openAt(o.inc, now) {
-		return policy.Ref{ID: o.inc.view.ID, Key: o.inc.key}, true
-	}
+	// The address's own incident first: its block_ip ran only if no
+	// extension's incident held the address then (it is skipped
+	// otherwise), so an extension that claims the address later (Decide
+	// records a block_ip being decided as its own) comes second.
 	if inc := b.open[policy.AddressKey(addr)]; inc != nil && b.openAt(inc, now) {
 		switch inc.view.Progress(policy.BlockIP).Result {
 		case policy.Running, policy.Done, policy.Failed:
 			return policy.Ref{ID: inc.view.ID, Key: inc.key}, true
 		}
+	}
+	if o, ok := b.owned[addr]; ok && o.real && b.openAt(o.inc, now) {
+		return policy.Ref{ID: o.inc.view.ID, Key: o.inc.key}, true
 	}
 	return policy.Ref{}, false
 }

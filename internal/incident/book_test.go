@@ -205,6 +205,22 @@ func TestOwnedAddressNotBlockedAgain(t *testing.T) {
 	}
 }
 
+// An address its own incident blocked stays that incident's when an
+// extension's incident later decides to block it: Owner names the
+// address's incident, so the guard does not ban the address again.
+func TestAddressIncidentKeepsItsAddress(t *testing.T) {
+	r := newResponder(t, mustBook(t, Options{Quiet: quiet, Mode: policy.Enforce}))
+	addrID := r.alert(addrCritical(thief, t0))[1].Incident
+	r.result = policy.None // the extension's block is being carried out
+	decs := r.alert(critical(detector.RuleCallRate, t0.Add(time.Minute), thief))
+	if !slices.Contains(responses(decs), ar{policy.BlockIP, policy.Running}) {
+		t.Fatalf("the extension's alert: %+v, want its block_ip decided", decs)
+	}
+	if ref, ok := r.book.Owner(thief, t0.Add(time.Minute)); !ok || ref != (policy.Ref{ID: addrID, Key: policy.AddressKey(thief)}) {
+		t.Fatalf("Owner(%s) = %+v, %v; want the address's own incident %s", thief, ref, ok, addrID)
+	}
+}
+
 // The address an extension's incident owns is the one it reports having
 // blocked (the live call's), not the alert's source it was decided with.
 func TestOwnerIsTheAddressBlocked(t *testing.T) {

@@ -8,8 +8,9 @@
 // the manager reads the state and changes nothing.
 //
 // The daemon creates one Manager, calls Start, runs Run until shutdown and
-// then Close; Enforce and Observe follow the configured mode. ReadState and
-// UnbanOffline serve `guard bans` and `guard unblock` when no daemon runs.
+// then Close; Enforce and Observe follow the configured mode. ReadState,
+// UnbanOffline and EditIncidentsOffline serve `guard bans`, `guard
+// unblock`, `guard incidents` and `guard release` when no daemon runs.
 package bans
 
 import (
@@ -1280,6 +1281,42 @@ func UnbanOffline(ctx context.Context, path string, fw firewall.Firewall, addr n
 	}
 	if !had {
 		return fmt.Errorf("bans: %w: %s", ErrNotBanned, a)
+	}
+	return nil
+}
+
+// EditIncidentsOffline changes the incident book's part of the state file
+// while no daemon runs (`guard release`): it takes the state file's lock
+// (ErrLocked if the daemon holds it), reads the file, calls edit with its
+// incidents (nil when it has none) and, when edit returns no error,
+// replaces them with what edit returned (a JSON array), atomically, the
+// bans unchanged. An error of edit is returned and nothing is written. A
+// corrupt file is reported and left in place; a version 1 file, which holds
+// no incidents, is never rewritten here (its bans need the firewall's
+// evidence to migrate): edit is called with nil and what it returns is
+// refused.
+func EditIncidentsOffline(path string, edit func(json.RawMessage) (json.RawMessage, error)) error {
+	lock, err := lockState(path)
+	if err != nil {
+		return fmt.Errorf("bans: %w", err)
+	}
+	defer lock.release()
+	st, err := ReadState(path)
+	if err != nil {
+		return fmt.Errorf("bans: %w", err)
+	}
+	raw, err := edit(st.Incidents)
+	if err != nil {
+		return err
+	}
+	if !json.Valid(raw) || !isArray(raw) {
+		return errors.New("bans: incidents must be a JSON array")
+	}
+	if st.Version != StateVersion {
+		return fmt.Errorf("bans: %s is a version 1 state file, which holds no incidents: start the guard once to migrate it", path)
+	}
+	if err := writeState(path, st.Bans, compactJSON(raw)); err != nil {
+		return fmt.Errorf("bans: %w", err)
 	}
 	return nil
 }

@@ -176,3 +176,67 @@ func TestUnbanOfflineKeepsIncidents(t *testing.T) {
 		t.Fatalf("after UnbanOffline: incidents %s, bans %v", st.Incidents, st.Bans)
 	}
 }
+
+// EditIncidentsOffline (guard release with no daemon) replaces the
+// incidents under the lock and keeps the bans; an edit that fails, a
+// running manager, a version 1 file and a result that is no list write
+// nothing.
+func TestEditIncidentsOffline(t *testing.T) {
+	e := newEnv(t)
+	mustWrite(t, e.path, []byte(incidentsDoc), 0o600)
+	next := json.RawMessage(`[{"id":"inc-00000001","released":true}]`)
+	var got json.RawMessage
+	if err := EditIncidentsOffline(e.path, func(raw json.RawMessage) (json.RawMessage, error) {
+		got = raw
+		return json.RawMessage(" [ {\"id\": \"inc-00000001\", \"released\": true} ] "), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != incidentsCompact {
+		t.Fatalf("edit got %s, want %s", got, incidentsCompact)
+	}
+	st := mustRead(t, e.path)
+	if !bytes.Equal(st.Incidents, next) || len(st.Bans) != 1 || st.Bans[0].Incident != "inc-00000001" {
+		t.Fatalf("after the edit: incidents %s, bans %+v", st.Incidents, st.Bans)
+	}
+	if fi, _ := os.Stat(e.path); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v", fi.Mode().Perm())
+	}
+
+	unchanged := func(what string) {
+		t.Helper()
+		if st := mustRead(t, e.path); !bytes.Equal(st.Incidents, next) || len(st.Bans) != 1 {
+			t.Fatalf("%s changed the file: incidents %s, bans %+v", what, st.Incidents, st.Bans)
+		}
+	}
+	errEdit := errors.New("no open incident")
+	if err := EditIncidentsOffline(e.path, func(json.RawMessage) (json.RawMessage, error) { return nil, errEdit }); !errors.Is(err, errEdit) {
+		t.Fatalf("a failing edit: %v", err)
+	}
+	unchanged("a failing edit")
+	for _, bad := range []string{``, `{}`, `null`} {
+		if err := EditIncidentsOffline(e.path, func(json.RawMessage) (json.RawMessage, error) { return json.RawMessage(bad), nil }); err == nil {
+			t.Fatalf("an edit returning %q was written", bad)
+		}
+	}
+	unchanged("an edit returning no list")
+
+	m := e.start(e.opts())
+	called := false
+	if err := EditIncidentsOffline(e.path, func(json.RawMessage) (json.RawMessage, error) { called = true; return next, nil }); !errors.Is(err, ErrLocked) || called {
+		t.Fatalf("while the daemon runs: %v, edit called %v; want ErrLocked before any edit", err, called)
+	}
+	if err := m.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	v1 := `{"version":1,"bans":[{"addr":"203.0.113.7","since":"2026-03-01T11:00:00Z","until":"2026-03-01T14:00:00Z","reason":"r"}]}`
+	mustWrite(t, e.path, []byte(v1), 0o600)
+	got = json.RawMessage("not called")
+	if err := EditIncidentsOffline(e.path, func(raw json.RawMessage) (json.RawMessage, error) { got = raw; return next, nil }); err == nil || got != nil {
+		t.Fatalf("a version 1 file: %v, edit got %q; want nil and a refusal", err, got)
+	}
+	if raw, _ := os.ReadFile(e.path); string(raw) != v1 {
+		t.Fatalf("the version 1 file was rewritten:\n%s", raw)
+	}
+}

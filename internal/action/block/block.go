@@ -66,9 +66,11 @@ type Request struct {
 	Contacts []netip.Addr
 
 	// What the ban records: the rule that raised the alert, why (the
-	// firewall rule's comment too), and how long it lasts (0: for good).
+	// firewall rule's comment too), how long it lasts (0: for good), and
+	// the incident that decided it.
 	Rule, Reason string
 	TTL          time.Duration
+	Incident     string
 }
 
 func (r *Request) isExtension() bool { return !r.Addr.IsValid() }
@@ -271,7 +273,7 @@ func (b *Blocker) Ban(ctx context.Context, req Request, c Choice, s Settings) Re
 	if req.isExtension() {
 		ext = req.Extension.String()
 	}
-	br := bans.Request{Addr: addr, TTL: req.TTL, Extension: ext, Rule: req.Rule, Reason: req.Reason}
+	br := bans.Request{Addr: addr, TTL: req.TTL, Extension: ext, Rule: req.Rule, Reason: req.Reason, Incident: req.Incident}
 	start := b.now()
 	err := action.Retry(ctx, s.Retry, func() error {
 		var err error

@@ -168,7 +168,7 @@ func manager(t *testing.T, fw firewall.Firewall, observe bool, never ...netip.Pr
 	return m
 }
 
-var banReq = Request{Extension: sip200, Rule: "call_rate", Reason: "call_rate critical: 5 extension SIP/200: 5 calls started in 1s", TTL: 24 * time.Hour}
+var banReq = Request{Extension: sip200, Rule: "call_rate", Reason: "call_rate critical: 5 extension SIP/200: 5 calls started in 1s", TTL: 24 * time.Hour, Incident: "inc-0000c0de"}
 
 func chosen(a string) Choice { return Choice{Target: Target{Addr: ip(a), From: FromLiveCall}} }
 
@@ -205,7 +205,7 @@ func TestBanOutcomes(t *testing.T) {
 			}
 			if tc.banned {
 				b := m.List()[0]
-				if res.Ban.Prefix != b.Prefix || b.Extension != "SIP/200" || b.Rule != "call_rate" || b.Reason != banReq.Reason || b.DryRun == tc.fw.real {
+				if res.Ban.Prefix != b.Prefix || b.Extension != "SIP/200" || b.Rule != "call_rate" || b.Reason != banReq.Reason || b.Incident != "inc-0000c0de" || b.DryRun == tc.fw.real {
 					t.Errorf("recorded %+v, result's %+v", b, res.Ban)
 				}
 			}
