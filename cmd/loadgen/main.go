@@ -40,7 +40,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.Attacks, "attacks", 0, "attacks placed at random moments (burst, pjsip-hunt, brute-force, slow-hunt in turn); 0: one every 3 s of the run, at least 100; -1: none")
 	fs.Int64Var(&o.Seed, "seed", 1, "seed of the random placement")
 	fs.DurationVar(&o.SlowInterval, "slow-interval", 20*time.Second, "between the calls of a slow hunt (at most --duration/8)")
-	fs.BoolVar(&o.AllEvents, "all-events", false, "send every event class (VarSet, Newexten, Cdr ...) whatever the guard's Events action asks")
+	fs.BoolVar(&o.AllEvents, "all-events", false, "send every event class (VarSet, Newexten, Cdr ...) whatever event mask the guard asks for (its Login's Events header)")
 	fs.IntVar(&o.QueueSize, "queue-size", 0, "the guard's ami.queue_size (0: the default, 65536)")
 	fs.DurationVar(&o.Tick, "tick", time.Millisecond, "how often the generator writes (the events of one tick go out together)")
 	fs.IntVar(&o.Nice, "nice", -10, "nice value of the generator's and AMI server's threads (the guard and stress-ng keep 0); 0 leaves them")

@@ -75,10 +75,11 @@ func parseStatusKiB(r io.Reader, key string) (int64, error) {
 	return 0, fmt.Errorf("status: no %s line", key)
 }
 
-// cpuPressure is /proc/pressure/cpu's "some" total: µs during which some
-// runnable task of the machine waited for a CPU (-1: not available).
-func cpuPressure() int64 {
-	b, err := os.ReadFile("/proc/pressure/cpu")
+// pressure is the "some" total of a /proc/pressure file (cpu, io): µs
+// during which some task of the machine waited for that resource (-1: not
+// available).
+func pressure(resource string) int64 {
+	b, err := os.ReadFile("/proc/pressure/" + resource)
 	if err != nil {
 		return -1
 	}

@@ -53,8 +53,8 @@ type Options struct {
 	Attacks      int
 	Seed         int64         // of the random placement
 	SlowInterval time.Duration // between the calls of a slow hunt (default 20 s, at most Duration/8)
-	// AllEvents sends every class (VarSet, Newexten, Cdr ...) whatever the
-	// guard's Events action asks: a PBX whose AMI user ignores the mask.
+	// AllEvents sends every class (VarSet, Newexten, Cdr ...) whatever
+	// event mask the guard asks for: a PBX whose AMI user ignores it.
 	AllEvents bool
 	QueueSize int // the guard's ami.queue_size (0: the default)
 	// Tick is how often the generator writes (default 1 ms): the events of
@@ -227,7 +227,10 @@ type Report struct {
 	// CPUPressurePct is the share of the run during which some runnable
 	// task of the machine waited for a CPU (/proc/pressure/cpu "some").
 	CPUPressurePct float64 `json:"cpu_pressure_some_pct"`
-	Goals          []Goal  `json:"goals"`
+	// IOPressurePct is the same for storage (/proc/pressure/io "some"):
+	// the guard writes its state file, with fsync, before it acts.
+	IOPressurePct float64 `json:"io_pressure_some_pct"`
+	Goals         []Goal  `json:"goals"`
 }
 
 // secret is the AMI secret of the run's guard (it guards nothing).
@@ -340,7 +343,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	}
 	var ru0 syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
-	psi0 := cpuPressure()
+	psi0, io0 := pressure("cpu"), pressure("io")
 	logins0 := srv.logins.Load()
 	t0 := time.Now()
 
@@ -443,7 +446,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	}
 	var ru1 syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-	psi1 := cpuPressure()
+	psi1, io1 := pressure("cpu"), pressure("io")
 	close(stopWatch)
 	watch := <-watchDone
 	if s, err := sc.scrape(ctx); err == nil {
@@ -493,6 +496,9 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	}
 	if psi0 >= 0 && psi1 >= 0 {
 		rep.CPUPressurePct = 100 * float64(psi1-psi0) / float64(measured.Microseconds())
+	}
+	if io0 >= 0 && io1 >= 0 {
+		rep.IOPressurePct = 100 * float64(io1-io0) / float64(measured.Microseconds())
 	}
 	n, per := seen(last)
 	rep.EventsSeen = n
@@ -911,7 +917,8 @@ func (r *Report) Text(w io.Writer) {
 		p("            RSS over the run (MiB): %s", strings.Join(parts, ", "))
 	}
 	p("loadgen:    %.2f s CPU (generator thread %.2f s, nice %s)", r.LoadgenCPUSec, r.GeneratorCPU, r.GeneratorNice)
-	p("machine:    a runnable task waited for a CPU %.0f%% of the run (/proc/pressure/cpu some)", r.CPUPressurePct)
+	p("machine:    a runnable task waited for a CPU %.0f%% of the run (/proc/pressure/cpu some), a task for storage %.0f%% (/proc/pressure/io some)",
+		r.CPUPressurePct, r.IOPressurePct)
 	keys := make([]string, 0, len(r.Actions))
 	for k := range r.Actions {
 		keys = append(keys, k)
