@@ -10,9 +10,13 @@
 // The Book is also what the guard asks, on every new channel, whether the
 // extension is stopped (Stopped), and what `guard incidents` lists
 // (List). It survives a restart: it saves itself through a Store (the bans
-// manager keeps it in the bans state file) before Decide returns, so an
-// action decided is never decided again after a crash, and Load reads it
-// back at start. In observe mode it keeps its incidents in memory only.
+// manager keeps it in the bans state file) when an outcome is recorded, at
+// every Expire and when the guard calls Flush, which it does before a
+// rotation, so that a secret is never rotated again after a crash; Load
+// reads it back at start. Decide itself only records in memory: it runs on
+// the detector loop for every alert, and the hang-up and the block, which
+// may safely run again, must not wait for a disk write. In observe mode
+// the book keeps its incidents in memory only.
 //
 // How the guard uses it. At start, after the bans manager's Start:
 //
@@ -24,12 +28,13 @@
 // book.SetMode after bansManager.Enforce or Observe. For each alert a of
 // the detector:
 //
-//	decs, err := book.Decide(table, &a, time.Now(), decs[:0])
-//	// err: the incidents were not saved (log it at error); act anyway.
+//	decs = book.Decide(table, &a, time.Now(), decs[:0])
 //	for _, d := range decs {
 //		switch {
 //		case d.Action == policy.Alert:     // log the alert, with d.Incident
-//		case d.Result == policy.Running:  // carry it out, then
+//		case d.Result == policy.Running:  // carry it out (a rotation only
+//			// after book.Flush: an error there, log it at error and act
+//			// anyway), then
 //			book.Outcome(d.Incident, d.Action, incident.Outcome{...})
 //		default:                           // Would or Skipped: log d.Detail
 //		}
@@ -256,18 +261,13 @@ func (b *Book) openAt(inc *incident, now time.Time) bool {
 // (filling in the decisions' Incident), adds the alert's figures to the
 // open incident, counts the attempts, records the Would and Skipped
 // outcomes, marks the extension stopped when a hangup is decided for real,
-// and, when it decided a response, saves the book (in enforce mode) before
-// it returns: carry the Running decisions out only then. An alert that
-// decides no response changes only its incident's figures and last alert
-// time, which the next save writes (Expire's at the latest): that path
-// neither allocates nor waits for a save once the incident holds its first
-// 10 alerts.
-//
-// An error means the book was not saved (the Store failed): the decisions
-// stand and are to be carried out (stopping an attack comes first), but a
-// restart before the next successful save may decide them again. The
-// book tries the save again at its next change or Expire.
-func (b *Book) Decide(t *policy.Table, a *detector.Alert, now time.Time, dst []policy.Decision) ([]policy.Decision, error) {
+// and records all of it in memory only: Flush saves it (the guard does
+// before a rotation), and so do the next Outcome and Expire. Until then a
+// crash forgets the decisions, and a restarted guard decides them again: a
+// hang-up and a block run twice are harmless; a rotation is flushed before
+// it runs. Once the incident holds its first 10 alerts, an alert that
+// decides nothing neither allocates nor writes.
+func (b *Book) Decide(t *policy.Table, a *detector.Alert, now time.Time, dst []policy.Decision) []policy.Decision {
 	key := policy.KeyOf(a)
 	first := len(dst)
 	b.mu.Lock()
@@ -294,26 +294,26 @@ func (b *Book) Decide(t *policy.Table, a *detector.Alert, now time.Time, dst []p
 	}
 	if inc == nil {
 		b.mu.Unlock()
-		return dst, nil
+		return dst
 	}
 	inc.last = now
 	inc.alertCount++
 	if len(inc.alerts) < maxAlerts {
 		inc.alerts = append(inc.alerts, alert.FromAlert(a, ""))
 	}
-	decided := false
 	for i := first; i < len(dst); i++ {
-		decided = b.applyLocked(inc, &dst[i], now) || decided
+		b.applyLocked(inc, &dst[i], now)
 	}
 	b.dirty = true
 	b.mu.Unlock()
-	if !decided {
-		// Only the alert's figures and time changed: the next save (at
-		// the latest Expire's, within a second) writes them.
-		return dst, nil
-	}
-	return dst, b.persist()
+	return dst
 }
+
+// Flush saves the book now if it changed since the last save (in enforce
+// mode, with a Store). The guard calls it before it rotates a secret, the
+// one action that must never run again after a restart. An error means the
+// book was not saved; the next Flush, Outcome or Expire tries again.
+func (b *Book) Flush() error { return b.persist() }
 
 // openLocked opens an incident of key for alert a. b.mu must be held.
 func (b *Book) openLocked(key policy.Key, a *detector.Alert, now time.Time) *incident {
@@ -328,11 +328,10 @@ func (b *Book) openLocked(key policy.Key, a *detector.Alert, now time.Time) *inc
 	return inc
 }
 
-// applyLocked records decision d in inc and reports whether it was a
-// response. b.mu must be held.
-func (b *Book) applyLocked(inc *incident, d *policy.Decision, now time.Time) bool {
+// applyLocked records decision d in inc. b.mu must be held.
+func (b *Book) applyLocked(inc *incident, d *policy.Decision, now time.Time) {
 	if d.Action == policy.Alert {
-		return false
+		return
 	}
 	inc.view.Apply(d)
 	target := inc.key.String()
@@ -356,7 +355,6 @@ func (b *Book) applyLocked(inc *incident, d *policy.Decision, now time.Time) boo
 			b.own(inc, d.Addr, false)
 		}
 	}
-	return true
 }
 
 // own records that inc, an open extension incident, blocked (real) or
