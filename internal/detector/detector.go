@@ -6,6 +6,7 @@
 package detector
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"slices"
 	"strings"
@@ -51,17 +52,6 @@ type seenAddr struct {
 	seen int64
 }
 
-type prefixSeen struct {
-	prefix string
-	t      int64
-}
-
-type destEntry struct {
-	dest     string
-	last     int64
-	prefixes []prefixSeen
-}
-
 // alertLog remembers the last alert of each rule and severity for
 // cool-down, in seconds since the detector's first event plus one (0:
 // never); 4 bytes an entry keeps a key's state small.
@@ -103,7 +93,7 @@ type extActivity struct {
 	burst, rate    ring
 	intl, highRisk ring
 	probes         ring
-	dests          []destEntry
+	prefixes       prefixWindow
 	numbers        sample
 }
 
@@ -167,32 +157,57 @@ func (a *addrState) accountList() []string {
 
 func (a *addrState) lk() *link[addrState] { return &a.link }
 
-// sample keeps the newest distinct strings, at most maxSample.
+// sample keeps the newest distinct strings, at most maxSample, oldest
+// first, packed in one array without pointers: each string after its
+// length (a uvarint).
 type sample struct {
-	v    []string
-	next int
+	b []byte
+	n int
 }
 
 func (s *sample) add(v string) {
-	if v == "" || slices.Contains(s.v, v) {
+	if v == "" || s.has(v) {
 		return
 	}
-	if len(s.v) < maxSample {
-		s.v = append(s.v, strings.Clone(v))
-		return
+	if s.n == maxSample {
+		l, w := binary.Uvarint(s.b)
+		s.b = keepTail(s.b, w+int(l))
+		s.n--
 	}
-	s.v[s.next] = strings.Clone(v)
-	s.next = (s.next + 1) % maxSample
+	s.b = binary.AppendUvarint(s.b, uint64(len(v)))
+	s.b = append(s.b, v...)
+	s.n++
+}
+
+// nextEntry returns the entry at the start of b and what follows it.
+func nextEntry(b []byte) (entry, rest []byte) {
+	l, w := binary.Uvarint(b)
+	return b[w : w+int(l)], b[w+int(l):]
+}
+
+func (s *sample) has(v string) bool {
+	for b := s.b; len(b) > 0; {
+		var e []byte
+		e, b = nextEntry(b)
+		if string(e) == v {
+			return true
+		}
+	}
+	return false
 }
 
 // list returns a copy, oldest first.
 func (s *sample) list() []string {
-	if s == nil || len(s.v) == 0 {
+	if s == nil || s.n == 0 {
 		return nil
 	}
-	out := make([]string, 0, len(s.v))
-	out = append(out, s.v[s.next:]...)
-	return append(out, s.v[:s.next]...)
+	out := make([]string, 0, s.n)
+	for b := s.b; len(b) > 0; {
+		var e []byte
+		e, b = nextEntry(b)
+		out = append(out, string(e))
+	}
+	return out
 }
 
 // Detector is the sliding-window state of all extensions and addresses.
@@ -560,65 +575,6 @@ func (d *Detector) dialled(e *extState, number string) {
 		n := d.activity(e).notePrefix(prefix, dest, d.now, int64(cfg.PrefixGuess.Window), ringSize(cfg.PrefixGuess))
 		d.checkExt(e, RulePrefixGuess, cfg.PrefixGuess, n, "distinct prefixes for one destination")
 	}
-}
-
-// notePrefix records that dest was dialled behind prefix and returns how many
-// distinct prefixes it was dialled behind within the window.
-func (act *extActivity) notePrefix(prefix, dest string, now, window int64, size int) int {
-	if size <= 0 {
-		return 0
-	}
-	cut := now - window
-	var de *destEntry
-	for i := range act.dests {
-		if act.dests[i].dest == dest {
-			de = &act.dests[i]
-			break
-		}
-	}
-	if de == nil {
-		if len(act.dests) < maxDestsPerExt {
-			act.dests = append(act.dests, destEntry{})
-			de = &act.dests[len(act.dests)-1]
-		} else {
-			de = &act.dests[0]
-			for i := range act.dests {
-				if act.dests[i].last < de.last {
-					de = &act.dests[i]
-				}
-			}
-		}
-		de.dest = strings.Clone(dest)
-		de.prefixes = de.prefixes[:0]
-	}
-	de.last = now
-	// drop prefixes out of the window, refresh or add this one
-	ps := de.prefixes[:0]
-	found := false
-	for _, p := range de.prefixes {
-		if p.t < cut {
-			continue
-		}
-		if p.prefix == prefix {
-			p.t = now
-			found = true
-		}
-		ps = append(ps, p)
-	}
-	if !found {
-		if len(ps) >= size {
-			oldest := 0
-			for i := range ps {
-				if ps[i].t < ps[oldest].t {
-					oldest = i
-				}
-			}
-			ps = slices.Delete(ps, oldest, oldest+1)
-		}
-		ps = append(ps, prefixSeen{prefix: strings.Clone(prefix), t: now})
-	}
-	de.prefixes = ps
-	return len(ps)
 }
 
 func (d *Detector) dialBegin(ev *ami.Event) {

@@ -609,9 +609,9 @@ func checkState(t *testing.T, d *Detector) {
 			act = &extActivity{}
 		}
 		if len(e.calls) > maxCallsPerExt || len(e.sources) > maxSourcesPerExt || len(e.contacts) > maxContactsPerExt ||
-			len(act.dests) > maxDestsPerExt || len(act.numbers.v) > maxSample {
+			act.prefixes.dests() > maxDestsPerExt || len(act.numbers.list()) > maxSample {
 			t.Fatalf("%s/%s: %d calls, %d sources, %d contacts, %d destinations, %d numbers",
-				k.Tech, k.Name, len(e.calls), len(e.sources), len(e.contacts), len(act.dests), len(act.numbers.v))
+				k.Tech, k.Name, len(e.calls), len(e.sources), len(e.contacts), act.prefixes.dests(), len(act.numbers.list()))
 		}
 		for _, r := range []struct {
 			r ring
@@ -621,9 +621,10 @@ func checkState(t *testing.T, d *Detector) {
 				t.Fatalf("%s/%s: a window holds %d entries (levels %+v)", k.Tech, k.Name, len(r.r.ts), r.t)
 			}
 		}
-		for _, de := range act.dests {
-			if len(de.prefixes) > ringSize(cfg.PrefixGuess) {
-				t.Fatalf("%s/%s: %d prefixes for %q", k.Tech, k.Name, len(de.prefixes), de.dest)
+		perDest := map[numberKey]int{}
+		for _, pe := range act.prefixes.e {
+			if perDest[pe.dest]++; perDest[pe.dest] > ringSize(cfg.PrefixGuess) {
+				t.Fatalf("%s/%s: %d prefixes for destination %x", k.Tech, k.Name, perDest[pe.dest], uint64(pe.dest))
 			}
 		}
 		for _, c := range e.calls {

@@ -101,8 +101,8 @@ func TestActionsTimingOutWhileEventsFlow(t *testing.T) {
 	}()
 	g := <-h.guard
 	waitFor(t, "the event session's actions to time out", 10*time.Second, func() bool { return g.events.Status().ActionsTimingOut })
-	before := g.SessionStats().Queued
-	waitFor(t, "events used while actions time out", 10*time.Second, func() bool { return g.SessionStats().Queued >= before+20 })
+	before := g.sessionStats().Queued
+	waitFor(t, "events used while actions time out", 10*time.Second, func() bool { return g.sessionStats().Queued >= before+20 })
 	st := g.events.Status()
 	if st.State != client.StateUp || st.Connects != 1 || !st.ActionsTimingOut {
 		t.Errorf("events session %+v: want up, first login, actions timing out", st)
@@ -154,7 +154,7 @@ func TestFloodKeepsMemoryBoundedAndCountsDrops(t *testing.T) {
 	runtime.GC()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
-	st0 := g.SessionStats()
+	st0 := g.sessionStats()
 
 	const n = 150_000
 	frame := "Event: PeerStatus\r\nPrivilege: system,all\r\nChannelType: SIP\r\nPeer: SIP/200\r\nPeerStatus: Registered\r\n" +
@@ -165,10 +165,10 @@ func TestFloodKeepsMemoryBoundedAndCountsDrops(t *testing.T) {
 			t.Fatalf("flood sent %v", sent)
 		}
 	}
-	waitFor(t, "the guard to read the flood", 60*time.Second, func() bool { return g.SessionStats().Received-st0.Received >= n })
+	waitFor(t, "the guard to read the flood", 60*time.Second, func() bool { return g.sessionStats().Received-st0.Received >= n })
 	runtime.GC()
 	runtime.ReadMemStats(&m1)
-	st := g.SessionStats()
+	st := g.sessionStats()
 	queued, dropped := st.Queued-st0.Queued, st.Dropped-st0.Dropped
 	if queued+dropped != n || queued > 1024 || len(g.queue) != cap(g.queue) {
 		t.Errorf("%d queued, %d dropped of %d, queue %d/%d", queued, dropped, n, len(g.queue), cap(g.queue))
@@ -352,11 +352,11 @@ func TestRecordingIsVerbatim(t *testing.T) {
 	h := startGuardOn(t, amitest.Options{}, nil, nil, func(o *Options) { o.Record = rec })
 	g := <-h.guard
 	waitFor(t, "the event session", 10*time.Second, g.events.Connected)
-	before := g.SessionStats().Queued
+	before := g.sessionStats().Queued
 	frame := "Event: Newstate\r\nPrivilege: call,all\r\nChannel: SIP/201-00000001\r\nChanVariable: A=1\r\nChanVariable: B=2\r\nUniqueid: 1.1\r\n"
 	h.srv.Inject(frame)
 	waitFor(t, "the frame taken by the detector loop", 10*time.Second, func() bool {
-		return g.SessionStats().Queued > before && g.QueueLen() == 0
+		return g.sessionStats().Queued > before && g.queueLen() == 0
 	})
 	h.stop(t) // the loop finishes the message it took, and closes the recording
 	raw, _ := os.ReadFile(rec)

@@ -20,9 +20,16 @@ import (
 )
 
 const (
-	tick      = 10 * time.Millisecond
-	wheelSize = 2048 // slots of one tick: 20 s, longer than any call
+	wheelTick = 10 * time.Millisecond
+	wheelSize = 2048 // slots of wheelTick: 20 s, longer than any call
 	chunkMax  = 64 << 10
+	// catchUp is the most the generator sends at once to catch up after
+	// it was not scheduled, or the guard did not read: what is more is
+	// not sent and counted (the rate sent then shows the shortfall).
+	catchUp = 500 * time.Millisecond
+	// slowWrite is Asterisk's default writetimeout: a write to a manager
+	// session blocked for longer makes Asterisk drop the session.
+	slowWrite = 100 * time.Millisecond
 )
 
 // Attack kinds, after the fixtures.
@@ -66,16 +73,15 @@ type attack struct {
 	live     map[string]*call
 
 	// filled in by the generator and the action handlers (under gen.mu)
-	acted      bool
-	actedAt    time.Time
-	actedHow   string
-	tripAt     time.Time // send time of the frame on which the guard's rules trip
+	acted      bool      // a Hangup for its extension or a ban of its address arrived
+	hungupAt   time.Time // arrival of the guard's first Hangup action for its extension
+	bannedAt   time.Time // the guard's ban of its address (its log's time)
+	tripAt     time.Time // when the generator began writing the frame on which the guard's rules trip
 	tripSet    bool
 	tripRule   string
 	callsSent  int // calls that got a channel
 	attempts   int // calls or authentication attempts sent
 	callsAtAct int
-	done       bool
 }
 
 // generator builds the event stream.
@@ -87,6 +93,7 @@ type generator struct {
 	dcfg  detector.Config
 	pol   config.Policy
 	start time.Time
+	clock func() time.Time // time.Now; a fake one in tests
 
 	mu        sync.Mutex
 	attacks   []*attack
@@ -110,12 +117,14 @@ type generator struct {
 
 	sent        atomic.Uint64 // frames written
 	bytes       atomic.Uint64
-	maxWrite    atomic.Int64 // longest single write, ns
-	slowWrites  atomic.Uint64
+	written     []atomic.Uint64 // frames written to the guard's event sessions, by eventLabels
+	writes      atomic.Uint64   // write calls to the guard's sockets
+	maxWrite    atomic.Int64    // longest single write, ns
+	slowWrites  atomic.Uint64   // writes blocked for more than slowWrite
 	behindTicks atomic.Uint64
 	skipped     atomic.Uint64 // events not sent: the guard was not reading or the generator not running
-	writing     atomic.Int64  // UnixNano the current write began, 0: none
-	genCPU      time.Duration
+	genCPU      time.Duration // CPU time of the generator's thread
+	niceErr     error         // why the generator's thread kept its priority
 }
 
 func newGenerator(opts Options, tpl *templates, cfg *config.Config) *generator {
@@ -129,6 +138,8 @@ func newGenerator(opts Options, tpl *templates, cfg *config.Config) *generator {
 		byChannel: map[string]*call{},
 		legitHit:  map[string]int{},
 		seq:       1,
+		clock:     time.Now,
+		written:   make([]atomic.Uint64, len(eventLabels)),
 	}
 	g.nLegit = opts.Extensions
 	g.registered = make([]bool, g.nLegit)
@@ -154,6 +165,18 @@ func isLegitExt(name string) bool {
 	return err == nil && n >= 10000 && len(name) == 5
 }
 
+// maxAttacks is how many attacks have an address of their own.
+const maxAttacks = 3 * 254
+
+// attackAddr is the k-th attack's address, in the documentation networks
+// (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24): never a legitimate
+// phone's (10.0.0.0/8) nor another attack's.
+func attackAddr(k int) netip.Addr {
+	nets := [3][3]byte{{203, 0, 113}, {198, 51, 100}, {192, 0, 2}}
+	n := nets[k/254%3]
+	return netip.AddrFrom4([4]byte{n[0], n[1], n[2], byte(1 + k%254)})
+}
+
 // planAttacks places the attacks at random moments (seeded).
 func (g *generator) planAttacks() {
 	d := g.opts.Duration
@@ -166,8 +189,7 @@ func (g *generator) planAttacks() {
 	}
 	for k := 0; k < g.opts.Attacks; k++ {
 		a := &attack{Kind: attackKinds[k%len(attackKinds)], live: map[string]*call{}}
-		a.Addr = netip.AddrFrom4([4]byte{203, 0, 113, byte(10 + k%240)})
-		span := 6 * time.Second
+		a.Addr = attackAddr(k)
 		switch a.Kind {
 		case AttackBurst:
 			a.tech, a.ext, a.name = "SIP", strconv.Itoa(8000+k), "Alice"
@@ -187,12 +209,14 @@ func (g *generator) planAttacks() {
 			a.every, a.maxSteps = slow, 30
 			a.prefixes = []string{"0044", "001144", "01144", "011044", "00044", "9001144"}
 			a.number = "20794607" + strconv.Itoa(10+k%90)
-			span = 5*slow + 2*time.Second
 		}
 		if a.ext != "" {
 			a.Extension = a.tech + "/" + a.ext
 			g.byExt[a.Extension] = a
 		}
+		// Every attack trips by its fifth step: it starts early enough for
+		// that and a second more before the run ends.
+		span := 4*a.every + time.Second
 		lo, hi := d/20, d-span
 		if hi <= lo {
 			hi = lo + 1
@@ -206,18 +230,38 @@ func (g *generator) planAttacks() {
 
 // batch is the frames of one tick.
 type batch struct {
-	buf   []byte
-	cuts  []int // chunk ends
-	mask  uint32
-	tv    string
-	now   time.Time
-	n     int // frames
-	trips []tripMark
+	buf    []byte
+	cuts   []int // chunk ends
+	mask   uint32
+	tv     string
+	now    time.Time
+	n      int      // frames
+	labels []uint32 // frames by eventLabels
+	trips  []tripMark
+}
+
+func (b *batch) reset(mask uint32, now time.Time) {
+	b.buf, b.cuts, b.trips, b.n = b.buf[:0], b.cuts[:0], b.trips[:0], 0
+	if len(b.labels) != len(eventLabels) {
+		b.labels = make([]uint32, len(eventLabels))
+	}
+	clear(b.labels)
+	b.mask, b.now, b.tv = mask, now, eventTV(now)
 }
 
 type tripMark struct {
 	a   *attack
 	off int
+}
+
+// cutAt ends a chunk at off, so that the frame there starts a write.
+func (b *batch) cutAt(off int) {
+	if off == 0 {
+		return
+	}
+	if i, found := slices.BinarySearch(b.cuts, off); !found {
+		b.cuts = slices.Insert(b.cuts, i, off)
+	}
 }
 
 func (b *batch) frame(f *tframe, vals *[numPH]string) bool {
@@ -227,6 +271,9 @@ func (b *batch) frame(f *tframe, vals *[numPH]string) bool {
 	vals[pTV] = b.tv
 	b.buf = f.render(b.buf, vals)
 	b.n++
+	if f.label >= 0 && f.label < len(b.labels) {
+		b.labels[f.label]++
+	}
 	last := 0
 	if len(b.cuts) > 0 {
 		last = b.cuts[len(b.cuts)-1]
@@ -292,7 +339,7 @@ func (g *generator) newCall(tpl *callTemplate, tech, ext, name, ip, number strin
 
 // schedule puts the call's teardown d from now.
 func (g *generator) schedule(c *call, d time.Duration) {
-	slot := g.wheelPos + int64(d/tick) + 1
+	slot := g.wheelPos + int64(d/wheelTick) + 1
 	c.slot = int(slot % wheelSize)
 	g.wheel[c.slot] = append(g.wheel[c.slot], c)
 }
@@ -370,6 +417,7 @@ func (g *generator) shadowFeed(a *attack, b *batch, off int) {
 			a.tripSet = true
 			a.tripRule = al.Rule.String()
 			b.trips = append(b.trips, tripMark{a: a, off: pos})
+			b.cutAt(pos)
 			return
 		}
 		pos = frameEnd
@@ -453,20 +501,24 @@ func (g *generator) teardown(c *call, b *batch) {
 	}
 }
 
-// run streams for the run's duration. It runs on one locked OS thread so
-// its CPU time can be told apart from the guard's.
+// run streams for the run's duration, every opts.Tick. It runs on an OS
+// thread of its own, at opts.Nice, so its CPU time is its own and other
+// work on the machine (stress-ng, the guard) does not hold it back: a real
+// Asterisk writes its events when they happen, whoever else wants the CPU.
+// The thread ends with the goroutine (it is never unlocked), so its
+// priority is never lent to anything else.
 func (g *generator) run(stop <-chan struct{}) {
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	g.niceErr = setThreadNice(g.opts.Nice)
 	var ru0, ru1 syscall.Rusage
-	_ = syscall.Getrusage(1 /* RUSAGE_THREAD */, &ru0)
+	_ = syscall.Getrusage(syscall.RUSAGE_THREAD, &ru0)
 	defer func() {
-		_ = syscall.Getrusage(1, &ru1)
-		g.genCPU = time.Duration(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano()) * time.Nanosecond
+		_ = syscall.Getrusage(syscall.RUSAGE_THREAD, &ru1)
+		g.genCPU = time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
 	}()
 
-	g.start = time.Now()
-	t := time.NewTicker(tick)
+	g.start = g.clock()
+	t := time.NewTicker(g.opts.Tick)
 	defer t.Stop()
 	b := &batch{buf: make([]byte, 0, 8<<20)}
 	var conns []*conn
@@ -478,15 +530,14 @@ func (g *generator) run(stop <-chan struct{}) {
 			return
 		case <-t.C:
 		}
-		now := time.Now()
+		now := g.clock()
 		el := now.Sub(g.start)
 		if el >= g.opts.Duration {
 			return
 		}
 		var mask uint32
 		conns, mask = g.srv.eventConns(conns)
-		b.buf, b.cuts, b.trips, b.n = b.buf[:0], b.cuts[:0], b.trips[:0], 0
-		b.mask, b.now, b.tv = mask, now, eventTV(now)
+		b.reset(mask, now)
 		sent := g.sent.Load()
 		target := uint64(g.opts.Rate * el.Seconds())
 		if sk := g.skipped.Load(); target > sk {
@@ -494,10 +545,7 @@ func (g *generator) run(stop <-chan struct{}) {
 		} else {
 			target = 0
 		}
-		// After a stall (the guard not reading, or the generator not
-		// scheduled), catch up by at most half a second's worth at once:
-		// the rate sent then shows the shortfall.
-		if most := sent + uint64(50*g.opts.Rate*tick.Seconds()); target > most {
+		if most := sent + uint64(g.opts.Rate*catchUp.Seconds()); target > most {
 			g.skipped.Add(target - most)
 			target = most
 		}
@@ -511,7 +559,7 @@ func (g *generator) run(stop <-chan struct{}) {
 			g.teardown(c, b)
 		}
 		// Calls ending now.
-		cur := int64(el / tick)
+		cur := int64(el / wheelTick)
 		for ; g.wheelPos <= cur; g.wheelPos++ {
 			s := int(g.wheelPos % wheelSize)
 			for _, c := range g.wheel[s] {
@@ -545,7 +593,6 @@ func (g *generator) run(stop <-chan struct{}) {
 			acted := a.acted
 			g.mu.Unlock()
 			if acted || a.steps >= a.maxSteps {
-				a.done = true
 				continue
 			}
 			for !a.next.After(now) && a.steps < a.maxSteps {
@@ -561,42 +608,59 @@ func (g *generator) run(stop <-chan struct{}) {
 				g.legitCall(b)
 			}
 		}
-		if len(b.buf) == 0 {
-			continue
-		}
-		if len(b.cuts) == 0 || b.cuts[len(b.cuts)-1] != len(b.buf) {
-			b.cuts = append(b.cuts, len(b.buf))
-		}
-		from := 0
-		ti := 0
-		for _, end := range b.cuts {
-			w0 := time.Now()
-			for ti < len(b.trips) && b.trips[ti].off < end {
-				g.mu.Lock()
-				b.trips[ti].a.tripAt = w0
-				g.mu.Unlock()
-				ti++
-			}
-			g.writing.Store(w0.UnixNano())
-			for _, c := range conns {
-				_ = c.write(b.buf[from:end])
-			}
-			g.writing.Store(0)
-			d := time.Since(w0)
-			if int64(d) > g.maxWrite.Load() {
-				g.maxWrite.Store(int64(d))
-			}
-			if d > 100*time.Millisecond {
-				g.slowWrites.Add(1)
-			}
-			from = end
-		}
-		g.sent.Add(uint64(b.n))
-		g.bytes.Add(uint64(len(b.buf)))
-		if time.Since(now) > tick {
+		g.write(conns, b)
+		if g.clock().Sub(now) > g.opts.Tick {
 			g.behindTicks.Add(1)
 		}
 	}
+}
+
+// write writes the batch to every event session, one write per chunk,
+// each write timed. A tripping frame starts a chunk of its own (cutAt), so
+// the frames before it are in the socket when its write begins, and its
+// attack's tripAt is that moment: the reaction the run reports is measured
+// from the time Asterisk would have written that event.
+func (g *generator) write(conns []*conn, b *batch) {
+	if len(b.buf) == 0 {
+		return
+	}
+	if len(b.cuts) == 0 || b.cuts[len(b.cuts)-1] != len(b.buf) {
+		b.cuts = append(b.cuts, len(b.buf))
+	}
+	from, ti := 0, 0
+	for _, end := range b.cuts {
+		w0 := g.clock()
+		for ; ti < len(b.trips) && b.trips[ti].off < end; ti++ {
+			g.mu.Lock()
+			b.trips[ti].a.tripAt = w0
+			g.mu.Unlock()
+		}
+		for _, c := range conns {
+			_ = c.write(b.buf[from:end])
+		}
+		d := g.clock().Sub(w0)
+		g.writes.Add(1)
+		if int64(d) > g.maxWrite.Load() {
+			g.maxWrite.Store(int64(d))
+		}
+		if d > slowWrite {
+			g.slowWrites.Add(1)
+		}
+		from = end
+	}
+	g.sent.Add(uint64(b.n))
+	g.bytes.Add(uint64(len(b.buf)))
+	for i, n := range b.labels {
+		g.written[i].Add(uint64(n) * uint64(len(conns)))
+	}
+}
+
+// setThreadNice gives the calling OS thread the nice value n (0: leave it).
+func setThreadNice(n int) error {
+	if n == 0 {
+		return nil
+	}
+	return syscall.Setpriority(syscall.PRIO_PROCESS, syscall.Gettid(), n)
 }
 
 // channelExt returns "SIP/200" for SIP/200-0000001a.
@@ -626,9 +690,9 @@ func regexExt(re string) (string, bool) {
 	return tech + "/" + b.String(), true
 }
 
-// acted records the guard's first action against an extension or address.
+// actedOnExt records a Hangup action of the guard for an extension.
 // Callers hold g.mu.
-func (g *generator) actedOnExt(ext string, at time.Time, how string) {
+func (g *generator) actedOnExt(ext string, at time.Time) {
 	a := g.byExt[ext]
 	if a == nil {
 		if _, name, ok := strings.Cut(ext, "/"); ok && isLegitExt(name) {
@@ -636,8 +700,16 @@ func (g *generator) actedOnExt(ext string, at time.Time, how string) {
 		}
 		return
 	}
+	g.actedLocked(a)
+	if a.hungupAt.IsZero() {
+		a.hungupAt = at
+	}
+}
+
+// actedLocked marks the attack acted on, the first time. Callers hold g.mu.
+func (g *generator) actedLocked(a *attack) {
 	if !a.acted {
-		a.acted, a.actedAt, a.actedHow, a.callsAtAct = true, at, how, a.callsSent
+		a.acted, a.callsAtAct = true, a.callsSent
 	}
 }
 
@@ -667,7 +739,7 @@ func (g *generator) hangupMatching(raw string, re *regexp.Regexp, cause int, at 
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if ext, ok := regexExt(raw); ok {
-		g.actedOnExt(ext, at, "hangup")
+		g.actedOnExt(ext, at)
 	}
 	var hung []string
 	for ch, c := range g.byChannel {
@@ -684,7 +756,7 @@ func (g *generator) hangupChannel(ch string, cause int, at time.Time) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if ext, ok := channelExt(ch); ok {
-		g.actedOnExt(ext, at, "hangup")
+		g.actedOnExt(ext, at)
 	}
 	c := g.byChannel[ch]
 	if c == nil {
@@ -710,14 +782,16 @@ func (g *generator) peerAddr(ch, variable string) (string, bool) {
 	return ip, true
 }
 
-// noteBan records a ban the guard applied.
-func (g *generator) noteBan(addr netip.Addr, ext string, since time.Time) {
+// noteBan records a ban the guard applied (from its log: the address, the
+// extension it was for, if any, and the log line's time).
+func (g *generator) noteBan(addr netip.Addr, ext string, at time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, a := range g.attacks {
 		if a.Addr == addr || (ext != "" && a.Extension == ext) {
-			if !a.acted {
-				a.acted, a.actedAt, a.actedHow, a.callsAtAct = true, since, "block_ip", a.callsSent
+			g.actedLocked(a)
+			if a.bannedAt.IsZero() {
+				a.bannedAt = at
 			}
 			return
 		}

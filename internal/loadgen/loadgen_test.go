@@ -5,15 +5,29 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
+	"net"
 	"os"
+	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/config"
 )
+
+// TestMain lets Run start this test binary again as the guard under test.
+func TestMain(m *testing.M) {
+	if IsGuardChild() {
+		os.Exit(GuardChild(os.Args[1:], os.Stderr))
+	}
+	os.Exit(m.Run())
+}
 
 // readFrames parses a stream of frames (no banner) with the project's reader.
 func readFrames(t *testing.T, data []byte, banner bool) [][]string {
@@ -186,54 +200,139 @@ func TestRegexExt(t *testing.T) {
 	}
 }
 
-// TestShortRun runs the guard against 2,000 events/s for 3 s with one
-// attack of each kind: every attack is caught, no legitimate extension is
+// fakeConn is a guard's socket whose writes take the time its clock is
+// told to advance.
+type fakeConn struct {
+	net.Conn
+	writes  [][]byte
+	advance func(b []byte) time.Duration
+	now     *time.Time
+}
+
+func (f *fakeConn) Write(b []byte) (int, error) {
+	f.writes = append(f.writes, slices.Clone(b))
+	*f.now = f.now.Add(f.advance(b))
+	return len(b), nil
+}
+
+// TestWriteAccounting writes one batch with a tripping frame in the middle
+// through a socket whose writes take 100 ms, and 150 ms for the one that
+// starts with the tripping frame: the tripping frame starts a write of its
+// own, its time is when that write began, only the write over 100 ms is
+// counted as stalled, and every frame the detector uses is counted under
+// its type.
+func TestWriteAccounting(t *testing.T) {
+	tpl, err := loadTemplates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newGenerator(Options{Rate: 1000, Duration: time.Minute, Extensions: 10, Attacks: 1, Seed: 1}, tpl, config.Default())
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	g.clock = func() time.Time { return now }
+	b := &batch{}
+	b.reset(classAll, now)
+	g.legitCall(b)
+	off := len(b.buf)
+	var v [numPH]string
+	v[pEXT], v[pIP], v[pSESS] = "200", "203.0.113.1", "0x1"
+	for k := range tpl.sipAuthFail {
+		b.frame(&tpl.sipAuthFail[k], &v)
+	}
+	a := g.attacks[0]
+	b.trips = append(b.trips, tripMark{a: a, off: off})
+	b.cutAt(off)
+	g.legitCall(b)
+
+	fc := &fakeConn{now: &now, advance: func(w []byte) time.Duration {
+		if len(w) == off { // the frames before the tripping one
+			return 100 * time.Millisecond
+		}
+		return 150 * time.Millisecond
+	}}
+	start := now
+	g.write([]*conn{{c: fc}}, b)
+
+	if len(fc.writes) != 2 || len(fc.writes[0]) != off || !bytes.Equal(bytes.Join(fc.writes, nil), b.buf) {
+		t.Fatalf("%d writes of %d bytes; want 2, the first ending at the tripping frame (%d bytes)", len(fc.writes), len(bytes.Join(fc.writes, nil)), off)
+	}
+	if want := start.Add(100 * time.Millisecond); !a.tripAt.Equal(want) {
+		t.Errorf("tripping frame stamped %v after the start, want %v (when its write began)", a.tripAt.Sub(start), want.Sub(start))
+	}
+	if g.writes.Load() != 2 || g.slowWrites.Load() != 1 || time.Duration(g.maxWrite.Load()) != 150*time.Millisecond {
+		t.Errorf("writes %d, over 100 ms %d, longest %v; want 2, 1, 150ms", g.writes.Load(), g.slowWrites.Load(), time.Duration(g.maxWrite.Load()))
+	}
+	if g.sent.Load() != uint64(b.n) || g.bytes.Load() != uint64(len(b.buf)) {
+		t.Errorf("sent %d frames, %d bytes; the batch has %d, %d", g.sent.Load(), g.bytes.Load(), b.n, len(b.buf))
+	}
+	// The counts by type, against the frames read back and decoded.
+	want := map[string]uint64{}
+	r := ami.NewReader(bytes.NewReader(b.buf), ami.ReaderOptions{})
+	var m ami.Message
+	var ev ami.Event
+	for r.Next(&m) == nil {
+		if ami.Decode(&m, &ev) {
+			want[m.Get("Event")]++
+		}
+	}
+	got := map[string]uint64{}
+	for i, l := range eventLabels {
+		if n := g.written[i].Load(); n > 0 {
+			got[l] = n
+		}
+	}
+	if len(want) == 0 || !maps.Equal(got, want) {
+		t.Errorf("written by type %v, want %v", got, want)
+	}
+}
+
+// TestShortRun runs the guard in a process of its own against 2,000
+// events/s for 3 s with 8 attacks: every attack is caught and its reaction
+// measured, nothing is lost or counted twice, no legitimate extension is
 // acted on, and the report adds up.
 func TestShortRun(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs the guard for a few seconds")
-	}
-	rep, err := Run(context.Background(), Options{Rate: 2000, Duration: 3 * time.Second, Extensions: 200, Attacks: 4, Seed: 7})
+	var log bytes.Buffer
+	rep, err := Run(context.Background(), Options{Rate: 2000, Duration: 3 * time.Second, Extensions: 200, Attacks: 8, Seed: 7, GuardLog: &log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
 	rep.Text(&out)
 	t.Log("\n" + out.String())
-	if rep.Missed != 0 || rep.Caught != 4 {
-		t.Errorf("caught %d, missed %d", rep.Caught, rep.Missed)
+	if rep.GuardPID <= 0 || rep.GuardPID == os.Getpid() {
+		t.Errorf("guard pid %d: not a process of its own", rep.GuardPID)
+	}
+	if rep.Missed != 0 || rep.Caught != 8 || len(rep.Attacks) != 8 {
+		t.Errorf("caught %d, missed %d of %d", rep.Caught, rep.Missed, len(rep.Attacks))
 	}
 	if len(rep.LegitActedOn) != 0 {
 		t.Errorf("legitimate extensions acted on: %v", rep.LegitActedOn)
 	}
-	// Consistency.
-	if rep.Caught+rep.Missed != len(rep.Attacks) {
-		t.Errorf("caught+missed %d != %d attacks", rep.Caught+rep.Missed, len(rep.Attacks))
+	// Every event the detector uses was seen, once.
+	if rep.EventsWritten == 0 || rep.EventsSeen != rep.EventsWritten || rep.Missing != 0 || rep.Dropped != 0 || rep.Reconnects != 0 {
+		t.Errorf("written %d, seen %d, missing %d %v, dropped %d, reconnects %d",
+			rep.EventsWritten, rep.EventsSeen, rep.Missing, rep.MissingByType, rep.Dropped, rep.Reconnects)
 	}
-	if rep.GuardDropped != 0 {
-		t.Errorf("dropped %d at 2,000 events/s", rep.GuardDropped)
-	}
-	if rep.GuardReceived < rep.EventsSent {
-		t.Errorf("guard received %d < sent %d", rep.GuardReceived, rep.EventsSent)
-	}
-	if want := rep.RateOffered * rep.DurationSec; float64(rep.EventsSent)+float64(rep.EventsSkipped) < 0.9*want || float64(rep.EventsSent) > 1.1*want {
+	if want := rep.RateOffered * rep.DurationSec; float64(rep.EventsSent+rep.EventsSkipped) < 0.9*want || float64(rep.EventsSent) > 1.1*want {
 		t.Errorf("sent %d events in %.2f s at %.0f/s", rep.EventsSent, rep.DurationSec, rep.RateOffered)
 	}
+	// A write is counted as stalled exactly when it took over 100 ms.
+	if rep.Writes == 0 || (rep.SlowWrites > 0) != (rep.MaxWriteMs > 100) || rep.SlowWrites > rep.Writes {
+		t.Errorf("%d writes, %d over 100 ms, longest %.1f ms", rep.Writes, rep.SlowWrites, rep.MaxWriteMs)
+	}
 	kinds := map[string]bool{}
-	var n int
 	for _, a := range rep.Attacks {
 		kinds[a.Kind] = true
 		if a.CallsThru > a.CallsSent || a.CallsSent > a.Attempts {
 			t.Errorf("%s: calls through %d, calls %d, attempts %d", a.Kind, a.CallsThru, a.CallsSent, a.Attempts)
 		}
-		if a.Caught && a.ReactionMs < 0 {
-			t.Errorf("%s caught without a reaction time", a.Kind)
+		if !a.Caught {
+			continue
 		}
-		if a.Caught && a.ReactionMs >= 0 {
-			n++
-			if a.ReactionMs > rep.ReactionMax {
-				t.Errorf("%s reaction %.3f > max %.3f", a.Kind, a.ReactionMs, rep.ReactionMax)
-			}
+		if a.ReactionMs <= 0 || a.ReactionMs > rep.ReactionMax {
+			t.Errorf("%s %s: reaction %.3f ms (max %.3f)", a.Kind, a.Address, a.ReactionMs, rep.ReactionMax)
+		}
+		if (a.How == "hangup") != (a.HangupMs == a.ReactionMs) || (a.Kind == AttackBruteForce) != (a.HangupMs < 0) {
+			t.Errorf("%s caught by %s: reaction %.3f ms, by Hangup %.3f ms", a.Kind, a.How, a.ReactionMs, a.HangupMs)
 		}
 		if a.Kind == AttackBruteForce && a.CallsSent != 0 {
 			t.Errorf("brute force placed %d calls", a.CallsSent)
@@ -242,13 +341,115 @@ func TestShortRun(t *testing.T) {
 	if len(kinds) != 4 {
 		t.Errorf("attack kinds %v", kinds)
 	}
-	if n > 0 && !(rep.ReactionP50 <= rep.ReactionP99 && rep.ReactionP99 <= rep.ReactionMax) {
-		t.Errorf("p50 %.3f p99 %.3f max %.3f", rep.ReactionP50, rep.ReactionP99, rep.ReactionMax)
+	if rep.Reactions != rep.Caught || !(rep.ReactionP50 <= rep.ReactionP99 && rep.ReactionP99 <= rep.ReactionMax) {
+		t.Errorf("%d reactions for %d caught; p50 %.3f p99 %.3f max %.3f", rep.Reactions, rep.Caught, rep.ReactionP50, rep.ReactionP99, rep.ReactionMax)
 	}
-	if rep.Actions["hangup"] == 0 || rep.Actions["login"] < 2 {
+	// Both sessions log in with the guard's default MD5 challenge.
+	if rep.Actions["hangup"] == 0 || rep.Actions["login"] != 2 || rep.Actions["challenge"] != 2 {
 		t.Errorf("actions %v", rep.Actions)
 	}
-	if rep.ProcessCPUSec <= 0 || rep.PeakRSSMiB <= 0 || rep.GuardCPUSec > rep.ProcessCPUSec {
-		t.Errorf("cpu %.2f (guard %.2f) rss %.1f", rep.ProcessCPUSec, rep.GuardCPUSec, rep.PeakRSSMiB)
+	if rep.GuardCPUSec <= 0 || rep.GuardPeakRSS <= 0 || rep.GuardHeapInuse <= 0 {
+		t.Errorf("guard cpu %.2f s, peak rss %.1f MiB, heap %.1f MiB", rep.GuardCPUSec, rep.GuardPeakRSS, rep.GuardHeapInuse)
+	}
+	if !bytes.Contains(log.Bytes(), []byte(`"message":"guard started"`)) {
+		t.Error("the guard's log was not passed on")
+	}
+	met := map[string]bool{}
+	for _, g := range rep.Goals {
+		met[g.Name] = g.Met
+	}
+	if !met["every attack caught"] || !met["nothing dropped or lost"] || !met["no reconnect"] {
+		t.Errorf("goals %+v", rep.Goals)
+	}
+}
+
+// TestStressStops starts stress-ng and stops it: none of its processes is
+// left behind.
+func TestStressStops(t *testing.T) {
+	if _, err := exec.LookPath("stress-ng"); err != nil {
+		t.Skip("stress-ng is not installed")
+	}
+	sp := newSpawner()
+	defer sp.close()
+	cmd, err := startStress(sp, 1, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopGroup(cmd, 5*time.Second)
+	if err := syscall.Kill(-cmd.Process.Pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("stress-ng's process group still there after the stop: %v", err)
+	}
+}
+
+func TestDefaultAttacks(t *testing.T) {
+	for d, want := range map[time.Duration]int{3 * time.Second: 100, time.Minute: 100, 5 * time.Minute: 100, 10 * time.Minute: 200} {
+		o := Options{Duration: d}
+		o.defaults()
+		if o.Attacks != want {
+			t.Errorf("%v: %d attacks, want %d", d, o.Attacks, want)
+		}
+	}
+	o := Options{Attacks: -1}
+	o.defaults()
+	if o.Attacks != 0 {
+		t.Errorf("--attacks -1 gives %d", o.Attacks)
+	}
+}
+
+func TestParseProc(t *testing.T) {
+	stat := "4242 (guard (x) y) S 1 4242 4242 0 -1 4194560 5000 0 0 0 1234 567 0 0 20 0 9 0 100 2000000 3000 18446744073709551615"
+	if d, err := parseStatCPU(stat); err != nil || d != 18010*time.Millisecond {
+		t.Errorf("cpu %v, %v; want 18.01s", d, err)
+	}
+	status := "Name:\tguard\nVmPeak:\t  900 kB\nVmHWM:\t  262144 kB\nVmRSS:\t 1000 kB\n"
+	if n, err := parseStatusKiB(strings.NewReader(status), "VmHWM"); err != nil || n != 262144 {
+		t.Errorf("VmHWM %d, %v", n, err)
+	}
+	if _, err := parseStatusKiB(strings.NewReader(status), "VmSwap"); err == nil {
+		t.Error("a missing line gives no error")
+	}
+	s, err := parseScrape(strings.NewReader("# HELP x y\n# TYPE x counter\nastguard_events_total{type=\"Newchannel\"} 12\nastguard_events_dropped_total 0\ngo_memstats_heap_inuse_bytes 1.5e+07\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.get("astguard_events_total", "type", "Newchannel") != 12 || s.get("go_memstats_heap_inuse_bytes", "", "") != 1.5e7 || s.get("astguard_events_total", "type", "Hangup") != 0 {
+		t.Errorf("scrape %v", s)
+	}
+}
+
+// TestSpawnedOutlivesLockedThreads: a process the run starts (with a
+// Pdeathsig) survives the end of OS threads that goroutines locked, as the
+// generator's thread ends with it.
+func TestSpawnedOutlivesLockedThreads(t *testing.T) {
+	sp := newSpawner()
+	defer sp.close()
+	cmd := exec.Command("sleep", "30")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := sp.start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	}()
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread() // never unlocked: the thread ends
+		}()
+	}
+	wg.Wait()
+	// The child is alive as long as it answers signal 0 and has not exited.
+	if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the child died with the threads: %v", err)
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("the child died with the threads: %v", err)
+	default:
 	}
 }

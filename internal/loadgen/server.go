@@ -1,12 +1,12 @@
 package loadgen
 
 import (
-	"bytes"
 	"crypto/md5"
 	"encoding/hex"
 	"errors"
 	"net"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,8 +16,10 @@ import (
 	"github.com/astguard/astguard/internal/ami"
 )
 
-// The minimal AMI server: banner, Login (Success with FullyBooted and
-// SuccessfulAuth in one write, as Asterisk 20 does), Events, Ping, Hangup
+// The minimal AMI server: banner, Challenge (MD5), Login in plain text or
+// with the challenge's MD5 key (Success with FullyBooted and SuccessfulAuth
+// in one write, as Asterisk 20 does; its Events header sets the session's
+// event mask), Events, Ping, Hangup
 // by name and by /regex/, Getvar, GetConfig and UpdateConfig (refused:
 // the guard's rotation fails harmlessly), CoreShowChannels, SIPpeers,
 // PJSIPShowContacts (empty lists), Logoff. Reply texts follow
@@ -32,19 +34,8 @@ type conn struct {
 	mask   atomic.Uint32
 	authed atomic.Bool
 	dead   atomic.Bool
-	// replies counts the messages of action answers written.
-	replies atomic.Uint64
 	// challenge is the MD5 login's challenge (the serve goroutine's).
 	challenge string
-}
-
-// reply writes an action's answer and counts the events in it (list
-// items, the login's FullyBooted): the guard's client counts every message
-// with an Event header it reads, responses without one not, so the
-// generator's events the guard received are its events less these.
-func (c *conn) reply(b []byte) error {
-	c.replies.Add(uint64(bytes.Count(b, []byte("\nEvent: "))))
-	return c.write(b)
 }
 
 func (c *conn) write(b []byte) error {
@@ -65,7 +56,9 @@ type server struct {
 	user     string
 	secret   string
 	gen      *generator
+	nice     int // of the threads reading the guard's actions
 	start    time.Time
+	logins   atomic.Uint64 // successful logins
 	mu       sync.Mutex
 	conns    []*conn
 	nextID   int
@@ -75,23 +68,26 @@ type server struct {
 	maskOnce sync.Once
 }
 
-func newServer(user, secret string, gen *generator) (*server, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	s := &server{ln: ln, user: user, secret: secret, gen: gen, start: time.Now(), maskSet: make(chan struct{})}
+// newServer serves AMI on ln.
+func newServer(ln net.Listener, user, secret string, gen *generator, nice int) *server {
+	s := &server{ln: ln, user: user, secret: secret, gen: gen, nice: nice, start: time.Now(), maskSet: make(chan struct{})}
 	s.wg.Add(1)
 	go s.accept()
-	return s, nil
+	return s
 }
 
 func (s *server) addr() string { return s.ln.Addr().String() }
 
-// close stops accepting. The sessions stay open until the guard, stopped
-// first, closes them.
+// close stops accepting and closes the sessions (the guard is stopped
+// first: it would reconnect).
 func (s *server) close() {
 	s.ln.Close()
+	s.mu.Lock()
+	for _, c := range s.conns {
+		c.c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
 }
 
 func (s *server) accept() {
@@ -133,18 +129,12 @@ func (s *server) count(name string) {
 	v.(*atomic.Uint64).Add(1)
 }
 
-// repliesToEventSessions counts the reply messages written to sessions
-// that take events (all of them, over the run).
-func (s *server) repliesToEventSessions() uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var n uint64
-	for _, c := range s.conns {
-		if c.mask.Load() != 0 {
-			n += c.replies.Load()
-		}
+// actionCount is how many actions of that name (lower case) arrived.
+func (s *server) actionCount(name string) uint64 {
+	if v, ok := s.actions.Load(name); ok {
+		return v.(*atomic.Uint64).Load()
 	}
-	return n
+	return 0
 }
 
 func (s *server) actionCounts() map[string]uint64 {
@@ -187,9 +177,15 @@ func (r *reply) listComplete(event, aid string, n int) *reply {
 	return r.h("Event", event).id(aid).h("EventList", "Complete").h("ListItems", strconv.Itoa(n)).end()
 }
 
+// serve reads the session's actions on an OS thread of its own at the
+// generator's priority, so that the arrival time of a Hangup is taken when
+// it arrives, whatever else wants the CPU. The thread ends with the
+// goroutine (never unlocked).
 func (s *server) serve(c *conn) {
 	defer s.wg.Done()
 	defer c.c.Close()
+	runtime.LockOSThread()
+	_ = setThreadNice(s.nice)
 	if c.write([]byte(banner)) != nil {
 		return
 	}
@@ -218,15 +214,15 @@ func (s *server) handle(c *conn, m *ami.Message, at time.Time) bool {
 	aid := m.Get("ActionID")
 	s.count(name)
 	if name != "login" && name != "logoff" && name != "challenge" && !c.authed.Load() {
-		return c.reply(errorReply(aid, "Permission denied")) == nil
+		return c.write(errorReply(aid, "Permission denied")) == nil
 	}
 	switch name {
 	case "challenge":
 		if !strings.EqualFold(m.Get("AuthType"), "md5") {
-			return c.reply(errorReply(aid, "Must specify AuthType")) == nil
+			return c.write(errorReply(aid, "Must specify AuthType")) == nil
 		}
 		c.challenge = strconv.FormatInt(time.Now().UnixNano()%(1<<31), 10)
-		return c.reply(new(reply).h("Response", "Success").id(aid).h("Challenge", c.challenge).end().b) == nil
+		return c.write(new(reply).h("Response", "Success").id(aid).h("Challenge", c.challenge).end().b) == nil
 	case "login":
 		ok := m.Get("Username") == s.user && m.Get("Secret") == s.secret
 		if strings.EqualFold(m.Get("AuthType"), "md5") {
@@ -235,7 +231,7 @@ func (s *server) handle(c *conn, m *ami.Message, at time.Time) bool {
 		}
 		if !ok {
 			time.Sleep(time.Second)
-			_ = c.reply(errorReply(aid, "Authentication failed"))
+			_ = c.write(errorReply(aid, "Authentication failed"))
 			return false
 		}
 		if m.Has("Events") {
@@ -258,11 +254,12 @@ func (s *server) handle(c *conn, m *ami.Message, at time.Time) bool {
 			h("LocalAddress", "IPV4/TCP/"+s.addr()).h("RemoteAddress", "IPV4/TCP/"+strings.Replace(c.c.RemoteAddr().String(), ":", "/", 1)).
 			h("UsingPassword", "0").h("SessionTV", tv).end()
 		// The event writer must not interleave with the login reply.
-		err := c.reply(r.b)
+		err := c.write(r.b)
 		c.authed.Store(true)
+		s.logins.Add(1)
 		return err == nil
 	case "logoff":
-		_ = c.reply(new(reply).h("Response", "Goodbye").id(aid).h("Message", "Thanks for all the fish.").end().b)
+		_ = c.write(new(reply).h("Response", "Goodbye").id(aid).h("Message", "Thanks for all the fish.").end().b)
 		return false
 	case "events":
 		mask := parseMask(m.Get("EventMask"))
@@ -274,7 +271,7 @@ func (s *server) handle(c *conn, m *ami.Message, at time.Time) bool {
 		if mask == 0 {
 			state = "Off"
 		}
-		err := c.reply(new(reply).h("Response", "Success").id(aid).h("Events", state).end().b)
+		err := c.write(new(reply).h("Response", "Success").id(aid).h("Events", state).end().b)
 		if mask != 0 {
 			s.maskOnce.Do(func() { close(s.maskSet) })
 		}
@@ -282,30 +279,29 @@ func (s *server) handle(c *conn, m *ami.Message, at time.Time) bool {
 	case "ping":
 		now := time.Now()
 		ts := strconv.FormatInt(now.Unix(), 10) + "." + pad6(now.Nanosecond()/1000)
-		// Not counted: a Ping's reply has no Event header.
 		return c.write(new(reply).h("Response", "Success").id(aid).h("Ping", "Pong").h("Timestamp", ts).end().b) == nil
 	case "coreshowchannels":
 		// The generator's calls are not listed: the guard learns them from
 		// the stream (it connects before the first call).
-		return c.reply(listStart(aid, "Channels will follow").listComplete("CoreShowChannelsComplete", aid, 0).b) == nil
+		return c.write(listStart(aid, "Channels will follow").listComplete("CoreShowChannelsComplete", aid, 0).b) == nil
 	case "sippeers":
-		return c.reply(listStart(aid, "Peer status list will follow").listComplete("PeerlistComplete", aid, 0).b) == nil
+		return c.write(listStart(aid, "Peer status list will follow").listComplete("PeerlistComplete", aid, 0).b) == nil
 	case "pjsipshowcontacts":
-		return c.reply(append(errorReply(aid, "No Contacts found"), '\r', '\n')) == nil
+		return c.write(append(errorReply(aid, "No Contacts found"), '\r', '\n')) == nil
 	case "getconfig":
-		return c.reply(errorReply(aid, "Config file not found")) == nil
+		return c.write(errorReply(aid, "Config file not found")) == nil
 	case "updateconfig":
-		return c.reply(errorReply(aid, "Config file not found")) == nil
+		return c.write(errorReply(aid, "Config file not found")) == nil
 	case "getvar":
 		v, ok := s.gen.peerAddr(m.Get("Channel"), m.Get("Variable"))
 		if !ok {
-			return c.reply(errorReply(aid, "No such channel")) == nil
+			return c.write(errorReply(aid, "No such channel")) == nil
 		}
-		return c.reply(new(reply).h("Response", "Success").id(aid).h("Variable", m.Get("Variable")).h("Value", v).end().b) == nil
+		return c.write(new(reply).h("Response", "Success").id(aid).h("Variable", m.Get("Variable")).h("Value", v).end().b) == nil
 	case "hangup":
 		return s.hangup(c, m, aid, at)
 	}
-	return c.reply(errorReply(aid, "Invalid/unknown command: "+m.Get("Action")+". Use Action: ListCommands to show available commands.")) == nil
+	return c.write(errorReply(aid, "Invalid/unknown command: "+m.Get("Action")+". Use Action: ListCommands to show available commands.")) == nil
 }
 
 func (s *server) hangup(c *conn, m *ami.Message, aid string, at time.Time) bool {
@@ -317,7 +313,7 @@ func (s *server) hangup(c *conn, m *ami.Message, aid string, at time.Time) bool 
 	if len(ch) > 2 && ch[0] == '/' && ch[len(ch)-1] == '/' {
 		re, err := regexp.Compile(ch[1 : len(ch)-1])
 		if err != nil {
-			return c.reply(errorReply(aid, "Regex compile failed on: "+ch[1:len(ch)-1])) == nil
+			return c.write(errorReply(aid, "Regex compile failed on: "+ch[1:len(ch)-1])) == nil
 		}
 		hung := s.gen.hangupMatching(ch, re, cause, at)
 		r := listStart(aid, "Channels hung up will follow")
@@ -325,12 +321,12 @@ func (s *server) hangup(c *conn, m *ami.Message, aid string, at time.Time) bool 
 			r.h("Event", "ChannelHungup").h("Channel", h).id(aid).end()
 		}
 		r.listComplete("ChannelsHungupListComplete", aid, len(hung))
-		return c.reply(r.b) == nil
+		return c.write(r.b) == nil
 	}
 	if !s.gen.hangupChannel(ch, cause, at) {
-		return c.reply(errorReply(aid, "No such channel")) == nil
+		return c.write(errorReply(aid, "No such channel")) == nil
 	}
-	return c.reply(new(reply).h("Response", "Success").id(aid).h("Message", "Channel Hungup").end().b) == nil
+	return c.write(new(reply).h("Response", "Success").id(aid).h("Message", "Channel Hungup").end().b) == nil
 }
 
 const hexDigits = "0123456789abcdef"

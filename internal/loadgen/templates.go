@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	astguard "github.com/astguard/astguard"
@@ -82,6 +83,10 @@ type tframe struct {
 	class uint32 // classes of its Privilege, all of which the mask must hold
 	segs  []seg
 	keys  []string // header keys in order (tests)
+	// label is the index in templates.labels of the type the guard's
+	// astguard_events_total counts this frame under, -1 when the detector
+	// does not use it.
+	label int
 }
 
 // render appends the frame with vals filled in.
@@ -151,6 +156,7 @@ var defaultKeys = map[string]int{"EventTV": pTV, "SessionID": pSESS}
 func (s *subst) template(f *rawFrame) (tframe, error) {
 	var tf tframe
 	tf.event = f.get("Event")
+	tf.label = labelIndex(metricLabel(f))
 	tf.class = classAll
 	if p := f.get("Privilege"); p != "" {
 		tf.class = 0
@@ -320,8 +326,12 @@ func findFrame(frames []rawFrame, from int, match func(*rawFrame) bool) int {
 	return -1
 }
 
-// loadTemplates builds the templates from attack-mixed.ami.
-func loadTemplates() (*templates, error) {
+// loadTemplates returns the templates, built once from attack-mixed.ami:
+// they are never changed afterwards.
+var loadTemplates = sync.OnceValues(buildTemplates)
+
+// buildTemplates builds the templates from attack-mixed.ami.
+func buildTemplates() (*templates, error) {
 	frames, err := parseTranscript(astguard.AttackTranscript)
 	if err != nil {
 		return nil, err
@@ -448,4 +458,50 @@ func (c *callTemplate) build(setup, down []rawFrame, ids map[string]string, ext,
 		c.teardown = append(c.teardown, tf)
 	}
 	return nil
+}
+
+// eventLabels are the values of astguard_events_total's type label that
+// the generator's frames are counted under, in the order labelIndex met
+// them; a frame's tframe.label indexes it. Filled by buildTemplates only.
+var eventLabels []string
+
+// labelIndex returns the index of label in eventLabels, adding it; -1 for "".
+func labelIndex(label string) int {
+	if label == "" {
+		return -1
+	}
+	for i, l := range eventLabels {
+		if l == label {
+			return i
+		}
+	}
+	eventLabels = append(eventLabels, label)
+	return len(eventLabels) - 1
+}
+
+// metricLabel decodes the frame as the guard does and returns the type it
+// counts it under in astguard_events_total (the event kind, or for a
+// security event its type, "Security" for the other types); "" when the
+// detector does not use it.
+func metricLabel(f *rawFrame) string {
+	var b []byte
+	for _, h := range f.hdrs {
+		b = append(b, h[0]...)
+		b = append(b, ": "...)
+		b = append(b, h[1]...)
+		b = append(b, "\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	var m ami.Message
+	var ev ami.Event
+	if ami.NewReader(bytes.NewReader(b), ami.ReaderOptions{}).Next(&m) != nil || !ami.Decode(&m, &ev) {
+		return ""
+	}
+	if ev.Kind == ami.KindSecurity {
+		if ev.Security == ami.SecOther {
+			return "Security"
+		}
+		return ev.Security.String()
+	}
+	return ev.Kind.String()
 }
