@@ -161,17 +161,12 @@ type Book struct {
 	quiet  time.Duration
 	mode   policy.Mode
 	loaded bool
-	dirty  bool                     // changed since the last save
-	open   map[policy.Key]*incident // by key
-	byID   map[string]*incident     // open and kept closed ones
-	closed []*incident              // closed, kept: in the order they closed
-	stops  map[extKey]*incident     // extensions whose new calls are hung up
-	owned  map[netip.Addr]ownership // addresses blocked by open extension incidents
-}
-
-type extKey struct {
-	tech ami.Tech
-	name string
+	dirty  bool                        // changed since the last save
+	open   map[policy.Key]*incident    // by key
+	byID   map[string]*incident        // open and kept closed ones
+	closed []*incident                 // closed, kept: in the order they closed
+	stops  map[ami.Extension]*incident // extensions whose new calls are hung up
+	owned  map[netip.Addr]ownership    // addresses blocked by open extension incidents
 }
 
 // ownership is an address an extension's open incident blocked, or is
@@ -218,7 +213,7 @@ func New(opts Options) (*Book, error) {
 		mode:  opts.Mode,
 		open:  make(map[policy.Key]*incident),
 		byID:  make(map[string]*incident),
-		stops: make(map[extKey]*incident),
+		stops: make(map[ami.Extension]*incident),
 		owned: make(map[netip.Addr]ownership),
 	}, nil
 }
@@ -345,7 +340,7 @@ func (b *Book) applyLocked(inc *incident, d *policy.Decision, now time.Time) {
 	switch {
 	case d.Action == policy.Hangup && d.Result == policy.Running && inc.key.IsExtension():
 		inc.stop = true
-		b.stops[extKey{inc.key.Tech, inc.key.Name}] = inc
+		b.stops[ami.Extension{Tech: inc.key.Tech, Name: inc.key.Name}] = inc
 	case d.Action == policy.BlockIP && inc.key.IsExtension() && d.Addr.IsValid():
 		switch d.Result {
 		case policy.Running:
@@ -406,7 +401,7 @@ func (b *Book) Outcome(id string, act policy.Action, o Outcome) error {
 	switch {
 	case act == policy.Hangup && o.Result == policy.Skipped:
 		inc.stop = false
-		if k := (extKey{inc.key.Tech, inc.key.Name}); b.stops[k] == inc {
+		if k := (ami.Extension{Tech: inc.key.Tech, Name: inc.key.Name}); b.stops[k] == inc {
 			delete(b.stops, k)
 		}
 	case act == policy.BlockIP && inc.key.IsExtension():
@@ -438,7 +433,7 @@ func (b *Book) Stopped(tech ami.Tech, name string, now time.Time) (Stop, bool) {
 	if len(b.stops) == 0 { // the usual case: nothing to hash
 		return Stop{}, false
 	}
-	inc := b.stops[extKey{tech, name}]
+	inc := b.stops[ami.Extension{Tech: tech, Name: name}]
 	if inc == nil || !b.openAt(inc, now) {
 		return Stop{}, false
 	}
@@ -523,7 +518,7 @@ func (b *Book) expireLocked(now time.Time) []*incident {
 // closeLocked closes inc at the time at. b.mu must be held.
 func (b *Book) closeLocked(inc *incident, at time.Time, reason string) {
 	delete(b.open, inc.key)
-	if k := (extKey{inc.key.Tech, inc.key.Name}); inc.key.IsExtension() && b.stops[k] == inc {
+	if k := (ami.Extension{Tech: inc.key.Tech, Name: inc.key.Name}); inc.key.IsExtension() && b.stops[k] == inc {
 		delete(b.stops, k)
 	}
 	for addr, o := range b.owned {
