@@ -467,3 +467,32 @@ func TestReloadCarriesTheIncidents(t *testing.T) {
 		t.Errorf("%d lines say the incidents were not saved", n)
 	}
 }
+
+// A reload naming a secrets file every rotation would refuse (here a
+// symlink to a file of someone else's choosing) is refused as at start:
+// the running file stays, and the key is named.
+func TestReloadRefusesUnsafeSecretsFile(t *testing.T) {
+	srv, err := amitest.Start(amitest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	h := startReloadable(t, srv, func(c *config.Config) { c.Mode = config.ModeEnforce }, nil)
+	running := h.g.cfg.Load().Response.SecretsFile
+	dir := t.TempDir()
+	target := filepath.Join(dir, "elsewhere")
+	if err := os.WriteFile(target, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "secrets.jsonl")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	r := h.reloadWith(t, func(c *config.Config) { c.Response.SecretsFile = link })
+	if !slices.Equal(r.Refused, []string{"response.secrets_file"}) || slices.Contains(r.Applied, "response.secrets_file") {
+		t.Fatalf("reload: %+v", r)
+	}
+	if got := h.g.cfg.Load().Response.SecretsFile; got != running {
+		t.Fatalf("secrets file after the refused reload: %s, want the running %s", got, running)
+	}
+}
