@@ -22,9 +22,6 @@ import (
 
 const transcripts = "../../testdata/transcripts/"
 
-// recordTo, when set, makes startGuardWith record the session there.
-var recordTo string
-
 // syncBuffer is a log sink safe for the guard's goroutines.
 type syncBuffer struct {
 	mu sync.Mutex
@@ -108,7 +105,7 @@ func startGuardOn(t *testing.T, srvOpts amitest.Options, mutate func(*config.Con
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
-	opts := Options{Config: cfg, Logger: zerolog.New(h.logs), Firewall: fw, Record: recordTo,
+	opts := Options{Config: cfg, Logger: zerolog.New(h.logs), Firewall: fw,
 		Started: func(g *Guard) { h.guard <- g }}
 	if more != nil {
 		more(&opts)
@@ -170,6 +167,7 @@ func blocked(h *harness) []netip.Addr {
 
 // The end-to-end story of the foundation's attack transcript, over loopback.
 func TestEndToEndAttackMixed(t *testing.T) {
+	t.Parallel()
 	h := startGuard(t, "attack-mixed.ami", 4, nil)
 	ip := netip.MustParseAddr
 	waitFor(t, "bans of 127.0.0.2 and 127.0.0.5", 20*time.Second, func() bool {
@@ -186,7 +184,15 @@ func TestEndToEndAttackMixed(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("transcript not streamed")
 	}
-	time.Sleep(500 * time.Millisecond) // let in-flight actions end before reading them
+	// The actions still in flight end: every channel of 200 and 300 hung
+	// up, both rotations in the secrets file.
+	waitFor(t, "the last hang-ups and the secrets file", 10*time.Second, func() bool {
+		raw, _ := os.ReadFile(h.cfg.Response.SecretsFile)
+		return strings.Count(string(raw), `"status":"applied"`) >= 2 &&
+			!slices.ContainsFunc(h.srv.LiveChannels(), func(ch string) bool {
+				return strings.HasPrefix(ch, "SIP/200-") || strings.HasPrefix(ch, "PJSIP/300-")
+			})
+	})
 	h.stop(t)
 
 	// 200's and 300's channels were hung up by regex; nothing touched 201.

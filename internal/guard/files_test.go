@@ -32,6 +32,7 @@ func writeMode(t *testing.T, path, content string, mode os.FileMode) {
 // A symlink planted at the secrets file's path must not make the guard
 // write a new secret into the link's target, nor change the target's mode.
 func TestSecretsFileNeverFollowsSymlink(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	target := filepath.Join(dir, "public.txt")
 	writeMode(t, target, "public\n", 0o644)
@@ -58,6 +59,7 @@ func TestSecretsFileNeverFollowsSymlink(t *testing.T) {
 // guard refuses to add to it (and refuses to start) instead of quietly
 // tightening it.
 func TestSecretsFileRefusesLooseMode(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "secrets.jsonl")
 	writeMode(t, path, "", 0o644)
 	f := &secretsFile{path: path}
@@ -75,6 +77,7 @@ func TestSecretsFileRefusesLooseMode(t *testing.T) {
 
 // A missing secrets file is created 0600, its missing directory 0700.
 func TestSecretsFileCreatedPrivate(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "lib", "astguard")
 	path := filepath.Join(dir, "secrets.jsonl")
 	if err := checkSecretsFile(path); err != nil {
@@ -97,6 +100,7 @@ func TestSecretsFileCreatedPrivate(t *testing.T) {
 // Run refuses to start with a secrets file it could not write safely, before
 // it logs in anywhere.
 func TestRunRefusesUnsafeSecretsFile(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := config.Default()
 	cfg.AMI.Secret = "guardpass"
@@ -141,6 +145,7 @@ func fakeDaemon(t *testing.T, path string, mode os.FileMode) *atomic.Int32 {
 // a socket at the path itself, owned by root or the caller, not writable
 // by others. A stand-in is refused before a byte goes to it.
 func TestAdminClientChecksTheSocket(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	dir := t.TempDir()
@@ -201,6 +206,7 @@ func TestAdminClientChecksTheSocket(t *testing.T) {
 // it replaces a stale socket of a killed guard, and refuses to start over
 // anything else at the path.
 func TestListenAdminPaths(t *testing.T) {
+	t.Parallel()
 	g := &Guard{}
 	dir := filepath.Join(t.TempDir(), "run", "astguard")
 	path := filepath.Join(dir, "admin.sock")

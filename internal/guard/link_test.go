@@ -55,6 +55,7 @@ func attack(h *harness, uidBase int, callerName func(i int) string) {
 // Caller names of 8 and 30 KiB on the stolen extension's calls are read
 // whole: the calls are seen and the attack is stopped end to end.
 func TestLongCallerNamesDoNotHideTheAttack(t *testing.T) {
+	t.Parallel()
 	h := startGuardOn(t, amitest.Options{}, nil, nil, nil)
 	g := <-h.guard
 	waitFor(t, "the event session", 10*time.Second, g.events.Connected)
@@ -83,6 +84,7 @@ func TestLongCallerNamesDoNotHideTheAttack(t *testing.T) {
 // its typed state, on /healthz and once in its log; when the server reads
 // again, it all clears.
 func TestActionsTimingOutWhileEventsFlow(t *testing.T) {
+	t.Parallel()
 	h := startGuardOn(t, amitest.Options{}, func(c *config.Config) {
 		c.AMI.ActionTimeout = config.Duration(time.Second)
 	}, nil, nil)
@@ -207,6 +209,7 @@ func TestFloodKeepsMemoryBoundedAndCountsDrops(t *testing.T) {
 // 5 s: the guard backs off, logs in again, rebuilds its view, and the
 // attack is still stopped. Being unreachable is said once per session.
 func TestAsteriskRestartMidAttack(t *testing.T) {
+	t.Parallel()
 	h := startGuard(t, "attack-mixed.ami", 1, func(c *config.Config) {
 		c.AMI.ReconnectInterval = config.Duration(100 * time.Millisecond)
 		c.AMI.ReconnectMax = config.Duration(time.Second)
@@ -263,6 +266,7 @@ func TestAsteriskRestartMidAttack(t *testing.T) {
 // A wrong secret: each session says so once, with Asterisk's reason, and
 // /healthz says why the guard is blind.
 func TestWrongSecretIsLoud(t *testing.T) {
+	t.Parallel()
 	h := startGuardOn(t, amitest.Options{LoginFailDelay: time.Millisecond}, func(c *config.Config) {
 		c.AMI.Secret = "not-the-secret"
 		c.AMI.ReconnectInterval = config.Duration(10 * time.Millisecond)
@@ -299,6 +303,7 @@ func TestWrongSecretIsLoud(t *testing.T) {
 // PJSIPShowContacts before 16, no Hangup by /regex/ on 1.8, and a warning
 // that Asterisk before 12 shows no security events.
 func TestVersionAware(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		banner          string
 		sipPeers, pjsip bool
@@ -310,6 +315,7 @@ func TestVersionAware(t *testing.T) {
 		{"Asterisk Call Manager/1.1", true, false, false, true},
 	} {
 		t.Run(tc.banner, func(t *testing.T) {
+			t.Parallel()
 			h := startGuardOn(t, amitest.Options{Banner: tc.banner}, nil, nil, nil)
 			waitFor(t, "the resync", 10*time.Second, func() bool { return strings.Contains(h.logs.String(), "state rebuilt from Asterisk") })
 			attack(h, 2, func(int) string { return "200" })
@@ -348,6 +354,7 @@ func actionHeader(a amitest.Action, key string) (string, bool) {
 // --record writes each message's bytes as they arrived: headers in their
 // order, repeated keys kept, replies included.
 func TestRecordingIsVerbatim(t *testing.T) {
+	t.Parallel()
 	rec := filepath.Join(t.TempDir(), "rec.ami")
 	h := startGuardOn(t, amitest.Options{}, nil, nil, func(o *Options) { o.Record = rec })
 	g := <-h.guard

@@ -16,11 +16,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -226,5 +229,21 @@ func NoChainOnHost(t testing.TB, chain string) {
 				t.Errorf("the host's %s INPUT jumps to %s: %s", bin, chain, l)
 			}
 		}
+	}
+}
+
+// RaiseParallel lets up to n tests that called t.Parallel run at once,
+// unless -test.parallel was given. Go's default is GOMAXPROCS, right for
+// tests that compute; a package whose tests mostly wait on something paced
+// in real time (a replayed recording, a reconnect) gains from more. Call it
+// from TestMain, before m.Run.
+func RaiseParallel(n int) {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
+	if !given && n > runtime.GOMAXPROCS(0) {
+		_ = flag.Set("test.parallel", strconv.Itoa(n))
 	}
 }
