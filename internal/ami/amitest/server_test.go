@@ -18,6 +18,7 @@ import (
 const midAttack = "2026-11-25T12:47:05"
 
 func TestBanner(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	if c := dial(t, s); c.banner != DefaultBanner {
 		t.Errorf("banner %q", c.banner)
@@ -32,6 +33,7 @@ func TestBanner(t *testing.T) {
 // FullyBooted and SuccessfulAuth arrive in the same read as the reply (the
 // bytes amigo's throw-away reader loses).
 func TestLoginSameWrite(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	conn, err := net.Dial("tcp", s.Addr())
 	if err != nil {
@@ -45,7 +47,9 @@ func TestLoginSameWrite(t *testing.T) {
 	}
 	action, want := dialogFor(t, dialog20, "login")
 	io.WriteString(conn, strings.Join(actionLines(action), "\r\n")+"\r\n\r\n")
-	time.Sleep(100 * time.Millisecond) // let everything arrive: one read must hold it all
+	// No pause before the read: the server writes the three messages at
+	// once, so the first read that returns holds them all. (A pause would
+	// let separate writes pile up and pass as one.)
 	buf := make([]byte, 64<<10)
 	n, err := conn.Read(buf)
 	if err != nil {
@@ -90,6 +94,7 @@ func parseTestFrame(text string) *frame {
 }
 
 func TestLoginEventsOff(t *testing.T) {
+	t.Parallel()
 	// rotate-dialog.txt: with Events: off the login reply comes alone.
 	s := start(t, Options{})
 	c := dial(t, s)
@@ -104,6 +109,7 @@ func TestLoginEventsOff(t *testing.T) {
 }
 
 func TestLoginFailure(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{LoginFailDelay: 150 * time.Millisecond})
 	watcher := dial(t, s)
 	watcher.login("security")
@@ -132,6 +138,7 @@ func TestLoginFailure(t *testing.T) {
 }
 
 func TestPermissionDenied(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	c := dial(t, s)
 	c.send("Action: CoreShowChannels", "ActionID: x")
@@ -150,6 +157,7 @@ func TestPermissionDenied(t *testing.T) {
 // TestSimpleActionsAsDialog sends the dialog's Ping, unknown action and
 // Logoff and compares the answers.
 func TestSimpleActionsAsDialog(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	c := dial(t, s)
 	c.login("call,security,system")
@@ -199,6 +207,7 @@ func TestSimpleActionsAsDialog(t *testing.T) {
 }
 
 func TestEventsAction(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	c := dial(t, s)
 	c.login("")
@@ -246,6 +255,7 @@ func scriptFrames(t *testing.T, path string) []scriptMsg {
 }
 
 func TestStreamAttackMixed(t *testing.T) {
+	t.Parallel()
 	want := scriptFrames(t, attackMixed)
 	if len(want) != 4093-3 {
 		t.Fatalf("script has %d messages, want 4090 (4093 less the recorder's login)", len(want))
@@ -297,6 +307,7 @@ func TestStreamAttackMixed(t *testing.T) {
 }
 
 func TestStreamPaced(t *testing.T) {
+	t.Parallel()
 	// pjsip-bruteforce.ami spans about 2 s; at Speed 10 about 0.2 s.
 	raw, _ := os.ReadFile(transcripts + "pjsip-bruteforce.ami")
 	s := start(t, Options{Transcript: bytes.NewReader(raw), Speed: 10, AutoPlay: true})
@@ -317,6 +328,7 @@ func TestStreamPaced(t *testing.T) {
 }
 
 func TestCoreShowChannelsAsDialog(t *testing.T) {
+	t.Parallel()
 	s := startWith(t, cutTranscript(t, attackMixed, midAttack), Options{})
 	c := dial(t, s)
 	c.login("off")
