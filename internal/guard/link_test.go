@@ -359,11 +359,13 @@ func TestRecordingIsVerbatim(t *testing.T) {
 	h := startGuardOn(t, amitest.Options{}, nil, nil, func(o *Options) { o.Record = rec })
 	g := <-h.guard
 	waitFor(t, "the event session", 10*time.Second, g.events.Connected)
-	before := g.SessionStats().Queued
 	frame := "Event: Newstate\r\nPrivilege: call,all\r\nChannel: SIP/201-00000001\r\nChanVariable: A=1\r\nChanVariable: B=2\r\nUniqueid: 1.1\r\n"
 	h.srv.Inject(frame)
+	// The only PeerStatus of the session, after the frame: once the
+	// detector has counted it, the loop has taken the frame too.
+	h.srv.Inject("Event: PeerStatus\r\nPrivilege: system,all\r\nChannelType: SIP\r\nPeer: SIP/201\r\nPeerStatus: Registered\r\nAddress: 192.0.2.10:5060\r\n")
 	waitFor(t, "the frame taken by the detector loop", 10*time.Second, func() bool {
-		return g.SessionStats().Queued > before && g.QueueLen() == 0
+		return metricsValue(gathered(t, g), metrics.NameEvents, "type=PeerStatus") >= 1
 	})
 	h.stop(t) // the loop finishes the message it took, and closes the recording
 	raw, _ := os.ReadFile(rec)
