@@ -15,7 +15,7 @@ import (
 // reconnects, rebuilds its view, and the attack is still stopped.
 func TestReconnectMidAttack(t *testing.T) {
 	t.Parallel()
-	h := startGuard(t, "attack-mixed.ami", 1, func(c *config.Config) {
+	h := startGuard(t, "attack-mixed.ami", 2, func(c *config.Config) {
 		c.AMI.ReconnectInterval = config.Duration(100 * time.Millisecond)
 	})
 	waitFor(t, "the thief's first call", 20*time.Second, func() bool {
