@@ -18,6 +18,7 @@ import (
 
 	"github.com/astguard/astguard/internal/action/firewall"
 	"github.com/astguard/astguard/internal/fsafe"
+	"github.com/astguard/astguard/internal/testenv"
 )
 
 var (
@@ -561,9 +562,7 @@ func TestUnsafeStateRefused(t *testing.T) {
 			mustWrite(t, path, content, 0o644)
 		}},
 		{"state file of another user", func(t *testing.T, path string) {
-			if os.Geteuid() != 0 {
-				t.Fatal("needs root to give the file to another user; run the tests as root")
-			}
+			testenv.RequireRoot(t, "give the file to another user")
 			mustWrite(t, path, content, 0o600)
 			if err := os.Chown(path, 65534, 65534); err != nil {
 				t.Fatal(err)
