@@ -169,7 +169,7 @@ func TestObserveKeepsAppliedBans(t *testing.T) {
 		}
 		e.fw.set(func(f *fakeFW) { f.rules[other] = "stray" })
 		calls := e.fw.countCalls("")
-		time.Sleep(time.Hour)
+		time.Sleep(time.Hour) // the bubble's fake clock: an hour passes at once
 		synctest.Wait()
 		if got := e.fw.addrs(); !slices.Equal(got, []netip.Addr{attack, other}) {
 			t.Fatalf("firewall in observe mode = %v: something was lifted", got)
