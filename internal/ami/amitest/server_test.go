@@ -30,8 +30,9 @@ func TestBanner(t *testing.T) {
 }
 
 // TestLoginSameWrite checks the login reply as the dialog, and that
-// FullyBooted and SuccessfulAuth arrive in the same read as the reply (the
-// bytes amigo's throw-away reader loses).
+// FullyBooted and SuccessfulAuth arrive in the same read as the reply, as
+// they do from Asterisk: a client that reads the login reply with a reader
+// of its own and then throws it away loses them.
 func TestLoginSameWrite(t *testing.T) {
 	t.Parallel()
 	s := start(t, Options{})
