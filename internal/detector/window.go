@@ -33,15 +33,5 @@ func (r *ring) since(t0 int64) int {
 	return c
 }
 
-// newest returns the newest timestamp or 0.
-func (r *ring) newest() int64 {
-	if len(r.ts) == 0 {
-		return 0
-	}
-	return r.ts[len(r.ts)-1]
-}
-
-func (r *ring) reset() { r.ts = r.ts[:0] }
-
 // ringSize is how many timestamps a threshold needs.
 func ringSize(t Threshold) int { return max(t.Warning, t.Critical) }

@@ -60,10 +60,7 @@ func TestLoginSameWrite(t *testing.T) {
 	if len(parts) != 3 {
 		t.Fatalf("one read got %d messages, want 3:\n%s", len(parts), buf[:n])
 	}
-	wantEvents := []*dialogMsg{}
-	for _, m := range readDialog(t, dialog20)[2:4] {
-		wantEvents = append(wantEvents, m)
-	}
+	wantEvents := readDialog(t, dialog20)[2:4]
 	all := append([]*dialogMsg{want[0]}, wantEvents...)
 	for i, p := range parts {
 		f := parseTestFrame(p)
