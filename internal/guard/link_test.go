@@ -158,7 +158,9 @@ func TestFloodKeepsMemoryBoundedAndCountsDrops(t *testing.T) {
 	runtime.ReadMemStats(&m0)
 	st0 := g.SessionStats()
 
-	const n = 150_000
+	// 53 MiB sent; the heap may grow by 8 MiB (it grows by under 1 MiB):
+	// a guard that kept a sixth of what it read would show.
+	const n = 50_000
 	frame := "Event: PeerStatus\r\nPrivilege: system,all\r\nChannelType: SIP\r\nPeer: SIP/200\r\nPeerStatus: Registered\r\n" +
 		"Address: 192.0.2.10:5060\r\nPadding: " + strings.Repeat("p", 1000) + "\r\n"
 	sent := h.srv.Flood(frame, n)
@@ -175,7 +177,7 @@ func TestFloodKeepsMemoryBoundedAndCountsDrops(t *testing.T) {
 	if queued+dropped != n || queued > 1024 || len(g.queue) != cap(g.queue) {
 		t.Errorf("%d queued, %d dropped of %d, queue %d/%d", queued, dropped, n, len(g.queue), cap(g.queue))
 	}
-	if grew := int64(m1.HeapInuse) - int64(m0.HeapInuse); grew > 64<<20 {
+	if grew := int64(m1.HeapInuse) - int64(m0.HeapInuse); grew > 8<<20 {
 		t.Errorf("the heap grew by %d MiB while %d MiB were sent", grew>>20, n*len(frame)>>20)
 	}
 	if es := g.events.Status(); es.Connects != 1 || es.State != client.StateUp {

@@ -11,6 +11,6 @@ import (
 // recorded pace (or 4 times faster), not on the CPU: more of them run side
 // by side than the machine has cores.
 func TestMain(m *testing.M) {
-	testenv.RaiseParallel(6)
+	testenv.RaiseParallel(12)
 	os.Exit(m.Run())
 }
