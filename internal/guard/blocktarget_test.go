@@ -54,15 +54,11 @@ func outcomeOf(h *harness, action, ext string) (logLine, bool) {
 // it.
 func waitLoggedIn(t *testing.T, h *harness) {
 	t.Helper()
-	waitFor(t, "both sessions to log in", 10*time.Second, func() bool {
-		n := 0
-		for _, a := range h.srv.Actions() {
-			if a.Name == "Login" {
-				n++
-			}
-		}
-		return n >= 2
-	})
+	g := <-h.guard
+	h.guard <- g // for the test, if it wants it too
+	// Both clients logged in, not only both Logins received: an action on
+	// a session whose login reply is still on its way fails.
+	waitFor(t, "both sessions to log in", 10*time.Second, func() bool { return g.events.Connected() && g.urgent.Connected() })
 }
 
 func peerStatusFrame(peer, status, addr string) string {
