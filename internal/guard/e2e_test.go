@@ -199,7 +199,8 @@ func TestEndToEndAttackMixed(t *testing.T) {
 	var regexes []string
 	for _, a := range h.srv.Actions() {
 		for _, hd := range a.Headers {
-			if strings.Contains(hd[1], "201") && a.Name != "Events" {
+			// (Login's MD5 key is random hex: "201" turns up in it by chance.)
+			if strings.Contains(hd[1], "201") && a.Name != "Events" && a.Name != "Login" {
 				t.Errorf("an action touched 201: %s %v", a.Name, a.Headers)
 			}
 			if a.Name == "Hangup" && strings.EqualFold(hd[0], "Channel") && strings.HasPrefix(hd[1], "/") {
