@@ -117,9 +117,10 @@ func RandomChain() string {
 // the child is to run inside the namespace.
 const netnsEnv = "ASTGUARD_TEST_NETNS"
 
-// netnsBudget bounds one child: it is given -test.timeout of this much (a
-// hung child dies with every goroutine's stack in its output), and killed
-// a little later if it still has not ended.
+// netnsBudget bounds one child: it is given -test.timeout of this much, or
+// less if the test's own deadline comes sooner (a hung child dies with
+// every goroutine's stack in its output), and killed a little later if it
+// still has not ended.
 const netnsBudget = 3 * time.Minute
 
 // InNetns runs the calling test in a private network namespace, where its
@@ -155,10 +156,16 @@ func InNetns(t testing.TB, env ...string) bool {
 	for _, part := range strings.Split(t.Name(), "/") {
 		run = append(run, "^"+regexp.QuoteMeta(part)+"$")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), netnsBudget+15*time.Second)
+	budget := netnsBudget
+	if d, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
+		if dl, ok := d.Deadline(); ok {
+			budget = max(min(budget, time.Until(dl)-10*time.Second), time.Second)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), budget+5*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "unshare", "-n", "--", os.Args[0],
-		"-test.run="+strings.Join(run, "/"), "-test.v", "-test.count=1", "-test.timeout="+netnsBudget.String())
+		"-test.run="+strings.Join(run, "/"), "-test.v", "-test.count=1", "-test.timeout="+budget.String())
 	cmd.Env = append(append(os.Environ(), netnsEnv+"="+t.Name()), env...)
 	cmd.WaitDelay = 5 * time.Second
 	start := time.Now()
