@@ -165,7 +165,8 @@ func blocked(h *harness) []netip.Addr {
 	return b
 }
 
-// The end-to-end story of the foundation's attack transcript, over loopback.
+// The end-to-end story of the recorded Asterisk 20 attack (attack-mixed.ami),
+// over loopback.
 func TestEndToEndAttackMixed(t *testing.T) {
 	t.Parallel()
 	h := startGuard(t, "attack-mixed.ami", 4, nil)

@@ -148,10 +148,11 @@ func TestLiveAsterisk11And1_8(t *testing.T) {
 // already up. The state it rebuilds from 11's CoreShowChannels (UniqueID,
 // Extension, no Linkedid) and SIPpeers is enough to stop them.
 //
-// Not in parallel with the other tests: the guard acts on the calls it
-// finds as soon as its event session is logged in, and when the CPU is
-// short its urgent session may log in later, so that the Getvar asking the
-// calls' address fails and the ban is skipped.
+// It runs alone, not in parallel: the guard acts on the calls it finds as
+// soon as its event session is logged in; when the CPU is short its urgent
+// session may log in later, the Getvar asking the calls' address fails on
+// it and the ban is skipped. That is a gap of the guard, which this test
+// then shows (rarely, and more rarely alone).
 func TestLiveAsterisk11Resync(t *testing.T) {
 	// Up to 01:04:10 (all 22 calls of 200 up), streamed before the guard
 	// connects: it sees none of their events.
