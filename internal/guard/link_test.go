@@ -152,7 +152,7 @@ func TestFloodKeepsMemoryBoundedAndCountsDrops(t *testing.T) {
 	})
 	g := <-h.guard
 	<-hold
-	waitFor(t, "the event session", 10*time.Second, g.events.Connected)
+	waitFor(t, "both sessions", 10*time.Second, func() bool { return g.events.Connected() && g.urgent.Connected() })
 	runtime.GC()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
@@ -174,7 +174,9 @@ func TestFloodKeepsMemoryBoundedAndCountsDrops(t *testing.T) {
 	runtime.ReadMemStats(&m1)
 	st := g.SessionStats()
 	queued, dropped := st.Queued-st0.Queued, st.Dropped-st0.Dropped
-	if queued+dropped != n || queued > 1024 || len(g.queue) != cap(g.queue) {
+	// The flood, and perhaps the SuccessfulAuth of the urgent session's
+	// login, broadcast to the event session but read after st0.
+	if queued+dropped < n || queued+dropped > n+1 || queued > 1024 || len(g.queue) != cap(g.queue) {
 		t.Errorf("%d queued, %d dropped of %d, queue %d/%d", queued, dropped, n, len(g.queue), cap(g.queue))
 	}
 	if grew := int64(m1.HeapInuse) - int64(m0.HeapInuse); grew > 8<<20 {
