@@ -127,6 +127,7 @@ func (h *reloadHarness) lines(t *testing.T, msg string) []reloadLogLine {
 
 // Every key is either applied by a reload or said to need a restart.
 func TestEveryKeyIsLiveOrRestart(t *testing.T) {
+	t.Parallel()
 	for _, k := range config.Keys() {
 		if live, restart := under(k, liveKeys), under(k, restartKeys); live == restart {
 			t.Errorf("%s: applied by a reload %v, needs a restart %v", k, live, restart)
@@ -145,6 +146,7 @@ func guessing(srv *amitest.Server, ip string) {
 // A reload changing log.level changes at once what every part of the guard
 // logs.
 func TestReloadAppliesLogLevel(t *testing.T) {
+	t.Parallel()
 	srv, err := amitest.Start(amitest.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -196,6 +198,7 @@ func TestReloadAppliesLogLevel(t *testing.T) {
 // A reload of secrets_file sends the next secret to the new file, and the
 // outcome names the file the secret went to.
 func TestReloadAppliesSecretsFile(t *testing.T) {
+	t.Parallel()
 	data, err := os.ReadFile(transcripts + "attack-mixed.ami")
 	if err != nil {
 		t.Fatal(err)
@@ -251,6 +254,7 @@ func TestReloadAppliesSecretsFile(t *testing.T) {
 // Keys that need a restart keep their running value, each with a warning
 // naming it and the file; the others are applied.
 func TestReloadWarnsPerRestartKey(t *testing.T) {
+	t.Parallel()
 	srv, err := amitest.Start(amitest.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -297,6 +301,7 @@ func TestReloadWarnsPerRestartKey(t *testing.T) {
 
 // A refused file changes nothing, and the outcome says why.
 func TestReloadRefusedNamesTheFile(t *testing.T) {
+	t.Parallel()
 	srv, err := amitest.Start(amitest.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -357,6 +362,7 @@ func (l *lookupSwitch) lookup(_ context.Context, _, host string) ([]netip.Addr, 
 // it says so loudly, starts with the configured networks, and protects the
 // AMI server once a reload resolves it, lifting a ban made meanwhile.
 func TestAMINameResolvedAtReload(t *testing.T) {
+	t.Parallel()
 	srv, err := amitest.Start(amitest.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -402,6 +408,7 @@ func TestAMINameResolvedAtReload(t *testing.T) {
 
 // The name is also tried again when the AMI session connects.
 func TestAMINameResolvedAtConnect(t *testing.T) {
+	t.Parallel()
 	srv, err := amitest.Start(amitest.Options{})
 	if err != nil {
 		t.Fatal(err)
