@@ -18,6 +18,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
+	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/ami/amitest"
 	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
@@ -404,4 +405,37 @@ func TestStopLeavesNoGoroutine(t *testing.T) {
 	}
 	h.stop(t)
 	h.srv.Close()
+}
+
+// The recording holds every reply as received but for the secrets: the
+// GetConfig replies of the rotations (the old secret of each extension in
+// clear) are written with [redacted] in place of the value.
+func TestRecordingRedactsSecrets(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile(transcripts + "attack-mixed.ami")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := filepath.Join(t.TempDir(), "rec.ami")
+	h := startGuardOn(t, amitest.Options{Transcript: bytes.NewReader(data), Speed: 4, AutoPlay: true}, nil, nil,
+		func(o *Options) { o.Record = rec })
+	waitFor(t, "both secrets rotated", 30*time.Second, func() bool {
+		return h.outcomes.has(policy.RotateSecret, policy.Done, policy.ExtensionKey(ami.TechSIP, "200")) &&
+			h.outcomes.has(policy.RotateSecret, policy.Done, policy.ExtensionKey(ami.TechPJSIP, "300"))
+	})
+	h.stop(t)
+	raw, err := os.ReadFile(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"Leaky200", "Leaky300", "Strong201secret"} {
+		if bytes.Contains(raw, []byte(secret)) {
+			t.Errorf("the recording holds the secret %s", secret)
+		}
+	}
+	for _, want := range []string{": secret=[redacted]\r\n", ": password=[redacted]\r\n"} {
+		if !bytes.Contains(raw, []byte(want)) {
+			t.Errorf("the recording lacks the GetConfig line %q", want)
+		}
+	}
 }
