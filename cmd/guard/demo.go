@@ -67,7 +67,6 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		cfg.Response.Chain = "ASTGUARD-DEMO"
 	}
 
-	zerolog.TimeFieldFormat = time.RFC3339Nano
 	color := false
 	if f, ok := stderr.(*os.File); ok {
 		color = isatty.IsTerminal(f.Fd())

@@ -45,8 +45,8 @@ func stoppedState(t *testing.T, path string, now time.Time) string {
 	}
 	a := &detector.Alert{Time: now, Rule: detector.RuleCallRate, Severity: detector.Critical, Tech: ami.TechSIP, Extension: "200",
 		Sources: []netip.Addr{netip.MustParseAddr("127.0.0.2")}, Count: 5, Window: time.Second, Reason: "calls started"}
-	decs, err := book.Decide(tab, a, now, nil)
-	if err != nil {
+	decs := book.Decide(tab, a, now, nil)
+	if err := book.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range decs {

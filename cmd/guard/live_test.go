@@ -13,6 +13,7 @@ import (
 
 // guard demo tells the whole story and ends with what it did.
 func TestDemo(t *testing.T) {
+	t.Parallel()
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"demo", "--speed", "8"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d\n%s", code, stderr.String())

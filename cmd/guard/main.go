@@ -42,6 +42,10 @@ var version = "dev"
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
+// Log times to the nanosecond. Set once, before anything logs: the
+// commands (and the tests running them side by side) only read it.
+func init() { zerolog.TimeFieldFormat = time.RFC3339Nano }
+
 const usage = `usage:
   guard demo [--firewall]                      run the guard against a simulated Asterisk 20 under attack
   guard run [--config FILE] [--record FILE] [--allow-shared-files]
@@ -95,7 +99,6 @@ func newLogger(w io.Writer, level string) zerolog.Logger {
 	if err != nil || level == "" {
 		lvl = zerolog.InfoLevel
 	}
-	zerolog.TimeFieldFormat = time.RFC3339Nano
 	return zerolog.New(zerolog.SyncWriter(w)).Level(lvl).With().Timestamp().Logger()
 }
 

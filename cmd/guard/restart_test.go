@@ -21,6 +21,7 @@ import (
 	"github.com/astguard/astguard/internal/ami/amitest"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/guard"
+	"github.com/astguard/astguard/internal/testenv"
 )
 
 const killChild = "ASTGUARD_KILL_CHILD"
@@ -34,9 +35,10 @@ func TestSIGKILLRestartKeepsBans(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_ = guard.Run(context.Background(), guard.Options{Config: cfg, Logger: zerolog.Nop(), Firewall: firewall.NewDryRun(zerolog.Nop())})
-		return
+		err = guard.Run(context.Background(), guard.Options{Config: cfg, Logger: zerolog.New(os.Stderr).Level(zerolog.WarnLevel), Firewall: firewall.NewDryRun(zerolog.Nop())})
+		t.Fatalf("the guard ended before it was killed: %v", err)
 	}
+	t.Parallel()
 	data, err := os.ReadFile(fixtures + "attack-mixed.ami")
 	if err != nil {
 		t.Fatal(err)
@@ -68,12 +70,21 @@ func TestSIGKILLRestartKeepsBans(t *testing.T) {
 
 	child := exec.Command(os.Args[0], "-test.run=^TestSIGKILLRestartKeepsBans$", "-test.count=1")
 	child.Env = append(os.Environ(), killChild+"="+cfgPath)
+	out := &lockedBuffer{}
+	child.Stdout, child.Stderr = out, out
 	if err := child.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan error, 1)
+	go func() { exited <- child.Wait() }()
+	t.Cleanup(func() { _ = child.Process.Kill() })
 	want := []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.4"), netip.MustParseAddr("127.0.0.5")}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testenv.WaitFor(t, fmt.Sprintf("the child to ban %v", want), 30*time.Second, func() bool {
+		select {
+		case err := <-exited:
+			t.Fatalf("the child guard ended before it banned %v: %v\n%s", want, err, out.String())
+		default:
+		}
 		st, _ := bans.ReadState(state)
 		n := 0
 		for _, b := range st.Bans {
@@ -81,19 +92,12 @@ func TestSIGKILLRestartKeepsBans(t *testing.T) {
 				n++
 			}
 		}
-		if n == len(want) {
-			break
-		}
-		if time.Now().After(deadline) {
-			_ = child.Process.Kill()
-			t.Fatalf("the child never banned %v: %v", want, st.Bans)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return n == len(want)
+	})
 	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	_ = child.Wait()
+	<-exited
 
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
@@ -107,7 +111,12 @@ func TestSIGKILLRestartKeepsBans(t *testing.T) {
 		done <- guard.Run(ctx, guard.Options{Config: cfg, Logger: zerolog.Nop(), Firewall: fw,
 			Started: func(g *guard.Guard) { restored <- g.Bans().List() }})
 	}()
-	got := <-restored
+	var got []bans.Ban
+	select {
+	case got = <-restored:
+	case err := <-done:
+		t.Fatalf("the restarted guard did not start: %v", err)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"os"
@@ -21,9 +19,8 @@ import (
 	"github.com/astguard/astguard/internal/ami/amitest"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/guard"
+	"github.com/astguard/astguard/internal/testenv"
 )
-
-const trialChild = "ASTGUARD_TRIAL_NETNS_CHILD"
 
 // TestNetnsDryRunTrialNeverBecomesReal is the administrator's path from a
 // trial to production, with real iptables in a private network namespace
@@ -35,23 +32,14 @@ const trialChild = "ASTGUARD_TRIAL_NETNS_CHILD"
 // wrote after a trial, while a version 1 ban whose rule the chain holds
 // (it was real) stays applied.
 func TestNetnsDryRunTrialNeverBecomesReal(t *testing.T) {
-	if os.Getenv(trialChild) == "" {
-		if os.Geteuid() != 0 {
-			t.Fatal("this test needs root (for unshare -n and iptables in a private network namespace); run the tests as root")
-		}
-		cmd := exec.Command("unshare", "-n", os.Args[0], "-test.run=^TestNetnsDryRunTrialNeverBecomesReal$", "-test.v", "-test.count=1")
-		cmd.Env = append(os.Environ(), trialChild+"=1")
-		out, err := cmd.CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "--- PASS: TestNetnsDryRunTrialNeverBecomesReal") {
-			t.Fatalf("in a private network namespace: %v\n%s", err, out)
-		}
-		t.Logf("child:\n%s", out)
+	t.Parallel()
+	testenv.RequireCommand(t, "iptables", "ip6tables")
+	chain := testenv.RandomChain()
+	if !testenv.InNetns(t, chainEnv+"="+chain) {
+		testenv.NoChainOnHost(t, chain)
 		return
 	}
-	sh(t, "ip", "link", "set", "lo", "up")
-	suffix := make([]byte, 4)
-	_, _ = rand.Read(suffix)
-	chain := "AGT" + strings.ToUpper(hex.EncodeToString(suffix))
+	chain = os.Getenv(chainEnv)
 	dir := t.TempDir()
 	state := filepath.Join(dir, "bans.json")
 	thief, guesser := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.5")
@@ -108,7 +96,7 @@ func TestNetnsDryRunTrialNeverBecomesReal(t *testing.T) {
 		t.Fatalf("enforce mode applied the trial's dry-run bans:\n%s", rules)
 	}
 	ln := listenUDP(t, "127.0.0.1:0")
-	expectDatagram(t, ln, dialUDP(t, thief.String()+":0", ln.LocalAddr().String()), true, "a datagram from the trial's 127.0.0.2")
+	expectDelivered(t, ln, dialUDP(t, thief.String()+":0", ln.LocalAddr().String()), "a datagram from the trial's 127.0.0.2")
 	var out, errOut bytes.Buffer
 	if code := run([]string{"bans", "--config", enforce}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "127.0.0.2") {
 		t.Fatalf("guard bans: exit %d\n%s%s", code, out.String(), errOut.String())
@@ -207,23 +195,15 @@ func startGuard(t *testing.T, path string) (stop func()) {
 // waitState polls the state file until it bans every one of addrs.
 func waitState(t *testing.T, path string, addrs ...netip.Addr) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testenv.WaitFor(t, fmt.Sprintf("the state file to ban %v", addrs), 30*time.Second, func() bool {
 		st, _ := bans.ReadState(path)
-		n := 0
 		for _, a := range addrs {
-			if slices.ContainsFunc(st.Bans, func(b bans.Ban) bool { return b.Prefix.Addr() == a }) {
-				n++
+			if !slices.ContainsFunc(st.Bans, func(b bans.Ban) bool { return b.Prefix.Addr() == a }) {
+				return false
 			}
 		}
-		if n == len(addrs) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the state file never banned %v: %+v", addrs, st.Bans)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return true
+	})
 }
 
 func runOut(t *testing.T, name string, args ...string) string {

@@ -83,3 +83,107 @@ type Alert struct {
 
 // IsExtension reports whether the alert is about an extension (else an address).
 func (a *Alert) IsExtension() bool { return a.Extension != "" }
+
+// level says which severity count reaches, or 0.
+func level(t Threshold, count int) Severity {
+	switch {
+	case t.Critical > 0 && count >= t.Critical:
+		return Critical
+	case t.Warning > 0 && count >= t.Warning:
+		return Warning
+	}
+	return 0
+}
+
+// allow applies the cool-down: one alert per rule, key and severity per
+// Cooldown, and no warning while a critical of the same rule is cooling down.
+func (d *Detector) allow(pair *[2]uint32, sev Severity) bool {
+	cd := uint32(d.cfg.Cooldown / time.Second)
+	now := d.secs()
+	last := &pair[sev-1]
+	if *last != 0 && now-*last < cd {
+		return false
+	}
+	if sev == Warning {
+		if c := pair[Critical-1]; c != 0 && now-c < cd {
+			return false
+		}
+	}
+	*last = now
+	return true
+}
+
+// secs is the time in whole seconds since the detector's first event, plus
+// one so that 0 means never.
+func (d *Detector) secs() uint32 {
+	if d.base == 0 {
+		d.base = d.now
+	}
+	return uint32((d.now-d.base)/int64(time.Second)) + 1
+}
+
+func (d *Detector) checkExt(e *extState, r Rule, t Threshold, count int, what string) {
+	sev := level(t, count)
+	if sev == 0 || !d.allow(&e.alerts[r-1], sev) {
+		return
+	}
+	a := d.extAlert(e, r, sev, count, t.Window, what)
+	if sev == Critical && !e.authed && !d.cfg.UnauthenticatedCritical {
+		// Still said once per cool-down (it took the critical's turn), but
+		// as a warning: nothing acts on it.
+		a.Severity, a.Note = Warning, unauthNote
+	}
+	d.emit(a)
+}
+
+const unauthNote = "capped at warning: this endpoint was never seen authenticating with its secret (a REGISTER Asterisk accepted, or a SuccessfulAuth with UsingPassword 1): a trunk or a peer matched by its address?; list trunks in allow.extensions"
+
+func (d *Detector) extAlert(e *extState, r Rule, sev Severity, count int, window time.Duration, what string) Alert {
+	e.incident = max(e.incident, d.now+int64(d.cfg.Cooldown))
+	return Alert{
+		Time:      d.ev.Time,
+		Seq:       d.ev.Seq,
+		Rule:      r,
+		Severity:  sev,
+		Tech:      e.key.Tech,
+		Extension: e.key.Name,
+		Sources:   addrList(e.sources),
+		Contacts:  addrList(e.contacts),
+		Count:     count,
+		Window:    window,
+		Numbers:   e.numberList(),
+		Reason:    what,
+	}
+}
+
+func (d *Detector) checkAddr(a *addrState, r Rule, t Threshold, count int, what string) {
+	sev := level(t, count)
+	pair := &a.alerts[0]
+	if r == RuleFailedProbes {
+		pair = &a.alerts[1]
+	}
+	if sev == 0 || !d.allow(pair, sev) {
+		return
+	}
+	a.incident = max(a.incident, d.now+int64(d.cfg.Cooldown))
+	d.emit(Alert{
+		Time:     d.ev.Time,
+		Seq:      d.ev.Seq,
+		Rule:     r,
+		Severity: sev,
+		IP:       a.addr,
+		Accounts: a.accountList(),
+		Count:    count,
+		Window:   t.Window,
+		Numbers:  a.numbers.list(),
+		Reason:   what,
+	})
+}
+
+func (d *Detector) emit(a Alert) {
+	if a.Time.IsZero() && d.now != 0 {
+		a.Time = time.Unix(0, d.now).UTC()
+	}
+	d.stats.Alerts++
+	d.out = append(d.out, a)
+}

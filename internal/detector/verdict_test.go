@@ -85,7 +85,10 @@ func firstCritical(alerts []detector.Alert, match func(*detector.Alert) bool) *d
 	return nil
 }
 
-// The verdicts the foundation issue asks for, on the real Asterisk 20 recordings.
+// The real Asterisk 20 attack: the stolen SIP/200 is critical by its 5th
+// call, naming 127.0.0.2; the stolen PJSIP/300 by its 3rd, naming
+// 127.0.0.5; the password guessing from 127.0.0.4 is critical; nothing
+// critical names the legitimate 201 or its 127.0.0.3.
 func TestAttackMixedVerdicts(t *testing.T) {
 	alerts := replayAll(t, "attack-mixed.ami")
 	ip := func(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/astguard/astguard/internal/testenv"
 )
 
 func write(t *testing.T, path string, mode os.FileMode) {
@@ -90,9 +92,7 @@ func TestPrivateModeAndType(t *testing.T) {
 }
 
 func TestPrivateOwner(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to give a file to another user")
-	}
+	testenv.RequireRoot(t, "give a file to another user")
 	path := filepath.Join(t.TempDir(), "state.json")
 	write(t, path, 0o600)
 	if err := os.Chown(path, 65534, 65534); err != nil {
@@ -119,7 +119,9 @@ func TestCheckNotPublic(t *testing.T) {
 		{0o644, false, true}, {0o604, false, true},
 		{0o660, false, false}, {0o602, false, false}, {0o646, false, false}, {0o666, false, false},
 	} {
-		path := filepath.Join(dir, "config.toml")
+		// A file per mode: as an ordinary user, a 0400 file cannot be
+		// written again.
+		path := filepath.Join(dir, fmt.Sprintf("config-%04o.toml", c.mode))
 		write(t, path, c.mode)
 		err := CheckNotPublic(path)
 		if c.ok && err != nil || !c.ok && !errors.Is(err, ErrUnsafe) {
@@ -241,9 +243,7 @@ func TestCheckSocket(t *testing.T) {
 }
 
 func TestCheckSocketOwner(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to give a socket to another user")
-	}
+	testenv.RequireRoot(t, "give a socket to another user")
 	path := filepath.Join(t.TempDir(), "admin.sock")
 	listenUnix(t, path, 0o600)
 	if err := os.Lchown(path, 65534, 65534); err != nil {

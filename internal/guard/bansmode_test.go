@@ -54,6 +54,7 @@ func outcomes(logs string) []map[string]any {
 // outcome is would (counted as would, never as done), the bans are
 // recorded as dry-run bans, and none counts as active.
 func TestDryRunFirewallOutcomeIsWould(t *testing.T) {
+	t.Parallel()
 	h := startGuardWith(t, "attack-mixed.ami", 4, nil, firewall.NewDryRun(zerolog.Nop()))
 	g := <-h.guard
 	waitFor(t, "block_ip outcomes for 127.0.0.2 and 127.0.0.5", 20*time.Second, func() bool {
@@ -224,6 +225,7 @@ func observeConfig(srv *amitest.Server, dir string) *config.Config {
 // calls it for nothing, writes no state. A reload to enforce sets it up and
 // applies the real bans only; a reload back to observe lifts nothing.
 func TestObserveModeLeavesFirewallAlone(t *testing.T) {
+	t.Parallel()
 	data, err := os.ReadFile(transcripts + "attack-mixed.ami")
 	if err != nil {
 		t.Fatal(err)

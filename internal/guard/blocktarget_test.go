@@ -54,15 +54,11 @@ func outcomeOf(h *harness, action, ext string) (logLine, bool) {
 // it.
 func waitLoggedIn(t *testing.T, h *harness) {
 	t.Helper()
-	waitFor(t, "both sessions to log in", 10*time.Second, func() bool {
-		n := 0
-		for _, a := range h.srv.Actions() {
-			if a.Name == "Login" {
-				n++
-			}
-		}
-		return n >= 2
-	})
+	g := <-h.guard
+	h.guard <- g // for the test, if it wants it too
+	// Both clients logged in, not only both Logins received: an action on
+	// a session whose login reply is still on its way fails.
+	waitFor(t, "both sessions to log in", 10*time.Second, func() bool { return g.events.Connected() && g.urgent.Connected() })
 }
 
 func peerStatusFrame(peer, status, addr string) string {
@@ -74,6 +70,7 @@ func peerStatusFrame(peer, status, addr string) string {
 // nat=no, which the client writes): nothing is blocked, and the block_ip
 // outcome says why.
 func TestBlockNeverTheContact(t *testing.T) {
+	t.Parallel()
 	h := startGuard(t, "pjsip-bruteforce.ami", 0, func(c *config.Config) {
 		c.Detection.CallRate.BurstCritical = 50 // only failed_probes goes critical
 	})
@@ -112,6 +109,7 @@ func TestBlockNeverTheContact(t *testing.T) {
 // CHANNEL(recvip)): neither the registration's contact, which CHANNEL(peerip)
 // follows with nat=no, nor the address the extension registered from.
 func TestBlockTheLiveCallsRecvip(t *testing.T) {
+	t.Parallel()
 	h := startGuard(t, "pjsip-bruteforce.ami", 0, nil)
 	waitLoggedIn(t, h)
 	// 200 registers from 203.0.113.7 with a contact of 198.51.100.20 ...
@@ -155,6 +153,7 @@ func TestBlockTheLiveCallsRecvip(t *testing.T) {
 // SIPpeers. A static peer's (the carrier's configured host) is no
 // registration: its incoming calls stay capped at warning.
 func TestStaticPeerFromSIPpeersStaysCapped(t *testing.T) {
+	t.Parallel()
 	h := startGuard(t, "pjsip-bruteforce.ami", 0, nil)
 	waitFor(t, "the state rebuilt after the connect", 10*time.Second, func() bool {
 		return len(logLines(h, "state rebuilt from Asterisk")) > 0

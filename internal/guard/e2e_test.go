@@ -31,9 +31,6 @@ import (
 
 const transcripts = "../../testdata/transcripts/"
 
-// recordTo, when set, makes startGuardWith record the session there.
-var recordTo string
-
 // syncBuffer is a log sink safe for the guard's goroutines.
 type syncBuffer struct {
 	mu sync.Mutex
@@ -160,7 +157,7 @@ func runGuard(t *testing.T, srv *amitest.Server, cfg *config.Config, fw firewall
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
-	opts := Options{Config: cfg, Logger: zerolog.New(h.logs), Firewall: fw, Record: recordTo,
+	opts := Options{Config: cfg, Logger: zerolog.New(h.logs), Firewall: fw,
 		Started: func(g *Guard) { h.guard <- g }, Outcomes: h.outcomes.add}
 	if more != nil {
 		more(&opts)
@@ -308,6 +305,7 @@ func incidentsByKey(l incident.Listing) map[policy.Key]incident.Record {
 // is untouched. A new call of a stopped extension is hung up naming its
 // incident, until guard release lets the extension call again.
 func TestEndToEndAttackMixed(t *testing.T) {
+	t.Parallel()
 	fw := newCountingFirewall()
 	h := startGuardWith(t, "attack-mixed.ami", 4, nil, fw)
 	g := <-h.guard
@@ -431,7 +429,8 @@ func TestEndToEndAttackMixed(t *testing.T) {
 	var regexes []string
 	for _, a := range h.srv.Actions() {
 		for _, hd := range a.Headers {
-			if strings.Contains(hd[1], "201") && a.Name != "Events" {
+			// (Login's MD5 key is random hex: "201" turns up in it by chance.)
+			if strings.Contains(hd[1], "201") && a.Name != "Events" && a.Name != "Login" {
 				t.Errorf("an action touched 201: %s %v", a.Name, a.Headers)
 			}
 			if a.Name == "Hangup" && strings.EqualFold(hd[0], "Channel") && strings.HasPrefix(hd[1], "/") {

@@ -21,6 +21,7 @@ import (
 // An action answered with Response: Error is retried per policy; the alert
 // lines say what happened.
 func TestActionErrorIsRetried(t *testing.T) {
+	t.Parallel()
 	h := startGuard(t, "attack-mixed.ami", 4, func(c *config.Config) { c.Response.RetryMax = 3 })
 	h.srv.FailAction("UpdateConfig", "Internal error writing the file", 2)
 	waitFor(t, "200's secret rotated after two errors", 20*time.Second, func() bool {
@@ -43,6 +44,7 @@ func TestActionErrorIsRetried(t *testing.T) {
 
 // An error a retry cannot fix is not retried and is reported as failed.
 func TestPermanentActionErrorIsReported(t *testing.T) {
+	t.Parallel()
 	h := startGuard(t, "attack-mixed.ami", 4, nil)
 	h.srv.FailAction("UpdateConfig", "Given category does not exist", 1)
 	waitFor(t, "a failed rotation line", 20*time.Second, func() bool {
@@ -64,6 +66,7 @@ func (*refusingFirewall) Setup(context.Context) error                     { retu
 // iptables refused: the block fails with an alert, and the other actions are
 // still done.
 func TestFirewallRefusedOtherActionsDone(t *testing.T) {
+	t.Parallel()
 	h := startGuardWith(t, "attack-mixed.ami", 4, nil, &refusingFirewall{})
 	waitFor(t, "hang-up and rotation of 200 despite the firewall", 20*time.Second, func() bool {
 		s, _ := confSection(h.srv.Conf("sip.conf"), "200", "secret")
@@ -94,6 +97,7 @@ func (g *gatedFirewall) Block(ctx context.Context, a netip.Addr, c string) error
 // the actions the first alert's policy did not include run in the same
 // incident, the hang-up at once, the rotation only after the block.
 func TestLaterAlertOfAnIncidentInFlight(t *testing.T) {
+	t.Parallel()
 	fw := &gatedFirewall{DryRun: firewall.NewDryRun(zerolog.Nop()), gate: make(chan struct{})}
 	h := startGuardWith(t, "attack-mixed.ami", 4, func(c *config.Config) {
 		c.Policy.CallRate.Critical = []string{"alert", "block_ip"}

@@ -32,6 +32,7 @@ func writeMode(t *testing.T, path, content string, mode os.FileMode) {
 // Run refuses to start with a secrets file it could not write safely, before
 // it logs in anywhere.
 func TestRunRefusesUnsafeSecretsFile(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := config.Default()
 	cfg.AMI.Secret = "guardpass"
@@ -76,6 +77,7 @@ func fakeDaemon(t *testing.T, path string, mode os.FileMode) *atomic.Int32 {
 // a socket at the path itself, owned by root or the caller, not writable
 // by others. A stand-in is refused before a byte goes to it.
 func TestAdminClientChecksTheSocket(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	dir := t.TempDir()
@@ -136,6 +138,7 @@ func TestAdminClientChecksTheSocket(t *testing.T) {
 // it replaces a stale socket of a killed guard, and refuses to start over
 // anything else at the path.
 func TestListenAdminPaths(t *testing.T) {
+	t.Parallel()
 	g := &Guard{}
 	dir := filepath.Join(t.TempDir(), "run", "astguard")
 	path := filepath.Join(dir, "admin.sock")

@@ -16,9 +16,10 @@ import (
 // message as forged and does not use it. A reader that kept the last value
 // of a repeated key would have blamed 201 for 200's burst.
 func TestForgedChannelMovesNoCall(t *testing.T) {
+	t.Parallel()
 	h := startGuardOn(t, amitest.Options{}, nil, nil, nil)
-	g := <-h.guard
 	waitLoggedIn(t, h)
+	g := <-h.guard
 	// 201 authenticates with its secret: a burst blamed on it would go
 	// critical and be acted on.
 	h.srv.Inject(securityFrame("SuccessfulAuth", "SIP", "201", "IPV4/UDP/192.0.2.31/5060", "UsingPassword: 1"))

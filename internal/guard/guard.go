@@ -222,6 +222,7 @@ func Run(ctx context.Context, opts Options) error {
 	eg.Go(func() error { return g.loop(egCtx, rec) })
 	eg.Go(func() error { return g.bans.Run(egCtx) })
 	eg.Go(func() error { return g.resyncLoop(egCtx) })
+	eg.Go(func() error { return g.incidentsLoop(egCtx) })
 	if msrv != nil {
 		eg.Go(func() error { return msrv.Serve(egCtx) })
 	}
@@ -296,7 +297,6 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 		decs   []policy.Decision
 		seq    int
 		live   []string
-		saving saveState
 	)
 	flush := time.NewTicker(time.Second)
 	defer flush.Stop()
@@ -305,9 +305,7 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 			a := &alerts[i]
 			g.stats.alerts.Add(1)
 			g.metrics.Alert(a.Rule, a.Severity)
-			var err error
-			decs, err = g.book.Decide(g.table, a, time.Now(), decs[:0])
-			saving.note(&g.log, err)
+			decs = g.book.Decide(g.table, a, time.Now(), decs[:0])
 			g.resp.decided(ctx, g.cfg.Load(), a, decs, func() []string {
 				if !a.IsExtension() {
 					return nil
@@ -326,7 +324,6 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 			return nil
 		case <-flush.C:
 			g.metrics.SetDetector(det.Stats())
-			g.expireIncidents(&saving)
 			if rec != nil {
 				if err := rec.flush(); err != nil {
 					log.Error().Err(err).Msg("recording failed")
@@ -381,6 +378,23 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 				}
 			}
 			handleAlerts()
+		}
+	}
+}
+
+// incidentsLoop closes, once a second, the incidents whose quiet time has
+// passed, and saves the book when it changed: off the detector loop, which
+// must never wait for a disk write.
+func (g *Guard) incidentsLoop(ctx context.Context) error {
+	var saving saveState
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			g.expireIncidents(&saving)
 		}
 	}
 }

@@ -52,6 +52,7 @@ var hangupRegexRE = regexp.MustCompile(`^/\^(SIP|PJSIP|IAX2)\\/(.+)-(\[0-9a-f\]\
 // config action names a ValidName section, and only valid attacker
 // addresses are blocked.
 func TestHostileInputReachesNothingUnvalidated(t *testing.T) {
+	t.Parallel()
 	fw := &recordingFirewall{DryRun: firewall.NewDryRun(zerolog.Nop())}
 	h := startGuardWith(t, "pjsip-bruteforce.ami", 0, func(c *config.Config) {
 		// Hostile names never authenticate: let their calls go critical
@@ -159,7 +160,9 @@ func TestHostileInputReachesNothingUnvalidated(t *testing.T) {
 				return strings.Contains(l, `"action":"hangup"`) && strings.Contains(l, `"result":"done"`) && strings.Contains(l, `"extension":"a.b*c"`)
 			})
 	})
-	time.Sleep(time.Second) // let the other in-flight actions end
+	waitFor(t, "the calls with long caller ids hung up", 20*time.Second, func() bool {
+		return slices.Contains(hangupsSent(h.srv), `/^SIP\/202-[0-9a-f]{8}$/`)
+	})
 	h.stop(t)
 
 	// The actions.

@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"bytes"
 	"context"
 	"net/netip"
 	"sync"
@@ -83,9 +84,10 @@ func (g *Guard) takeEvent(m *ami.Message, at time.Time) {
 }
 
 // takeRecorded is the event session's tap when recording: every message is
-// queued with a copy of its bytes, decoded too when it is a wanted event.
+// queued with a copy of its bytes (secrets in replies redacted), decoded
+// too when it is a wanted event.
 func (g *Guard) takeRecorded(m *ami.Message, at time.Time) {
-	in := incoming{raw: append([]byte(nil), m.Raw()...), at: at}
+	in := incoming{raw: recorded(m), at: at}
 	if m.IsEvent() && ami.UsedEvent(m.Value(0)) {
 		ev := eventPool.Get().(*ami.Event)
 		if ami.Decode(m, ev) {
@@ -184,4 +186,61 @@ func (g *Guard) rebuild(ctx context.Context) resyncItem {
 		}
 	}
 	return it
+}
+
+// recorded is a copy of m's bytes as received, but for the secrets an
+// action's reply may carry (GetConfig's `Line-...: secret=...` when the
+// guard plans a rotation, the password of an AuthDetail): the recording
+// keeps their keys and says [redacted]. Events Asterisk raises by itself
+// carry none and are copied as they are.
+func recorded(m *ami.Message) []byte {
+	if !m.IsResponse() && !m.Has("ActionID") {
+		return append([]byte(nil), m.Raw()...)
+	}
+	redact := false
+	for i := 0; i < m.Len() && !redact; i++ {
+		redact = secretHeader(m.Key(i), m.Value(i))
+	}
+	if !redact {
+		return append([]byte(nil), m.Raw()...)
+	}
+	var b []byte
+	for i := 0; i < m.Len(); i++ {
+		k, v := m.Key(i), m.Value(i)
+		b = append(append(b, k...), ": "...)
+		if secretHeader(k, v) {
+			if j := bytes.IndexByte(v, '='); j >= 0 && bytes.HasPrefix(k, []byte("Line-")) {
+				b = append(b, v[:j+1]...)
+			}
+			b = append(b, "[redacted]"...)
+		} else {
+			b = append(b, v...)
+		}
+		b = append(b, '\r', '\n')
+	}
+	return append(b, '\r', '\n')
+}
+
+// secretNames are the keys under which Asterisk holds a secret: sip.conf's
+// secret and md5secret, pjsip.conf's password, md5_cred and
+// password_digest, and the fields of a PJSIPShowEndpoint AuthDetail.
+var secretNames = []string{"secret", "md5secret", "password", "md5_cred", "password_digest", "md5cred", "passworddigest"}
+
+// secretHeader reports whether a reply header holds a secret: a GetConfig
+// line `key=value` whose key is a secret's, or a header so named.
+func secretHeader(k, v []byte) bool {
+	name := k
+	if bytes.HasPrefix(k, []byte("Line-")) {
+		j := bytes.IndexByte(v, '=')
+		if j < 0 {
+			return false
+		}
+		name = bytes.TrimSpace(v[:j])
+	}
+	for _, s := range secretNames {
+		if bytes.EqualFold(name, []byte(s)) {
+			return true
+		}
+	}
+	return false
 }

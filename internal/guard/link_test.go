@@ -18,10 +18,12 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
+	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/ami/amitest"
 	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/metrics"
+	"github.com/astguard/astguard/internal/policy"
 )
 
 // logLines returns the guard's log lines with the given message, parsed.
@@ -55,6 +57,7 @@ func attack(h *harness, uidBase int, callerName func(i int) string) {
 // Caller names of 8 and 30 KiB on the stolen extension's calls are read
 // whole: the calls are seen and the attack is stopped end to end.
 func TestLongCallerNamesDoNotHideTheAttack(t *testing.T) {
+	t.Parallel()
 	h := startGuardOn(t, amitest.Options{}, nil, nil, nil)
 	g := <-h.guard
 	waitFor(t, "the event session", 10*time.Second, g.events.Connected)
@@ -83,6 +86,7 @@ func TestLongCallerNamesDoNotHideTheAttack(t *testing.T) {
 // its typed state, on /healthz and once in its log; when the server reads
 // again, it all clears.
 func TestActionsTimingOutWhileEventsFlow(t *testing.T) {
+	t.Parallel()
 	h := startGuardOn(t, amitest.Options{}, func(c *config.Config) {
 		c.AMI.ActionTimeout = config.Duration(time.Second)
 	}, nil, nil)
@@ -150,13 +154,15 @@ func TestFloodKeepsMemoryBoundedAndCountsDrops(t *testing.T) {
 	})
 	g := <-h.guard
 	<-hold
-	waitFor(t, "the event session", 10*time.Second, g.events.Connected)
+	waitFor(t, "both sessions", 10*time.Second, func() bool { return g.events.Connected() && g.urgent.Connected() })
 	runtime.GC()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	st0 := g.sessionStats()
 
-	const n = 150_000
+	// 53 MiB sent; the heap may grow by 8 MiB (it grows by under 1 MiB):
+	// a guard that kept a sixth of what it read would show.
+	const n = 50_000
 	frame := "Event: PeerStatus\r\nPrivilege: system,all\r\nChannelType: SIP\r\nPeer: SIP/200\r\nPeerStatus: Registered\r\n" +
 		"Address: 192.0.2.10:5060\r\nPadding: " + strings.Repeat("p", 1000) + "\r\n"
 	sent := h.srv.Flood(frame, n)
@@ -170,10 +176,12 @@ func TestFloodKeepsMemoryBoundedAndCountsDrops(t *testing.T) {
 	runtime.ReadMemStats(&m1)
 	st := g.sessionStats()
 	queued, dropped := st.Queued-st0.Queued, st.Dropped-st0.Dropped
-	if queued+dropped != n || queued > 1024 || len(g.queue) != cap(g.queue) {
+	// The flood, and perhaps the SuccessfulAuth of the urgent session's
+	// login, broadcast to the event session but read after st0.
+	if queued+dropped < n || queued+dropped > n+1 || queued > 1024 || len(g.queue) != cap(g.queue) {
 		t.Errorf("%d queued, %d dropped of %d, queue %d/%d", queued, dropped, n, len(g.queue), cap(g.queue))
 	}
-	if grew := int64(m1.HeapInuse) - int64(m0.HeapInuse); grew > 64<<20 {
+	if grew := int64(m1.HeapInuse) - int64(m0.HeapInuse); grew > 8<<20 {
 		t.Errorf("the heap grew by %d MiB while %d MiB were sent", grew>>20, n*len(frame)>>20)
 	}
 	if es := g.events.Status(); es.Connects != 1 || es.State != client.StateUp {
@@ -204,10 +212,12 @@ func TestFloodKeepsMemoryBoundedAndCountsDrops(t *testing.T) {
 }
 
 // Asterisk restarted in the middle of the attack, refusing connections for
-// 5 s: the guard backs off, logs in again, rebuilds its view, and the
-// attack is still stopped. Being unreachable is said once per session.
+// 5 s of the recording (2.5 s at twice its pace): the guard backs off, logs
+// in again, rebuilds its view, and the attack is still stopped. Being
+// unreachable is said once per session.
 func TestAsteriskRestartMidAttack(t *testing.T) {
-	h := startGuard(t, "attack-mixed.ami", 1, func(c *config.Config) {
+	t.Parallel()
+	h := startGuard(t, "attack-mixed.ami", 2, func(c *config.Config) {
 		c.AMI.ReconnectInterval = config.Duration(100 * time.Millisecond)
 		c.AMI.ReconnectMax = config.Duration(time.Second)
 	})
@@ -220,7 +230,7 @@ func TestAsteriskRestartMidAttack(t *testing.T) {
 	waitFor(t, "the guard to find Asterisk unreachable", 10*time.Second, func() bool {
 		return g.events.Status().Problem == client.ProblemUnreachable
 	})
-	time.Sleep(5*time.Second - time.Since(down)) // Asterisk takes 5 s to come back
+	time.Sleep(2500*time.Millisecond - time.Since(down)) // the scenario: Asterisk takes that long to come back
 	if err := h.srv.Up(); err != nil {
 		t.Fatal(err)
 	}
@@ -263,6 +273,7 @@ func TestAsteriskRestartMidAttack(t *testing.T) {
 // A wrong secret: each session says so once, with Asterisk's reason, and
 // /healthz says why the guard is blind.
 func TestWrongSecretIsLoud(t *testing.T) {
+	t.Parallel()
 	h := startGuardOn(t, amitest.Options{LoginFailDelay: time.Millisecond}, func(c *config.Config) {
 		c.AMI.Secret = "not-the-secret"
 		c.AMI.ReconnectInterval = config.Duration(10 * time.Millisecond)
@@ -299,6 +310,7 @@ func TestWrongSecretIsLoud(t *testing.T) {
 // PJSIPShowContacts before 16, no Hangup by /regex/ on 1.8, and a warning
 // that Asterisk before 12 shows no security events.
 func TestVersionAware(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		banner          string
 		sipPeers, pjsip bool
@@ -310,11 +322,17 @@ func TestVersionAware(t *testing.T) {
 		{"Asterisk Call Manager/1.1", true, false, false, true},
 	} {
 		t.Run(tc.banner, func(t *testing.T) {
+			t.Parallel()
 			h := startGuardOn(t, amitest.Options{Banner: tc.banner}, nil, nil, nil)
 			waitFor(t, "the resync", 10*time.Second, func() bool { return strings.Contains(h.logs.String(), "state rebuilt from Asterisk") })
 			attack(h, 2, func(int) string { return "200" })
+			// The hang-up of the extension's calls (not that of a new call
+			// of the stopped extension, which goes by name on every
+			// version).
 			waitFor(t, "the hang-up of 200", 20*time.Second, func() bool {
-				return len(rawLogLines(h, "action outcome")) > 0 && strings.Contains(h.logs.String(), `"action":"hangup","result":"done"`)
+				return len(h.outcomes.list(func(o *Outcome) bool {
+					return o.Action == policy.Hangup && o.Result == policy.Done && o.Target == "SIP/200"
+				})) > 0
 			})
 			names := map[string]bool{}
 			regex := false
@@ -348,15 +366,18 @@ func actionHeader(a amitest.Action, key string) (string, bool) {
 // --record writes each message's bytes as they arrived: headers in their
 // order, repeated keys kept, replies included.
 func TestRecordingIsVerbatim(t *testing.T) {
+	t.Parallel()
 	rec := filepath.Join(t.TempDir(), "rec.ami")
 	h := startGuardOn(t, amitest.Options{}, nil, nil, func(o *Options) { o.Record = rec })
 	g := <-h.guard
 	waitFor(t, "the event session", 10*time.Second, g.events.Connected)
-	before := g.sessionStats().Queued
 	frame := "Event: Newstate\r\nPrivilege: call,all\r\nChannel: SIP/201-00000001\r\nChanVariable: A=1\r\nChanVariable: B=2\r\nUniqueid: 1.1\r\n"
 	h.srv.Inject(frame)
+	// The only PeerStatus of the session, after the frame: once the
+	// detector has counted it, the loop has taken the frame too.
+	h.srv.Inject("Event: PeerStatus\r\nPrivilege: system,all\r\nChannelType: SIP\r\nPeer: SIP/201\r\nPeerStatus: Registered\r\nAddress: 192.0.2.10:5060\r\n")
 	waitFor(t, "the frame taken by the detector loop", 10*time.Second, func() bool {
-		return g.sessionStats().Queued > before && g.queueLen() == 0
+		return metricsValue(gathered(t, g), metrics.NameEvents, "type=PeerStatus") >= 1
 	})
 	h.stop(t) // the loop finishes the message it took, and closes the recording
 	raw, _ := os.ReadFile(rec)
@@ -384,4 +405,37 @@ func TestStopLeavesNoGoroutine(t *testing.T) {
 	}
 	h.stop(t)
 	h.srv.Close()
+}
+
+// The recording holds every reply as received but for the secrets: the
+// GetConfig replies of the rotations (the old secret of each extension in
+// clear) are written with [redacted] in place of the value.
+func TestRecordingRedactsSecrets(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile(transcripts + "attack-mixed.ami")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := filepath.Join(t.TempDir(), "rec.ami")
+	h := startGuardOn(t, amitest.Options{Transcript: bytes.NewReader(data), Speed: 4, AutoPlay: true}, nil, nil,
+		func(o *Options) { o.Record = rec })
+	waitFor(t, "both secrets rotated", 30*time.Second, func() bool {
+		return h.outcomes.has(policy.RotateSecret, policy.Done, policy.ExtensionKey(ami.TechSIP, "200")) &&
+			h.outcomes.has(policy.RotateSecret, policy.Done, policy.ExtensionKey(ami.TechPJSIP, "300"))
+	})
+	h.stop(t)
+	raw, err := os.ReadFile(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"Leaky200", "Leaky300", "Strong201secret"} {
+		if bytes.Contains(raw, []byte(secret)) {
+			t.Errorf("the recording holds the secret %s", secret)
+		}
+	}
+	for _, want := range []string{": secret=[redacted]\r\n", ": password=[redacted]\r\n"} {
+		if !bytes.Contains(raw, []byte(want)) {
+			t.Errorf("the recording lacks the GetConfig line %q", want)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 // SIGHUP: a bad file keeps the running configuration and says why; a good
 // one takes effect.
 func TestReloadKeepsOldConfigWhenNewIsBad(t *testing.T) {
+	t.Parallel()
 	srv, err := amitest.Start(amitest.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -77,10 +79,20 @@ func TestReloadKeepsOldConfigWhenNewIsBad(t *testing.T) {
 // guard run --record writes a transcript that guard replay reads back into
 // the same verdicts.
 func TestRecordingReplays(t *testing.T) {
+	t.Parallel()
 	rec := filepath.Join(t.TempDir(), "rec.ami")
 	h := startGuardRecording(t, rec)
 	<-h.srv.Done()
-	time.Sleep(300 * time.Millisecond)
+	// The guard has taken in what the replay below must find.
+	waitFor(t, "the guard's criticals for SIP/200, PJSIP/300 and 127.0.0.4", 10*time.Second, func() bool {
+		seen := map[string]bool{}
+		for _, l := range rawLogLines(h, "fraud alert") {
+			if l["severity"] == "critical" {
+				seen[fmt.Sprint(l["tech"], "/", l["extension"])], seen[fmt.Sprint(l["ip"])] = true, true
+			}
+		}
+		return seen["SIP/200"] && seen["PJSIP/300"] && seen["127.0.0.4"]
+	})
 	h.stop(t)
 	var crit []string
 	res, err := replay.File(rec, detector.Default(), func(a *detector.Alert) {
@@ -111,15 +123,19 @@ func TestRecordingReplays(t *testing.T) {
 
 func startGuardRecording(t *testing.T, path string) *harness {
 	t.Helper()
-	recordTo = path
-	t.Cleanup(func() { recordTo = "" })
-	return startGuardWith(t, "attack-mixed.ami", 4, func(c *config.Config) { c.Mode = config.ModeObserve }, nil)
+	data, err := os.ReadFile(transcripts + "attack-mixed.ami")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startGuardOn(t, amitest.Options{Transcript: bytes.NewReader(data), Speed: 4, AutoPlay: true},
+		func(c *config.Config) { c.Mode = config.ModeObserve }, nil, func(o *Options) { o.Record = path })
 }
 
 // After a rotation, the real phone at the extension's earlier address keeps
 // failing with the old secret: that address is not blocked, and the outcome
 // says the phone needs the new secret.
 func TestEarlierAddressProtectedAfterRotation(t *testing.T) {
+	t.Parallel()
 	h := startGuardWith(t, "attack-mixed.ami", 4, nil, nil)
 	// The office phone of 200 registered from 192.0.2.10 before the theft:
 	// its REGISTER's PeerStatus and SuccessfulAuth, whose RemoteAddress

@@ -99,6 +99,7 @@ func logCounts(logs, message, f1, f2 string) map[string]float64 {
 // The guard against the attack transcript: /healthz is healthy while it
 // streams, and the counters move as the fixture says.
 func TestMetricsAttackMixed(t *testing.T) {
+	t.Parallel()
 	start := time.Now()
 	h := startGuard(t, "attack-mixed.ami", 4, func(c *config.Config) { c.Metrics.Listen = "127.0.0.1:0" })
 	var g *Guard
@@ -280,6 +281,7 @@ func TestMetricsAttackMixed(t *testing.T) {
 
 // Without metrics.listen nothing listens.
 func TestMetricsOff(t *testing.T) {
+	t.Parallel()
 	h := startGuard(t, "pjsip-bruteforce.ami", 50, nil)
 	select {
 	case g := <-h.guard:
@@ -297,6 +299,7 @@ func TestMetricsOff(t *testing.T) {
 // An address that cannot be bound stops the guard at its start, before it
 // touches the firewall or AMI.
 func TestMetricsBindFailure(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

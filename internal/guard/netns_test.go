@@ -2,8 +2,6 @@ package guard
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"os/exec"
 	"strings"
@@ -13,9 +11,11 @@ import (
 	"github.com/astguard/astguard/internal/ami/amitest"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/metrics"
+	"github.com/astguard/astguard/internal/testenv"
 )
 
-const netnsChild = "ASTGUARD_GUARD_NETNS_CHILD"
+// chainEnv passes the chain name the test picked to its child.
+const chainEnv = "ASTGUARD_TEST_CHAIN"
 
 // TestNetnsObserveSetsUpNoFirewall runs the guard with the real iptables
 // firewall the configuration names, in a private network namespace (never
@@ -24,23 +24,14 @@ const netnsChild = "ASTGUARD_GUARD_NETNS_CHILD"
 // ban of the state file, not its dry-run ban; a reload back to observe
 // leaves the rule in place.
 func TestNetnsObserveSetsUpNoFirewall(t *testing.T) {
-	if os.Getenv(netnsChild) == "" {
-		if os.Geteuid() != 0 {
-			t.Fatal("this test needs root (for unshare -n and iptables in a private network namespace); run the tests as root")
-		}
-		cmd := exec.Command("unshare", "-n", os.Args[0], "-test.run=^TestNetnsObserveSetsUpNoFirewall$", "-test.v", "-test.count=1")
-		cmd.Env = append(os.Environ(), netnsChild+"=1")
-		out, err := cmd.CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "--- PASS: TestNetnsObserveSetsUpNoFirewall") {
-			t.Fatalf("in a private network namespace: %v\n%s", err, out)
-		}
-		t.Logf("child:\n%s", out)
+	t.Parallel()
+	testenv.RequireCommand(t, "iptables", "ip6tables")
+	chain := testenv.RandomChain()
+	if !testenv.InNetns(t, chainEnv+"="+chain) {
+		testenv.NoChainOnHost(t, chain)
 		return
 	}
-	netnsSh(t, "ip", "link", "set", "lo", "up")
-	suffix := make([]byte, 4)
-	_, _ = rand.Read(suffix)
-	chain := "AGT" + strings.ToUpper(hex.EncodeToString(suffix))
+	chain = os.Getenv(chainEnv)
 
 	data, err := os.ReadFile(transcripts + "attack-mixed.ami")
 	if err != nil {

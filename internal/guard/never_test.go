@@ -19,6 +19,7 @@ func covers(ps []netip.Prefix, s string) bool {
 // The guard never blocks the AMI server, the address it reaches it from,
 // the allow-list or never_block.
 func TestNeverBlock(t *testing.T) {
+	t.Parallel()
 	cfg := config.Default()
 	cfg.AMI.Address = "127.0.0.1:5038"
 	cfg.Allow.Networks = []string{"192.0.2.0/24"}
@@ -42,6 +43,7 @@ func TestNeverBlock(t *testing.T) {
 // A host name is resolved, every address it has is protected, and one that
 // does not resolve is an error naming the key.
 func TestAMIAddresses(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	var asked []string
 	lookup := func(_ context.Context, network, host string) ([]netip.Addr, error) {

@@ -14,7 +14,8 @@ import (
 // The AMI connection is cut in the middle of the attack: the guard
 // reconnects, rebuilds its view, and the attack is still stopped.
 func TestReconnectMidAttack(t *testing.T) {
-	h := startGuard(t, "attack-mixed.ami", 1, func(c *config.Config) {
+	t.Parallel()
+	h := startGuard(t, "attack-mixed.ami", 2, func(c *config.Config) {
 		c.AMI.ReconnectInterval = config.Duration(100 * time.Millisecond)
 	})
 	waitFor(t, "the thief's first call", 20*time.Second, func() bool {
@@ -45,6 +46,7 @@ func TestReconnectMidAttack(t *testing.T) {
 
 // A connection that stops answering pings is treated as dead and replaced.
 func TestStalledConnectionIsReplaced(t *testing.T) {
+	t.Parallel()
 	h := startGuard(t, "pjsip-bruteforce.ami", 0, func(c *config.Config) {
 		c.AMI.ReconnectInterval = config.Duration(100 * time.Millisecond)
 		c.AMI.Keepalive = config.Duration(200 * time.Millisecond)

@@ -21,6 +21,7 @@ import (
 // The recording rotates by size, keeps the newest files, and each file is a
 // transcript of its own (banner first).
 func TestRecorderRotates(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "rec.ami")
 	r, err := newRecorder(path, 1000, 2, func() string { return "Asterisk Call Manager/9.0.0" })
 	if err != nil {
@@ -128,6 +129,7 @@ func replayVerdicts(t *testing.T, path string) ([]verdict, []int, replay.Result)
 // its three sessions, each after a start marker, and the file replays into
 // the verdicts of one uninterrupted session.
 func TestRecordingAppendsAcrossRestarts(t *testing.T) {
+	t.Parallel()
 	const fixture = "../../testdata/transcripts/after-rotation.ami"
 	banner, raws, times, idle := fixtureMessages(t, fixture)
 	path := filepath.Join(t.TempDir(), "day.ami")
@@ -196,6 +198,7 @@ func TestRecordingAppendsAcrossRestarts(t *testing.T) {
 // write, a full disk) is closed off: the piece is rejected as malformed,
 // never read as an event, and the new session follows intact.
 func TestRecordingSealsATornTail(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "day.ami")
 	torn := "Asterisk Call Manager/9.0.0\r\n" +
 		"Event: PeerStatus\r\nPeer: SIP/200\r\nPeerStatus: Registered\r\nTimeReceived: 2026-11-25T12:00:00.000000Z\r\n\r\n" +
@@ -243,6 +246,7 @@ func TestRecordingSealsATornTail(t *testing.T) {
 // What is not a recording is neither appended to nor truncated; a symlink
 // at the path is not followed.
 func TestRecordingRefusesOtherFiles(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	other := filepath.Join(dir, "notes.txt")
 	writeMode(t, other, "my notes\n", 0o600)
@@ -269,6 +273,7 @@ func TestRecordingRefusesOtherFiles(t *testing.T) {
 // A recording already at its size limit when the guard starts is rotated
 // away whole; the new session starts a file of its own.
 func TestRecordingFullAtStartRotates(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "day.ami")
 	old := "Asterisk Call Manager/9.0.0\r\n" + strings.Repeat("Event: PeerStatus\r\nPeer: SIP/200\r\nPeerStatus: Registered\r\nTimeReceived: 2026-11-25T12:00:00.000000Z\r\n\r\n", 20)
 	writeMode(t, path, old, 0o600)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/astguard/astguard/internal/action/secret"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
 	"github.com/astguard/astguard/internal/policy"
@@ -26,6 +27,9 @@ type ReloadResult struct {
 	// Restart are the keys that changed but keep their running value until
 	// the next start.
 	Restart []string
+	// Refused are the keys that changed to a value the guard cannot use
+	// (a secrets file it would not write to): the running value is kept.
+	Refused []string
 }
 
 // restartKeys are the keys (or tables) a reload cannot apply, because what
@@ -102,6 +106,17 @@ func (g *Guard) reload(ctx context.Context, det *detector.Detector) ReloadResult
 	}
 	running := g.cfg.Load()
 	for _, k := range config.Changed(running, next) {
+		// A secrets file every rotation would refuse is refused now, as
+		// at start, not found out during an attack: the running one stays.
+		if k == "response.secrets_file" {
+			if err := secret.CheckFile(next.Response.SecretsFile); err != nil {
+				next.CopyKey(k, running)
+				res.Refused = append(res.Refused, k)
+				log.Error().Str("key", k).Err(err).Str("kept", running.Response.SecretsFile).
+					Msg("configuration key refused: the running value is kept")
+				continue
+			}
+		}
 		// A key in neither list (a new one) is treated as needing a
 		// restart: the guard never claims to apply what it does not.
 		if under(k, liveKeys) && !under(k, restartKeys) {

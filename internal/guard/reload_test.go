@@ -127,6 +127,7 @@ func (h *reloadHarness) lines(t *testing.T, msg string) []reloadLogLine {
 
 // Every key is either applied by a reload or said to need a restart.
 func TestEveryKeyIsLiveOrRestart(t *testing.T) {
+	t.Parallel()
 	for _, k := range config.Keys() {
 		if live, restart := under(k, liveKeys), under(k, restartKeys); live == restart {
 			t.Errorf("%s: applied by a reload %v, needs a restart %v", k, live, restart)
@@ -145,6 +146,7 @@ func guessing(srv *amitest.Server, ip string) {
 // A reload changing log.level changes at once what every part of the guard
 // logs.
 func TestReloadAppliesLogLevel(t *testing.T) {
+	t.Parallel()
 	srv, err := amitest.Start(amitest.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -196,6 +198,7 @@ func TestReloadAppliesLogLevel(t *testing.T) {
 // A reload of secrets_file sends the next secret to the new file, and the
 // outcome names the file the secret went to.
 func TestReloadAppliesSecretsFile(t *testing.T) {
+	t.Parallel()
 	data, err := os.ReadFile(transcripts + "attack-mixed.ami")
 	if err != nil {
 		t.Fatal(err)
@@ -251,6 +254,7 @@ func TestReloadAppliesSecretsFile(t *testing.T) {
 // Keys that need a restart keep their running value, each with a warning
 // naming it and the file; the others are applied.
 func TestReloadWarnsPerRestartKey(t *testing.T) {
+	t.Parallel()
 	srv, err := amitest.Start(amitest.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -297,6 +301,7 @@ func TestReloadWarnsPerRestartKey(t *testing.T) {
 
 // A refused file changes nothing, and the outcome says why.
 func TestReloadRefusedNamesTheFile(t *testing.T) {
+	t.Parallel()
 	srv, err := amitest.Start(amitest.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -357,6 +362,7 @@ func (l *lookupSwitch) lookup(_ context.Context, _, host string) ([]netip.Addr, 
 // it says so loudly, starts with the configured networks, and protects the
 // AMI server once a reload resolves it, lifting a ban made meanwhile.
 func TestAMINameResolvedAtReload(t *testing.T) {
+	t.Parallel()
 	srv, err := amitest.Start(amitest.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -402,6 +408,7 @@ func TestAMINameResolvedAtReload(t *testing.T) {
 
 // The name is also tried again when the AMI session connects.
 func TestAMINameResolvedAtConnect(t *testing.T) {
+	t.Parallel()
 	srv, err := amitest.Start(amitest.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -465,5 +472,34 @@ func TestReloadCarriesTheIncidents(t *testing.T) {
 	}
 	if n := len(h.lines(t, "incidents not saved: the actions go on, but a restart before the next save may run them again")); n != 0 {
 		t.Errorf("%d lines say the incidents were not saved", n)
+	}
+}
+
+// A reload naming a secrets file every rotation would refuse (here a
+// symlink to a file of someone else's choosing) is refused as at start:
+// the running file stays, and the key is named.
+func TestReloadRefusesUnsafeSecretsFile(t *testing.T) {
+	srv, err := amitest.Start(amitest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	h := startReloadable(t, srv, func(c *config.Config) { c.Mode = config.ModeEnforce }, nil)
+	running := h.g.cfg.Load().Response.SecretsFile
+	dir := t.TempDir()
+	target := filepath.Join(dir, "elsewhere")
+	if err := os.WriteFile(target, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "secrets.jsonl")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	r := h.reloadWith(t, func(c *config.Config) { c.Response.SecretsFile = link })
+	if !slices.Equal(r.Refused, []string{"response.secrets_file"}) || slices.Contains(r.Applied, "response.secrets_file") {
+		t.Fatalf("reload: %+v", r)
+	}
+	if got := h.g.cfg.Load().Response.SecretsFile; got != running {
+		t.Fatalf("secrets file after the refused reload: %s, want the running %s", got, running)
 	}
 }

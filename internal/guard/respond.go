@@ -221,6 +221,12 @@ func (r *responder) run(ctx context.Context, rs *response, prior []chan struct{}
 			case <-ctx.Done():
 			}
 		}
+		// The one action that must never run again after a restart: the
+		// incident is saved, with the rotation running, before it starts.
+		if err := r.book.Flush(); err != nil {
+			r.log.Error().Str("incident", d.Incident).Err(err).
+				Msg("incidents not saved before the rotation: a restart before the next save may rotate this secret again")
+		}
 		r.rotate(ctx, rs, d, blocked)
 	}
 }

@@ -10,9 +10,13 @@
 // The Book is also what the guard asks, on every new channel, whether the
 // extension is stopped (Stopped), and what `guard incidents` lists
 // (List). It survives a restart: it saves itself through a Store (the bans
-// manager keeps it in the bans state file) before Decide returns, so an
-// action decided is never decided again after a crash, and Load reads it
-// back at start. In observe mode it keeps its incidents in memory only.
+// manager keeps it in the bans state file) when an outcome is recorded, at
+// every Expire and when the guard calls Flush, which it does before a
+// rotation, so that a secret is never rotated again after a crash; Load
+// reads it back at start. Decide itself only records in memory: it runs on
+// the detector loop for every alert, and the hang-up and the block, which
+// may safely run again, must not wait for a disk write. In observe mode
+// the book keeps its incidents in memory only.
 //
 // How the guard uses it. At start, after the bans manager's Start:
 //
@@ -24,12 +28,13 @@
 // book.SetMode after bansManager.Enforce or Observe. For each alert a of
 // the detector:
 //
-//	decs, err := book.Decide(table, &a, time.Now(), decs[:0])
-//	// err: the incidents were not saved (log it at error); act anyway.
+//	decs = book.Decide(table, &a, time.Now(), decs[:0])
 //	for _, d := range decs {
 //		switch {
 //		case d.Action == policy.Alert:     // log the alert, with d.Incident
-//		case d.Result == policy.Running:  // carry it out, then
+//		case d.Result == policy.Running:  // carry it out (a rotation only
+//			// after book.Flush: an error there, log it at error and act
+//			// anyway), then
 //			book.Outcome(d.Incident, d.Action, incident.Outcome{...})
 //		default:                           // Would or Skipped: log d.Detail
 //		}
@@ -156,17 +161,12 @@ type Book struct {
 	quiet  time.Duration
 	mode   policy.Mode
 	loaded bool
-	dirty  bool                     // changed since the last save
-	open   map[policy.Key]*incident // by key
-	byID   map[string]*incident     // open and kept closed ones
-	closed []*incident              // closed, kept: in the order they closed
-	stops  map[extKey]*incident     // extensions whose new calls are hung up
-	owned  map[netip.Addr]ownership // addresses blocked by open extension incidents
-}
-
-type extKey struct {
-	tech ami.Tech
-	name string
+	dirty  bool                        // changed since the last save
+	open   map[policy.Key]*incident    // by key
+	byID   map[string]*incident        // open and kept closed ones
+	closed []*incident                 // closed, kept: in the order they closed
+	stops  map[ami.Extension]*incident // extensions whose new calls are hung up
+	owned  map[netip.Addr]ownership    // addresses blocked by open extension incidents
 }
 
 // ownership is an address an extension's open incident blocked, or is
@@ -213,7 +213,7 @@ func New(opts Options) (*Book, error) {
 		mode:  opts.Mode,
 		open:  make(map[policy.Key]*incident),
 		byID:  make(map[string]*incident),
-		stops: make(map[extKey]*incident),
+		stops: make(map[ami.Extension]*incident),
 		owned: make(map[netip.Addr]ownership),
 	}, nil
 }
@@ -256,18 +256,13 @@ func (b *Book) openAt(inc *incident, now time.Time) bool {
 // (filling in the decisions' Incident), adds the alert's figures to the
 // open incident, counts the attempts, records the Would and Skipped
 // outcomes, marks the extension stopped when a hangup is decided for real,
-// and, when it decided a response, saves the book (in enforce mode) before
-// it returns: carry the Running decisions out only then. An alert that
-// decides no response changes only its incident's figures and last alert
-// time, which the next save writes (Expire's at the latest): that path
-// neither allocates nor waits for a save once the incident holds its first
-// 10 alerts.
-//
-// An error means the book was not saved (the Store failed): the decisions
-// stand and are to be carried out (stopping an attack comes first), but a
-// restart before the next successful save may decide them again. The
-// book tries the save again at its next change or Expire.
-func (b *Book) Decide(t *policy.Table, a *detector.Alert, now time.Time, dst []policy.Decision) ([]policy.Decision, error) {
+// and records all of it in memory only: Flush saves it (the guard does
+// before a rotation), and so do the next Outcome and Expire. Until then a
+// crash forgets the decisions, and a restarted guard decides them again: a
+// hang-up and a block run twice are harmless; a rotation is flushed before
+// it runs. Once the incident holds its first 10 alerts, an alert that
+// decides nothing neither allocates nor writes.
+func (b *Book) Decide(t *policy.Table, a *detector.Alert, now time.Time, dst []policy.Decision) []policy.Decision {
 	key := policy.KeyOf(a)
 	first := len(dst)
 	b.mu.Lock()
@@ -294,26 +289,26 @@ func (b *Book) Decide(t *policy.Table, a *detector.Alert, now time.Time, dst []p
 	}
 	if inc == nil {
 		b.mu.Unlock()
-		return dst, nil
+		return dst
 	}
 	inc.last = now
 	inc.alertCount++
 	if len(inc.alerts) < maxAlerts {
 		inc.alerts = append(inc.alerts, alert.FromAlert(a, ""))
 	}
-	decided := false
 	for i := first; i < len(dst); i++ {
-		decided = b.applyLocked(inc, &dst[i], now) || decided
+		b.applyLocked(inc, &dst[i], now)
 	}
 	b.dirty = true
 	b.mu.Unlock()
-	if !decided {
-		// Only the alert's figures and time changed: the next save (at
-		// the latest Expire's, within a second) writes them.
-		return dst, nil
-	}
-	return dst, b.persist()
+	return dst
 }
+
+// Flush saves the book now if it changed since the last save (in enforce
+// mode, with a Store). The guard calls it before it rotates a secret, the
+// one action that must never run again after a restart. An error means the
+// book was not saved; the next Flush, Outcome or Expire tries again.
+func (b *Book) Flush() error { return b.persist() }
 
 // openLocked opens an incident of key for alert a. b.mu must be held.
 func (b *Book) openLocked(key policy.Key, a *detector.Alert, now time.Time) *incident {
@@ -328,11 +323,10 @@ func (b *Book) openLocked(key policy.Key, a *detector.Alert, now time.Time) *inc
 	return inc
 }
 
-// applyLocked records decision d in inc and reports whether it was a
-// response. b.mu must be held.
-func (b *Book) applyLocked(inc *incident, d *policy.Decision, now time.Time) bool {
+// applyLocked records decision d in inc. b.mu must be held.
+func (b *Book) applyLocked(inc *incident, d *policy.Decision, now time.Time) {
 	if d.Action == policy.Alert {
-		return false
+		return
 	}
 	inc.view.Apply(d)
 	target := inc.key.String()
@@ -346,7 +340,7 @@ func (b *Book) applyLocked(inc *incident, d *policy.Decision, now time.Time) boo
 	switch {
 	case d.Action == policy.Hangup && d.Result == policy.Running && inc.key.IsExtension():
 		inc.stop = true
-		b.stops[extKey{inc.key.Tech, inc.key.Name}] = inc
+		b.stops[ami.Extension{Tech: inc.key.Tech, Name: inc.key.Name}] = inc
 	case d.Action == policy.BlockIP && inc.key.IsExtension() && d.Addr.IsValid():
 		switch d.Result {
 		case policy.Running:
@@ -356,7 +350,6 @@ func (b *Book) applyLocked(inc *incident, d *policy.Decision, now time.Time) boo
 			b.own(inc, d.Addr, false)
 		}
 	}
-	return true
 }
 
 // own records that inc, an open extension incident, blocked (real) or
@@ -408,7 +401,7 @@ func (b *Book) Outcome(id string, act policy.Action, o Outcome) error {
 	switch {
 	case act == policy.Hangup && o.Result == policy.Skipped:
 		inc.stop = false
-		if k := (extKey{inc.key.Tech, inc.key.Name}); b.stops[k] == inc {
+		if k := (ami.Extension{Tech: inc.key.Tech, Name: inc.key.Name}); b.stops[k] == inc {
 			delete(b.stops, k)
 		}
 	case act == policy.BlockIP && inc.key.IsExtension():
@@ -440,7 +433,7 @@ func (b *Book) Stopped(tech ami.Tech, name string, now time.Time) (Stop, bool) {
 	if len(b.stops) == 0 { // the usual case: nothing to hash
 		return Stop{}, false
 	}
-	inc := b.stops[extKey{tech, name}]
+	inc := b.stops[ami.Extension{Tech: tech, Name: name}]
 	if inc == nil || !b.openAt(inc, now) {
 		return Stop{}, false
 	}
@@ -525,7 +518,7 @@ func (b *Book) expireLocked(now time.Time) []*incident {
 // closeLocked closes inc at the time at. b.mu must be held.
 func (b *Book) closeLocked(inc *incident, at time.Time, reason string) {
 	delete(b.open, inc.key)
-	if k := (extKey{inc.key.Tech, inc.key.Name}); inc.key.IsExtension() && b.stops[k] == inc {
+	if k := (ami.Extension{Tech: inc.key.Tech, Name: inc.key.Name}); inc.key.IsExtension() && b.stops[k] == inc {
 		delete(b.stops, k)
 	}
 	for addr, o := range b.owned {

@@ -278,19 +278,25 @@ func TestModeSwitch(t *testing.T) {
 	}
 }
 
-// The book is saved before Decide returns, with the responses decided
-// running, so that a crash while carrying them out does not run them
-// again. A failed save is reported, the decisions stand, and the next
-// change saves.
-func TestSavedBeforeDecideReturns(t *testing.T) {
+// Decide records in memory only (it runs on the detector loop, and a
+// hang-up must not wait for a disk write); Flush saves the responses
+// decided as running, so that a crash while carrying out a rotation does
+// not run it again. A failed save is reported, the decisions stand, and
+// the next Flush or Expire saves.
+func TestDecideRecordsFlushSaves(t *testing.T) {
 	store := &memStore{}
 	book := mustBook(t, Options{Quiet: quiet, Mode: policy.Enforce, Store: store})
-	r := newResponder(t, book)
-	r.result = policy.None
-	decs := r.alert(critical(detector.RuleCallRate, t0, thief))
+	tab := newResponder(t, book).tab
+	decs := book.Decide(tab, critical(detector.RuleCallRate, t0, thief), t0, nil)
+	if _, n := store.last(); n != 0 {
+		t.Fatalf("Decide saved %d times, want none", n)
+	}
+	if err := book.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	raw, n := store.last()
 	if n != 1 {
-		t.Fatalf("%d saves, want 1", n)
+		t.Fatalf("%d saves after Flush, want 1", n)
 	}
 	var recs []Record
 	if err := json.Unmarshal(raw, &recs); err != nil {
@@ -306,12 +312,12 @@ func TestSavedBeforeDecideReturns(t *testing.T) {
 	}
 
 	store.err = errors.New("disk full")
-	got, err := book.Decide(r.tab, addrCritical(guess, t0.Add(time.Second)), t0.Add(time.Second), nil)
-	if err == nil || !errors.Is(err, store.err) {
-		t.Fatalf("Decide with a failing store: %v", err)
-	}
+	got := book.Decide(tab, addrCritical(guess, t0.Add(time.Second)), t0.Add(time.Second), nil)
 	if g := responses(got); !slices.Equal(g, []ar{{policy.BlockIP, policy.Running}}) {
 		t.Fatalf("decisions with a failing store: %v", g)
+	}
+	if err := book.Flush(); err == nil || !errors.Is(err, store.err) {
+		t.Fatalf("Flush with a failing store: %v", err)
 	}
 	store.err = nil
 	if _, err := book.Expire(t0.Add(2 * time.Second)); err != nil {
@@ -326,8 +332,11 @@ func TestSavedBeforeDecideReturns(t *testing.T) {
 	if _, err := book.Expire(t0.Add(3 * time.Second)); err != nil {
 		t.Fatal(err)
 	}
+	if err := book.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	if _, n2 := store.last(); n2 != n {
-		t.Fatal("Expire saved a book that had not changed")
+		t.Fatal("a book that had not changed was saved")
 	}
 }
 
@@ -386,10 +395,7 @@ func TestConcurrentUse(t *testing.T) {
 		now := t0.Add(time.Duration(i) * time.Second)
 		a := critical(detector.RuleCallRate, now, thief)
 		a.Extension = strconv.Itoa(200 + i%20)
-		decs, err := book.Decide(tab, a, now, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		decs := book.Decide(tab, a, now, nil)
 		for _, d := range decs {
 			if d.Result == policy.Running && d.Action != policy.Alert {
 				outcomes <- d

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -82,9 +83,13 @@ func (r *responder) alert(a *detector.Alert) []policy.Decision {
 
 func (r *responder) alertAt(a *detector.Alert, now time.Time) []policy.Decision {
 	r.t.Helper()
-	decs, err := r.book.Decide(r.tab, a, now, nil)
-	if err != nil {
-		r.saveErr = err
+	decs := r.book.Decide(r.tab, a, now, nil)
+	// As the guard does before it carries out a rotation (and here before
+	// any response, so that a test's restart finds them saved).
+	if slices.ContainsFunc(decs, func(d policy.Decision) bool { return d.Action != policy.Alert && d.Result == policy.Running }) {
+		if err := r.book.Flush(); err != nil {
+			r.saveErr = err
+		}
 	}
 	r.all = append(r.all, decs...)
 	if r.result == policy.None {

@@ -343,7 +343,7 @@ func (b *Book) Load(raw json.RawMessage, now time.Time) error {
 			}
 		}
 		if inc.stop && inc.key.IsExtension() {
-			b.stops[extKey{inc.key.Tech, inc.key.Name}] = inc
+			b.stops[ami.Extension{Tech: inc.key.Tech, Name: inc.key.Name}] = inc
 		}
 		if inc.key.IsExtension() {
 			real := inc.view.Progress(policy.BlockIP).Attempts > 0 // decided in enforce mode

@@ -44,12 +44,11 @@ var attackKinds = []string{AttackBurst, AttackPJSIPHunt, AttackBruteForce, Attac
 
 // call is one live call of the generator.
 type call struct {
-	vals  [numPH]string
-	tpl   *callTemplate
-	att   *attack // nil: legitimate
-	slot  int
-	dead  bool // hung up by the guard: its teardown is not sent again
-	clean bool // hung up: teardown already queued
+	vals [numPH]string
+	tpl  *callTemplate
+	att  *attack // nil: legitimate
+	slot int
+	dead bool // hung up by the guard: its teardown is not sent again
 }
 
 // attack is one attack placed in the run.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/astguard/astguard/internal/action/firewall"
 	"github.com/astguard/astguard/internal/fsafe"
+	"github.com/astguard/astguard/internal/testenv"
 )
 
 var (
@@ -113,6 +114,7 @@ func addrsOf(bs []Ban) []netip.Addr {
 }
 
 func TestBanRecordsAndApplies(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	b, err := m.Ban(ctx, Request{Addr: attack, TTL: time.Hour, Reason: "auth_failures critical: 5 failed authentications in 1m",
@@ -149,6 +151,7 @@ func TestBanRecordsAndApplies(t *testing.T) {
 }
 
 func TestNeverBlocked(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	o := e.opts()
 	o.Never = []netip.Prefix{
@@ -186,6 +189,7 @@ func TestNeverBlocked(t *testing.T) {
 }
 
 func TestMappedAddressIsStoredUnmapped(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	mapped := netip.AddrFrom16(attack.As16())
@@ -202,6 +206,7 @@ func TestMappedAddressIsStoredUnmapped(t *testing.T) {
 }
 
 func TestPersistBeforeApply(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	seen := false
@@ -238,6 +243,7 @@ func TestPersistBeforeApply(t *testing.T) {
 }
 
 func TestConntrackErrorCountsAsApplied(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	cterr := &firewall.Error{Op: "block", Err: firewall.ErrConntrack}
@@ -251,6 +257,7 @@ func TestConntrackErrorCountsAsApplied(t *testing.T) {
 }
 
 func TestRebanExtends(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	if _, err := ban(m, attack, time.Hour, "first", "SIP/200"); err != nil {
@@ -282,6 +289,7 @@ func TestRebanExtends(t *testing.T) {
 }
 
 func TestUnban(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	if _, err := ban(m, attack, time.Hour, "x", ""); err != nil {
@@ -299,6 +307,7 @@ func TestUnban(t *testing.T) {
 }
 
 func TestNotStartedAndClosed(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m, err := New(e.opts())
 	if err != nil {
@@ -328,6 +337,7 @@ func TestNotStartedAndClosed(t *testing.T) {
 }
 
 func TestCloseLeavesRulesUnlessTeardown(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	ban(m, attack, time.Hour, "x", "")
@@ -352,6 +362,7 @@ func TestCloseLeavesRulesUnlessTeardown(t *testing.T) {
 }
 
 func TestStartDropsExpiredAndRemovesTheirRules(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	ban(m, attack, time.Hour, "x", "")
@@ -374,6 +385,7 @@ func TestStartDropsExpiredAndRemovesTheirRules(t *testing.T) {
 }
 
 func TestRestartAfterFlushingSetupReappliesAll(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	ban(m, attack, time.Hour, "x", "")
@@ -390,6 +402,7 @@ func TestRestartAfterFlushingSetupReappliesAll(t *testing.T) {
 }
 
 func TestLockedWhileRunning(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.start(e.opts())
 	m2, _ := New(e.opts())
@@ -417,6 +430,7 @@ func (l *logBuf) lines(msg string) []map[string]any {
 // for a person to read, the manager starts without its bans, and the DROP
 // rules in the chain (the only record left of real bans) are kept as bans.
 func TestCorruptStateMovedAside(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	bad := []byte(`{"version":2,"bans":[{"prefix":"203.0.113.7/32","since":`)
 	if err := os.WriteFile(e.path, bad, 0o600); err != nil {
@@ -463,6 +477,7 @@ func TestCorruptStateMovedAside(t *testing.T) {
 // When the chain cannot be read at start, the rules are kept as bans at
 // the first sync that can read it, not removed as strays.
 func TestCorruptStateRulesKeptWhenChainReadableLater(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	mustWrite(t, e.path, []byte(`{"version":2,"bans":[`), 0o600)
 	e.fw.rules[other] = "astguard: left by the run before"
@@ -486,6 +501,7 @@ func TestCorruptStateRulesKeptWhenChainReadableLater(t *testing.T) {
 // What counts as corrupt: anything but a well-formed version 1 or 2
 // document.
 func TestReadStateRejectsCorrupt(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "bans.json")
 	for _, s := range []string{
 		``,
@@ -526,6 +542,7 @@ func TestReadStateRejectsCorrupt(t *testing.T) {
 // on a file someone else controls. What the symlink points to is never
 // read, written or moved.
 func TestUnsafeStateRefused(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	target := filepath.Join(dir, "elsewhere")
 	content := []byte(`{"version":2,"bans":[]}`)
@@ -545,9 +562,7 @@ func TestUnsafeStateRefused(t *testing.T) {
 			mustWrite(t, path, content, 0o644)
 		}},
 		{"state file of another user", func(t *testing.T, path string) {
-			if os.Geteuid() != 0 {
-				t.Fatal("needs root to give the file to another user; run the tests as root")
-			}
+			testenv.RequireRoot(t, "give the file to another user")
 			mustWrite(t, path, content, 0o600)
 			if err := os.Chown(path, 65534, 65534); err != nil {
 				t.Fatal(err)
@@ -599,6 +614,7 @@ func TestUnsafeStateRefused(t *testing.T) {
 // A missing state directory is created private (0700), the state and lock
 // files in it 0600.
 func TestStateDirectoryCreatedPrivate(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	dir := filepath.Join(t.TempDir(), "var", "lib", "astguard")
 	e.path = filepath.Join(dir, "bans.json")
@@ -707,6 +723,7 @@ func TestAtomicWrite(t *testing.T) {
 }
 
 func TestUnbanOffline(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	ban(m, attack, time.Hour, "x", "")
@@ -736,6 +753,7 @@ func TestUnbanOffline(t *testing.T) {
 }
 
 func TestSetNeverLiftsBans(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	ban(m, attack, time.Hour, "x", "")
@@ -759,6 +777,7 @@ func TestSetNeverLiftsBans(t *testing.T) {
 }
 
 func TestStartLiftsBansOfNowProtected(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	ban(m, attack, time.Hour, "x", "")
@@ -772,6 +791,7 @@ func TestStartLiftsBansOfNowProtected(t *testing.T) {
 }
 
 func TestConcurrentUse(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	runCtx, cancel := context.WithCancel(ctx)
@@ -834,6 +854,7 @@ func runInBackground(t *testing.T, m *Manager) (stop func()) {
 }
 
 func TestRunExpiresOnTime(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		e, o := synctestEnv(t)
 		m := e.start(o)
@@ -884,6 +905,7 @@ func TestRunExpiresOnTime(t *testing.T) {
 }
 
 func TestRunReappliesAfterFlush(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		e, o := synctestEnv(t)
 		m := e.start(o)
@@ -923,6 +945,7 @@ func TestRunReappliesAfterFlush(t *testing.T) {
 }
 
 func TestRunRetriesFailedApplyWithBackoffAndLogsOnce(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		e, o := synctestEnv(t)
 		m := e.start(o)
@@ -987,6 +1010,7 @@ func TestRunRetriesStateWrite(t *testing.T) {
 }
 
 func TestCloseStopsRun(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		e, o := synctestEnv(t)
 		m := e.start(o)
@@ -1011,6 +1035,7 @@ func setRenameHook(fn func(tmp string) error) {
 }
 
 func TestStartMergesDuplicateAddresses(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	doc := `{"version":1,"bans":[
   {"addr":"::ffff:203.0.113.7","since":"2026-03-01T11:00:00Z","until":"0001-01-01T00:00:00Z","reason":"permanent"},

@@ -12,18 +12,17 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/astguard/astguard/internal/testenv"
 )
 
 const crashEnv = "ASTGUARD_BANS_CRASH_CHILD"
 
-// TestCrashChild is the daemon that TestSIGKILLRestart kills: it bans
-// three addresses and sends itself SIGKILL from inside the firewall call of
-// the third, after the ban was saved and before it was applied.
-func TestCrashChild(t *testing.T) {
-	path := os.Getenv(crashEnv)
-	if path == "" {
-		t.Skip("helper process of TestSIGKILLRestart")
-	}
+// crashChild is the daemon that TestSIGKILLRestart kills, in a process of
+// its own: it bans three addresses and sends itself SIGKILL from inside
+// the firewall call of the third, after the ban was saved and before it
+// was applied.
+func crashChild(t *testing.T, path string) {
 	fw := newFakeFW()
 	fw.onBlock = func(a netip.Addr) {
 		if a == third {
@@ -52,8 +51,15 @@ func TestCrashChild(t *testing.T) {
 // same state file: every live ban comes back, the one saved but never
 // applied gets applied, the expired one is gone with its rule.
 func TestSIGKILLRestart(t *testing.T) {
+	if path := os.Getenv(crashEnv); path != "" {
+		crashChild(t, path)
+		return
+	}
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "bans.json")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+	// A child that hangs instead of dying ends at its -test.timeout, with
+	// its goroutines in the output, not killed by a signal.
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSIGKILLRestart$", "-test.count=1", "-test.timeout=1m")
 	cmd.Env = append(os.Environ(), crashEnv+"="+path)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
@@ -67,7 +73,14 @@ func TestSIGKILLRestart(t *testing.T) {
 	if got := addrsOf(mustState(t, path)); !slices.Equal(got, []netip.Addr{attack, other, third}) {
 		t.Fatalf("state left by the killed daemon = %v", got)
 	}
-	time.Sleep(5 * time.Millisecond) // let the 1ms ban expire on the wall clock
+	// The 1 ms ban expires on the wall clock before the restart.
+	var until time.Time
+	for _, b := range mustState(t, path) {
+		if b.Prefix.Addr() == other {
+			until = b.Until
+		}
+	}
+	testenv.WaitFor(t, "the 1 ms ban to expire", 10*time.Second, func() bool { return time.Now().After(until) })
 
 	// The kernel kept the rules the child applied (KeepRulesOnSetup).
 	fw := newFakeFW()

@@ -84,6 +84,7 @@ func TestIncidentsKeptAcrossWritesAndRestart(t *testing.T) {
 // A state file written before the book saved anything has no incidents:
 // Incidents is nil and the file keeps having none.
 func TestIncidentsAbsent(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	if got := m.Incidents(); got != nil {
@@ -107,6 +108,7 @@ func TestIncidentsAbsent(t *testing.T) {
 // so an Unban (which does write in observe mode) writes the incidents as
 // they were read.
 func TestSaveIncidentsInObserveMode(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	mustWrite(t, e.path, []byte(incidentsDoc), 0o600)
 	before, _ := os.Stat(e.path)
@@ -128,6 +130,7 @@ func TestSaveIncidentsInObserveMode(t *testing.T) {
 }
 
 func TestSaveIncidentsRefusesWhatIsNoList(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	for _, raw := range []string{``, `{}`, `"x"`, `null`, `[`, `[] []`} {
@@ -151,6 +154,7 @@ func TestSaveIncidentsRefusesWhatIsNoList(t *testing.T) {
 // A state file whose incidents are not a list is corrupt, like one with a
 // bad ban; version 1 had no incidents.
 func TestReadStateRejectsBadIncidents(t *testing.T) {
+	t.Parallel()
 	path := t.TempDir() + "/bans.json"
 	for _, s := range []string{
 		`{"version":2,"bans":[],"incidents":{}}`,
@@ -167,6 +171,7 @@ func TestReadStateRejectsBadIncidents(t *testing.T) {
 
 // guard unblock without a running guard keeps the incidents.
 func TestUnbanOfflineKeepsIncidents(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	mustWrite(t, e.path, []byte(incidentsDoc), 0o600)
 	if err := UnbanOffline(ctx, e.path, e.fw, attack); err != nil {

@@ -26,6 +26,7 @@ const v1Doc = `{
 // proof a real firewall applied it. The others are kept as dry-run bans and
 // never applied; the file is rewritten as version 2, nothing lost.
 func TestV1MigrationRealOnlyWithRuleInChain(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	mustWrite(t, e.path, []byte(v1Doc), 0o600)
 	e.fw.rules[attack] = "astguard: auth_failures critical: 5 failed authentications in 1m"
@@ -79,6 +80,7 @@ func mapsEqual(a, b map[netip.Addr]bool) bool {
 
 // Through a dry-run firewall nothing proves a version 1 ban real.
 func TestV1MigrationWithDryRunFirewall(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	mustWrite(t, e.path, []byte(v1Doc), 0o600)
 	dry := newFakeFW()
@@ -97,6 +99,7 @@ func TestV1MigrationWithDryRunFirewall(t *testing.T) {
 // Observe mode migrates in memory only: the version 1 file stays as it
 // is. When the chain cannot be read, Start fails and changes nothing.
 func TestV1MigrationObserveAndUnreadableChain(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	mustWrite(t, e.path, []byte(v1Doc), 0o600)
 	e.fw.rules[attack] = "x"
@@ -128,6 +131,7 @@ func TestV1MigrationObserveAndUnreadableChain(t *testing.T) {
 
 // guard unblock with no guard running migrates a version 1 file too.
 func TestUnbanOfflineMigratesV1(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	mustWrite(t, e.path, []byte(v1Doc), 0o600)
 	e.fw.rules[attack] = "x"

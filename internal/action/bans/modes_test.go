@@ -14,6 +14,7 @@ import (
 // logs it, and a real firewall started later over the same state file
 // never applies it, though it is kept, listed and expires on time.
 func TestDryRunBansNeverAppliedByRealFirewall(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	dry := newFakeFW()
 	dry.dryRun = true
@@ -68,6 +69,7 @@ func TestDryRunBansNeverAppliedByRealFirewall(t *testing.T) {
 
 // A dry run never changes a real ban: not its end, not its kind.
 func TestDryRunLeavesRealBanAlone(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	real, err := ban(m, attack, time.Hour, "real", "")
@@ -96,6 +98,7 @@ func TestDryRunLeavesRealBanAlone(t *testing.T) {
 // taken; the state is read and listed. Enforce then sets the firewall up,
 // applies the real bans, and writes what changed.
 func TestObserveChangesNothingUntilEnforce(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	doc := `{"version":2,"bans":[
   {"prefix":"203.0.113.7/32","since":"2026-03-01T11:00:00Z","until":"2026-03-01T14:00:00Z","reason":"real","dry_run":false,"origin":"astguard"},
@@ -151,6 +154,7 @@ func TestObserveChangesNothingUntilEnforce(t *testing.T) {
 // From enforce to observe, the applied bans stay, even past their end:
 // observe mode lifts nothing. Back to enforce, the expired ones go.
 func TestObserveKeepsAppliedBans(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		e, o := synctestEnv(t)
 		m := e.start(o)
@@ -165,7 +169,7 @@ func TestObserveKeepsAppliedBans(t *testing.T) {
 		}
 		e.fw.set(func(f *fakeFW) { f.rules[other] = "stray" })
 		calls := e.fw.countCalls("")
-		time.Sleep(time.Hour)
+		time.Sleep(time.Hour) // the bubble's fake clock: an hour passes at once
 		synctest.Wait()
 		if got := e.fw.addrs(); !slices.Equal(got, []netip.Addr{attack, other}) {
 			t.Fatalf("firewall in observe mode = %v: something was lifted", got)
@@ -190,6 +194,7 @@ func TestObserveKeepsAppliedBans(t *testing.T) {
 
 // Unban is the administrator's request: it works in observe mode too.
 func TestUnbanInObserveMode(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	m := e.start(e.opts())
 	ban(m, attack, time.Hour, "x", "")

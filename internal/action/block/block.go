@@ -29,6 +29,7 @@ import (
 	"github.com/astguard/astguard/internal/action"
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
 )
 
@@ -216,9 +217,21 @@ func (b *Blocker) channelAddr(ctx context.Context, channel, variable string, s S
 	if !ami.ValidChannel(channel) {
 		return netip.Addr{}, false
 	}
-	ctx, cancel := action.WithTimeout(ctx, s.Timeout)
-	defer cancel()
-	resp, err := b.get.Do(ctx, ami.Action{Name: "Getvar", Headers: []ami.Header{{Key: "Channel", Value: channel}, {Key: "Variable", Value: variable}}})
+	var resp ami.Response
+	// Retried only while the session is not logged in yet (a guard just
+	// started, or reconnecting, sees its first alert before its urgent
+	// session is up): that fails at once. A Getvar that times out is not
+	// tried again: the hang-up waits for the choice.
+	err := action.Retry(ctx, s.Retry, func() error {
+		actx, cancel := action.WithTimeout(ctx, s.Timeout)
+		defer cancel()
+		var err error
+		resp, err = b.get.Do(actx, ami.Action{Name: "Getvar", Headers: []ami.Header{{Key: "Channel", Value: channel}, {Key: "Variable", Value: variable}}})
+		if err != nil && !errors.Is(err, client.ErrNotConnected) {
+			return fmt.Errorf("%w: %v", action.ErrPermanent, err) // not retried, whatever err is
+		}
+		return err
+	})
 	if err != nil {
 		return netip.Addr{}, false
 	}

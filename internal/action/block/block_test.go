@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -18,6 +19,7 @@ import (
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/action/firewall"
 	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/ami/client"
 )
 
 var (
@@ -281,4 +283,36 @@ func TestDescribeNeverAContact(t *testing.T) {
 			t.Errorf("Describe(sources %v, contacts %v, %d live) = %q, want %q", tc.req.Sources, tc.req.Contacts, len(tc.req.Live), got, tc.want)
 		}
 	}
+}
+
+// A guard just started (or reconnecting) may decide before its urgent
+// session is logged in: the Getvar is tried again while the session says
+// it is not connected, not when Asterisk does not answer (the hang-up
+// waits for the choice).
+func TestChooseWaitsForTheSession(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		req := Request{Extension: sip200, Live: []string{"SIP/200-0000012b"}, Sources: []netip.Addr{ip("203.0.113.7")}}
+		up := asterisk(t, "SIP/200-0000012b")
+		calls := 0
+		d := &actiontest.Doer{Answer: func(a ami.Action) actiontest.Reply {
+			if calls++; calls <= 2 {
+				return actiontest.Reply{Err: client.ErrNotConnected}
+			}
+			return up.Answer(a)
+		}}
+		c := New(d, nil).Choose(t.Context(), req, settings)
+		if c.Target.From != FromLiveCall || c.Target.Addr != ip("127.0.0.2") || calls != 3 {
+			t.Fatalf("after two 'not connected': %+v in %d Getvars, want the live call's address in 3", c.Target, calls)
+		}
+
+		calls = 0
+		d = &actiontest.Doer{Answer: func(a ami.Action) actiontest.Reply {
+			calls++
+			return actiontest.Reply{Err: client.ErrTimeout}
+		}}
+		c = New(d, nil).Choose(t.Context(), req, settings)
+		if c.Target.From != FromSource || calls != 1 {
+			t.Fatalf("a Getvar timing out: %+v in %d Getvars, want the source after 1", c.Target, calls)
+		}
+	})
 }

@@ -2,9 +2,6 @@ package firewall_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -20,61 +17,39 @@ import (
 
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/action/firewall"
+	"github.com/astguard/astguard/internal/testenv"
 )
 
 // The real-iptables tests run in a private network namespace: the test
-// binary re-executes itself under `unshare -n` and the child
-// (TestNetnsChild) works on that namespace's tables only. The host's tables
-// are never touched; TestNetnsIPTables checks that too.
+// re-executes itself under `unshare -n` (testenv.InNetns) and works on that
+// namespace's tables only. The host is never touched: the test checks
+// that its chain never appears there.
 
-const netnsEnv = "ASTGUARD_NETNS_CHILD"
+// chainEnv passes the chain name the test picked to its child.
+const chainEnv = "ASTGUARD_TEST_CHAIN"
 
 var bg = context.Background()
 
 func TestNetnsIPTables(t *testing.T) {
-	if os.Getenv(netnsEnv) != "" {
-		return
-	}
-	if os.Geteuid() != 0 {
-		t.Fatal("TestNetnsIPTables must run as root: it creates a private network namespace (unshare -n) and " +
-			"changes iptables inside it; run `go test` as root or in a container with CAP_SYS_ADMIN and CAP_NET_ADMIN")
-	}
-	for _, tool := range []string{"unshare", "ip", "iptables", "ip6tables"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("TestNetnsIPTables needs %s: %v (install util-linux, iproute2, iptables)", tool, err)
-		}
-	}
-	hostBefore := hostRules(t)
-
 	// Both iptables backends Debian ships: the default (nft) and legacy.
 	for _, backend := range []string{"nft", "legacy"} {
 		t.Run(backend, func(t *testing.T) {
-			if _, err := exec.LookPath("iptables-" + backend); err != nil {
-				t.Fatalf("iptables-%s not installed: %v", backend, err)
+			t.Parallel()
+			testenv.RequireCommand(t, "iptables", "ip6tables", "iptables-"+backend, "ip6tables-"+backend)
+			chain := testenv.RandomChain()
+			if !testenv.InNetns(t, chainEnv+"="+chain) {
+				testenv.NoChainOnHost(t, chain)
+				return
 			}
-			cmd := exec.Command("unshare", "-n", "--", os.Args[0], "-test.run=^TestNetnsChild$", "-test.v", "-test.count=1")
-			cmd.Env = append(os.Environ(), netnsEnv+"="+backend)
-			out, err := cmd.CombinedOutput()
-			for _, l := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
-				if !strings.Contains(l, "=== NAME") {
-					t.Log("netns| " + l)
-				}
-			}
-			if err != nil {
-				t.Fatalf("unshare -n or the test inside the network namespace failed: %v (output above)", err)
-			}
-			if !strings.Contains(string(out), "--- PASS: TestNetnsChild") {
-				t.Fatal("the test inside the network namespace did not run (output above)")
-			}
+			netnsIPTables(t, backend, os.Getenv(chainEnv))
 		})
-	}
-	if hostAfter := hostRules(t); hostAfter != hostBefore {
-		t.Fatalf("host rules changed:\nbefore:\n%s\nafter:\n%s", hostBefore, hostAfter)
 	}
 }
 
 // useBackend puts iptables and ip6tables of backend first in PATH, as
-// symlinks: xtables-*-multi picks its personality from the name.
+// symlinks: xtables-*-multi picks its personality from the name. The
+// process is the namespace's child, running this one test alone: PATH is
+// set for all of it (t.Setenv is not allowed in a parallel test).
 func useBackend(t *testing.T, backend string) {
 	dir := t.TempDir()
 	for _, bin := range []string{"iptables", "ip6tables"} {
@@ -86,22 +61,9 @@ func useBackend(t *testing.T, backend string) {
 			t.Fatal(err)
 		}
 	}
-	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
-}
-
-func hostRules(t *testing.T) string {
-	t.Helper()
-	var b strings.Builder
-	// Only the default backend: listing with the other one can make the
-	// kernel instantiate empty tables in the host namespace.
-	for _, bin := range []string{"iptables", "ip6tables"} {
-		out, err := exec.Command(bin, "-S").CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s -S on the host: %v: %s", bin, err, out)
-		}
-		b.Write(out)
+	if err := os.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH")); err != nil {
+		t.Fatal(err)
 	}
-	return b.String()
 }
 
 // run runs a command inside the namespace and returns its output.
@@ -128,24 +90,14 @@ var families = []ipt{
 	{"v6", "ip6tables", netip.MustParseAddr("::1"), netip.MustParseAddr("fd00::2"), netip.MustParseAddr("fd00::3"), "2001:db8::99"},
 }
 
-func TestNetnsChild(t *testing.T) {
-	backend := os.Getenv(netnsEnv)
-	if backend == "" {
-		t.Skip("helper: TestNetnsIPTables runs this inside `unshare -n`")
-	}
+// netnsIPTables runs inside the namespace, with the iptables commands of
+// backend, on chain.
+func netnsIPTables(t *testing.T, backend, chain string) {
 	useBackend(t, backend)
 	t.Logf("kernel %s", strings.TrimSpace(run(t, "uname", "-r")))
 	t.Logf("%s", strings.TrimSpace(run(t, "iptables", "--version")))
-	if links := run(t, "ip", "-o", "link"); strings.Count(links, "\n") != 1 || !strings.Contains(links, " lo:") {
-		t.Fatalf("not in a fresh network namespace:\n%s", links)
-	}
-	run(t, "ip", "link", "set", "lo", "up")
 	run(t, "ip", "-6", "addr", "add", "fd00::2/128", "dev", "lo", "nodad")
 	run(t, "ip", "-6", "addr", "add", "fd00::3/128", "dev", "lo", "nodad")
-
-	suffix := make([]byte, 4)
-	_, _ = rand.Read(suffix)
-	chain := "AGT" + strings.ToUpper(hex.EncodeToString(suffix))
 	t.Logf("chain %s", chain)
 
 	for _, f := range families {
@@ -172,7 +124,7 @@ func TestNetnsChild(t *testing.T) {
 
 	t.Run("udp_drop", func(t *testing.T) {
 		for _, f := range families {
-			t.Run(f.name, func(t *testing.T) { testUDPDrop(t, fw, f) })
+			t.Run(f.name, func(t *testing.T) { testUDPDrop(t, fw, f, chain) })
 		}
 	})
 	t.Run("conntrack", func(t *testing.T) {
@@ -237,23 +189,52 @@ func listen(t *testing.T, a netip.Addr) *listener {
 
 func (l *listener) addr() netip.AddrPort { return l.c.LocalAddr().(*net.UDPAddr).AddrPort() }
 
-// receive returns the payloads that arrive within d, with their sources.
-func (l *listener) receive(t *testing.T, d time.Duration) map[string]netip.AddrPort {
+// expect reads until every one of payloads has arrived, and returns
+// where each came from. A datagram that does not come within 10 s fails
+// the test: on loopback it is lost, not late.
+func (l *listener) expect(t *testing.T, payloads ...string) map[string]netip.AddrPort {
 	t.Helper()
 	got := map[string]netip.AddrPort{}
 	buf := make([]byte, 1500)
-	_ = l.c.SetReadDeadline(time.Now().Add(d))
-	for {
-		n, from, err := l.c.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				return got
+	_ = l.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for _, p := range payloads {
+		for {
+			if _, ok := got[p]; ok {
+				break
 			}
-			t.Fatalf("read: %v", err)
+			n, from, err := l.c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				t.Fatalf("waiting for %q (got %v): %v", p, got, err)
+			}
+			got[string(buf[:n])] = from
 		}
-		got[string(buf[:n])] = from
 	}
+	return got
+}
+
+// dropped calls send, which sends payload from src, and waits until the
+// DROP rule of chain for src has counted it; the datagram must not arrive
+// meanwhile. The rule's counter, not a quiet while, tells that the
+// firewall dropped it.
+func (l *listener) dropped(t *testing.T, f ipt, chain, payload string, send func()) {
+	t.Helper()
+	src := netip.PrefixFrom(f.blocked, f.blocked.BitLen()).String()
+	before := testenv.Drops(t, f.bin, chain, src)
+	send()
+	buf := make([]byte, 1500)
+	testenv.WaitFor(t, "the DROP rule of "+src+" to count "+payload, 10*time.Second, func() bool {
+		for {
+			_ = l.c.SetReadDeadline(time.Now().Add(time.Millisecond)) // a deadline already past reads nothing
+			n, _, err := l.c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				break
+			}
+			if string(buf[:n]) == payload {
+				t.Fatalf("datagram %q from %s arrived, want it dropped", payload, src)
+			}
+		}
+		return testenv.Drops(t, f.bin, chain, src) > before
+	})
 }
 
 // sendFrom sends payload from a new socket bound to src.
@@ -269,26 +250,18 @@ func sendFrom(t *testing.T, src netip.Addr, dst netip.AddrPort, payload string) 
 	}
 }
 
-const quiet = 300 * time.Millisecond // how long a dropped datagram is waited for
-
-func testUDPDrop(t *testing.T, fw *firewall.IPTables, f ipt) {
+func testUDPDrop(t *testing.T, fw *firewall.IPTables, f ipt, chain string) {
 	l := listen(t, f.dst)
 	sendFrom(t, f.blocked, l.addr(), "before")
-	if got := l.receive(t, quiet); len(got) != 1 {
-		t.Fatalf("before Block: got %v, want the datagram", got)
-	}
+	l.expect(t, "before")
 
 	if err := fw.Block(bg, f.blocked, "astguard test: udp_drop "+f.name); err != nil {
 		t.Fatalf("Block(%s): %v", f.blocked, err)
 	}
-	sendFrom(t, f.blocked, l.addr(), "from-blocked")
+	l.dropped(t, f, chain, "from-blocked", func() { sendFrom(t, f.blocked, l.addr(), "from-blocked") })
 	sendFrom(t, f.passes, l.addr(), "from-other")
-	got := l.receive(t, quiet)
-	if _, ok := got["from-blocked"]; ok {
-		t.Fatalf("datagram from blocked %s arrived", f.blocked)
-	}
-	if from, ok := got["from-other"]; !ok || from.Addr() != f.passes {
-		t.Fatalf("datagram from %s did not arrive: %v", f.passes, got)
+	if from := l.expect(t, "from-other")["from-other"]; from.Addr() != f.passes {
+		t.Fatalf("datagram from-other came from %s, want %s", from, f.passes)
 	}
 	t.Logf("after Block(%s): datagram from %s dropped, from %s delivered", f.blocked, f.blocked, f.passes)
 
@@ -304,9 +277,7 @@ func testUDPDrop(t *testing.T, fw *firewall.IPTables, f ipt) {
 		t.Fatalf("Unblock again: %v", err)
 	}
 	sendFrom(t, f.blocked, l.addr(), "after-unblock")
-	if got := l.receive(t, quiet); len(got) != 1 {
-		t.Fatalf("after Unblock: got %v, want the datagram", got)
-	}
+	l.expect(t, "after-unblock")
 	t.Logf("after Unblock(%s): delivered again", f.blocked)
 }
 
@@ -345,11 +316,7 @@ func testConntrack(t *testing.T, fw *firewall.IPTables, f ipt, chain string) {
 		}
 	}
 	send("hello")
-	got := l.receive(t, quiet)
-	from, ok := got["hello"]
-	if !ok {
-		t.Fatal("first datagram lost")
-	}
+	from := l.expect(t, "hello")["hello"]
 	if _, err := l.c.WriteToUDPAddrPort([]byte("reply"), from); err != nil {
 		t.Fatal(err)
 	}
@@ -373,9 +340,7 @@ func testConntrack(t *testing.T, fw *firewall.IPTables, f ipt, chain string) {
 		t.Fatalf("Block without conntrack: %v", err)
 	}
 	send("rule-only")
-	if _, ok := l.receive(t, quiet)["rule-only"]; !ok {
-		t.Fatal("control failed: with the ESTABLISHED accept first, the flow should bypass the DROP rule")
-	}
+	l.expect(t, "rule-only") // with the ESTABLISHED accept first, the flow bypasses the DROP rule
 	t.Logf("control: DROP rule without conntrack deletion: established flow still delivered")
 
 	// Block with conntrack deletion: the flow's entry goes, the next
@@ -386,10 +351,7 @@ func testConntrack(t *testing.T, fw *firewall.IPTables, f ipt, chain string) {
 	if fl := flowsFrom(t, f.blocked); len(fl) != 0 {
 		t.Fatalf("conntrack entries of %s left after Block: %d", f.blocked, len(fl))
 	}
-	send("after-block")
-	if got := l.receive(t, quiet); len(got) != 0 {
-		t.Fatalf("established flow survived Block: %v", got)
-	}
+	l.dropped(t, f, chain, "after-block", func() { send("after-block") })
 	t.Logf("Block with conntrack deletion: entry deleted, next datagram of the flow dropped")
 
 	if err := fw.Unblock(bg, f.blocked); err != nil {
@@ -429,27 +391,17 @@ func testFlushReapply(t *testing.T, fw *firewall.IPTables, chain string) {
 	runCtx, cancel := context.WithCancel(bg)
 	done := make(chan error)
 	go func() { done <- m.Run(runCtx) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testenv.WaitFor(t, "the bans re-applied", 10*time.Second, func() bool {
 		got, err := fw.Blocked(bg)
-		if err == nil && slices.Equal(got, want) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bans not re-applied after 5s: Blocked = %v, %v", got, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err == nil && slices.Equal(got, want)
+	})
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range families {
 		l := listen(t, f.dst)
-		sendFrom(t, f.blocked, l.addr(), "x")
-		if got := l.receive(t, quiet); len(got) != 0 {
-			t.Fatalf("%s not dropped after re-apply", f.blocked)
-		}
+		l.dropped(t, f, chain, "x", func() { sendFrom(t, f.blocked, l.addr(), "x") })
 	}
 	t.Logf("bans.Manager re-applied %v; traffic dropped again", want)
 

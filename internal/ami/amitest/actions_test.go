@@ -21,6 +21,7 @@ func midServer(t *testing.T, opts Options) (*Server, *client) {
 }
 
 func TestSIPshowpeerAsDialog(t *testing.T) {
+	t.Parallel()
 	_, c := midServer(t, Options{})
 	action, want := dialogFor(t, dialog20, "sip-peer")
 	c.send(actionLines(action)...)
@@ -66,6 +67,7 @@ func TestSIPshowpeerAsDialog(t *testing.T) {
 }
 
 func TestSIPpeers(t *testing.T) {
+	t.Parallel()
 	_, c := midServer(t, Options{})
 	c.send("Action: SIPpeers", "ActionID: peers")
 	resp, items, done, _ := c.list("peers", "PeerlistComplete")
@@ -86,6 +88,7 @@ func TestSIPpeers(t *testing.T) {
 }
 
 func TestPJSIPShowContactsAsDialog(t *testing.T) {
+	t.Parallel()
 	_, c := midServer(t, Options{})
 	action, want := dialogFor(t, dialog20, "pjsip-contacts")
 	c.send(actionLines(action)...)
@@ -114,6 +117,7 @@ func TestPJSIPShowContactsAsDialog(t *testing.T) {
 }
 
 func TestPJSIPShowEndpointAsDialog22(t *testing.T) {
+	t.Parallel()
 	_, c := midServer(t, Options{PJSIPConf: PJSIPConf22, Banner: Banner22})
 	action, want := dialogFor(t, dialog22, "pjsip-endpoint")
 	c.send(actionLines(action)...)
@@ -143,6 +147,7 @@ func TestPJSIPShowEndpointAsDialog22(t *testing.T) {
 }
 
 func TestGetvarAsDialog(t *testing.T) {
+	t.Parallel()
 	s, c := midServer(t, Options{})
 	live := s.LiveChannels()
 	sipCh := live[slices.IndexFunc(live, func(n string) bool { return strings.HasPrefix(n, "SIP/200-") })]
@@ -172,6 +177,7 @@ func TestGetvarAsDialog(t *testing.T) {
 // carrier, a peer matched by its host, the host, even after someone
 // elsewhere got a challenge naming it by putting it in the From header.
 func TestGetvarRecvipIsWhereTheRequestCameFrom(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	c := dial(t, s)
 	c.login("call,security,system")
@@ -215,6 +221,7 @@ func hangups(frames []*frame) map[string]*frame {
 }
 
 func TestHangupByNameAsDialog(t *testing.T) {
+	t.Parallel()
 	s, c := midServer(t, Options{})
 	before := s.LiveChannels()
 	var target string
@@ -303,6 +310,7 @@ func TestHangupByNameAsDialog(t *testing.T) {
 }
 
 func TestHangupRegexAsDialog(t *testing.T) {
+	t.Parallel()
 	s, c := midServer(t, Options{})
 	before := s.LiveChannels()
 	for _, tc := range []struct{ aid, re, prefix, cause, tech string }{
@@ -362,6 +370,7 @@ func TestHangupRegexAsDialog(t *testing.T) {
 // TestHangupDropsLaterEvents hangs up mid-stream: the rest of the
 // transcript must say nothing more about those calls.
 func TestHangupDropsLaterEvents(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{Transcript: strings.NewReader(string(readFile(t, attackMixed)))})
 	c := dial(t, s)
 	c.login("")
@@ -424,6 +433,7 @@ func mustTime(t *testing.T, v string) time.Time {
 }
 
 func TestPJSIPHangupAsDialog22(t *testing.T) {
+	t.Parallel()
 	s, c := midServer(t, Options{PJSIPConf: PJSIPConf22, Banner: Banner22})
 	var target string
 	for _, n := range s.LiveChannels() {

@@ -27,6 +27,7 @@ func section(text, name string, n int) []string {
 }
 
 func TestGetConfigAsDialog(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	c := dial(t, s)
 	c.login("off")
@@ -56,6 +57,7 @@ func TestGetConfigAsDialog(t *testing.T) {
 }
 
 func TestUpdateConfigSIPAsDialog(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	c := dial(t, s)
 	c.login("call,security,system")
@@ -137,6 +139,7 @@ func TestUpdateConfigSIPAsDialog(t *testing.T) {
 }
 
 func TestUpdateConfigPJSIPAsDialog(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name, dialog, conf string
 	}{
@@ -193,6 +196,7 @@ func TestUpdateConfigPJSIPAsDialog(t *testing.T) {
 }
 
 func TestCommandAsDialog(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	c := dial(t, s)
 	c.login("call,security,system")

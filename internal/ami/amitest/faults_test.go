@@ -15,6 +15,7 @@ import (
 )
 
 func TestDropSessions(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	a, b := dial(t, s), dial(t, s)
 	a.login("")
@@ -43,6 +44,7 @@ func TestDropSessions(t *testing.T) {
 }
 
 func TestStall(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	c := dial(t, s)
 	c.login("off")
@@ -91,11 +93,15 @@ func TestStall(t *testing.T) {
 }
 
 func TestStallPausesStream(t *testing.T) {
+	t.Parallel()
 	raw, _ := os.ReadFile(transcripts + "pjsip-bruteforce.ami")
-	s := start(t, Options{Transcript: bytes.NewReader(raw), Speed: 1})
+	// The recording spans 1.9 s: 0.24 s at 8 times its pace.
+	s := start(t, Options{Transcript: bytes.NewReader(raw), Speed: 8})
 	s.Stall(true)
 	s.Play()
-	time.Sleep(1500 * time.Millisecond) // longer than the recording
+	// The scenario: a stall longer than the whole recording streamed
+	// would take, during which nothing may be streamed.
+	time.Sleep(500 * time.Millisecond)
 	select {
 	case <-s.Done():
 		t.Fatal("streamed while stalled")
@@ -110,6 +116,7 @@ func TestStallPausesStream(t *testing.T) {
 }
 
 func TestFailAction(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	c := dial(t, s)
 	c.login("off")
@@ -134,6 +141,7 @@ func TestFailAction(t *testing.T) {
 // TestSlowReaderDropped: a client that stops reading is dropped after the
 // write timeout, and nothing else blocks.
 func TestSlowReaderDropped(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{WriteTimeout: 50 * time.Millisecond})
 	slow := dial(t, s)
 	slow.login("")
@@ -142,7 +150,7 @@ func TestSlowReaderDropped(t *testing.T) {
 	big := "Event: Big\r\nPrivilege: call,all\r\nData: " + strings.Repeat("x", 60<<10) + "\r\n"
 	for i := 0; i < 400 && s.Sessions() == 2; i++ { // up to 24 MB
 		s.Inject(big)
-		time.Sleep(time.Millisecond)
+		time.Sleep(time.Millisecond) // paces the flood: the slow session's buffers fill, not the server's queue at once
 	}
 	waitFor(t, "slow session dropped", func() bool { return s.Sessions() == 1 })
 	fast.send("Action: Ping", "ActionID: p")
@@ -152,6 +160,7 @@ func TestSlowReaderDropped(t *testing.T) {
 }
 
 func TestInjectTracksChannels(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	c := dial(t, s)
 	c.login("call")
@@ -195,6 +204,8 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	io.WriteString(conns[2], "Action: Login\r\nUsername: guard\r\nSecret: guardpass\r\n\r\nAction: PJSIPHangup\r\nChannel: /.*/\r\n\r\n")
 	waitFor(t, "actions", func() bool { return len(s.Actions()) == 4 })
 	s.Stall(true) // the PJSIPHangup is likely still pending
+	// The scenario: give the stream time to park in the stall (nothing
+	// tells when it has); Close must end it in whatever state it is.
 	time.Sleep(100 * time.Millisecond)
 	s.Close()
 	for _, c := range conns {
@@ -215,6 +226,7 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 // (AccountID empty: Asterisk has not taken the user name yet), an MD5 login
 // without a challenge fails without any event.
 func TestChallengeLogin(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{LoginFailDelay: time.Millisecond})
 	watcher := dial(t, s)
 	watcher.login("security")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/astguard/astguard/internal/ami"
+	"github.com/astguard/astguard/internal/testenv"
 )
 
 const (
@@ -356,13 +357,7 @@ func startWith(t *testing.T, transcript []byte, opts Options) *Server {
 // waitFor polls cond until it holds or the time is up.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(readTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, what, readTimeout, cond)
 }
 
 // goroutines returns the number of goroutines once it has settled.

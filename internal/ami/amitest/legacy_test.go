@@ -51,6 +51,7 @@ func dialogEvents(t *testing.T, path, aid string) []*dialogMsg {
 }
 
 func TestBanners11And1_8(t *testing.T) {
+	t.Parallel()
 	for v, want := range map[Version]string{Asterisk11: "Asterisk Call Manager/1.3", Asterisk1_8: "Asterisk Call Manager/1.1"} {
 		if c := dial(t, start(t, Options{Version: v})); c.banner != want {
 			t.Errorf("%s: banner %q, want %q", v, c.banner, want)
@@ -64,6 +65,7 @@ func TestBanners11And1_8(t *testing.T) {
 // TestLogin11AsDialog: the reply and FullyBooted (only Status) in one write,
 // and no SuccessfulAuth although the mask asks for security.
 func TestLogin11AsDialog(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{Version: Asterisk11})
 	conn, err := net.Dial("tcp", s.Addr())
 	if err != nil {
@@ -99,6 +101,7 @@ func TestLogin11AsDialog(t *testing.T) {
 }
 
 func TestLoginFailure11(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{Version: Asterisk11, LoginFailDelay: 50 * time.Millisecond})
 	watcher := dial(t, s)
 	watcher.login("")
@@ -118,6 +121,7 @@ func TestLoginFailure11(t *testing.T) {
 }
 
 func TestSimpleActions11AsDialog(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{Version: Asterisk11})
 	c := dial(t, s)
 	c.login("call,security,system")
@@ -147,6 +151,7 @@ func TestSimpleActions11AsDialog(t *testing.T) {
 
 // TestStream11 streams the whole Asterisk 11 recording as recorded.
 func TestStream11(t *testing.T) {
+	t.Parallel()
 	want := scriptFrames(t, attack11)
 	if len(want) != 1616-2 {
 		t.Fatalf("script has %d messages, want 1614 (1616 less the recorder's login and FullyBooted)", len(want))
@@ -169,6 +174,7 @@ func TestStream11(t *testing.T) {
 }
 
 func TestCoreShowChannels11AsDialog(t *testing.T) {
+	t.Parallel()
 	s, c := midServer11(t, Asterisk11)
 	action, want := dialogFor(t, dialog11, "channels")
 	c.send(actionLines(action)...)
@@ -228,6 +234,7 @@ func TestCoreShowChannels11AsDialog(t *testing.T) {
 }
 
 func TestSIPpeers11AsDialog(t *testing.T) {
+	t.Parallel()
 	_, c := midServer11(t, Asterisk11)
 	action, want := dialogFor(t, dialog11, "sip-peers")
 	c.send(actionLines(action)...)
@@ -247,6 +254,7 @@ func TestSIPpeers11AsDialog(t *testing.T) {
 }
 
 func TestSIPshowpeer11AsDialog(t *testing.T) {
+	t.Parallel()
 	_, c := midServer11(t, Asterisk11)
 	action, want := dialogFor(t, dialog11, "sip-peer")
 	c.send(actionLines(action)...)
@@ -267,6 +275,7 @@ func TestSIPshowpeer11AsDialog(t *testing.T) {
 }
 
 func TestGetvar11AsDialog(t *testing.T) {
+	t.Parallel()
 	s, c := midServer11(t, Asterisk11)
 	live := s.LiveChannels()
 	ch := live[slices.IndexFunc(live, func(n string) bool { return strings.HasPrefix(n, "SIP/200-") })]
@@ -312,6 +321,7 @@ func checkEvents11(t *testing.T, what string, got []*frame, want []*dialogMsg) {
 }
 
 func TestHangup11AsDialog(t *testing.T) {
+	t.Parallel()
 	s, c := midServer11(t, Asterisk11)
 	live := s.LiveChannels()
 	var of200 []string
@@ -379,6 +389,7 @@ func TestHangup11AsDialog(t *testing.T) {
 // nothing more about the call, its carrier leg included (no Linkedid ties
 // them in 11's events: the Dial Begin does).
 func TestHangupDropsLaterEvents11(t *testing.T) {
+	t.Parallel()
 	raw, _ := os.ReadFile(attack11)
 	s := start(t, Options{Version: Asterisk11, Transcript: bytes.NewReader(raw)})
 	c := dial(t, s)
@@ -422,6 +433,7 @@ func TestHangupDropsLaterEvents11(t *testing.T) {
 // TestHangup1_8: Asterisk 1.8 has no /regex/: the value is a channel name
 // or uniqueid, so a regex finds nothing; a name works as on 11.
 func TestHangup1_8(t *testing.T) {
+	t.Parallel()
 	s, c := midServer11(t, Asterisk1_8)
 	if c.banner != Banner1_8 {
 		t.Errorf("banner %q", c.banner)
@@ -444,6 +456,7 @@ func TestHangup1_8(t *testing.T) {
 }
 
 func TestUpdateConfig11AsDialog(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{Version: Asterisk11})
 	c := dial(t, s)
 	c.login("call,security,system")
@@ -470,6 +483,7 @@ func TestUpdateConfig11AsDialog(t *testing.T) {
 }
 
 func TestCommand11AsDialog(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{Version: Asterisk11})
 	c := dial(t, s)
 	c.login("call,security,system")

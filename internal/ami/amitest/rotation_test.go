@@ -25,6 +25,7 @@ func streamAll(t *testing.T, s *Server, c *client) []*frame {
 // attack-mixed.ami plays: 200's calls turn into InvalidPassword as in
 // after-rotation.ami; the others are untouched.
 func TestRotationSIP(t *testing.T) {
+	t.Parallel()
 	raw, _ := os.ReadFile(attackMixed)
 	s := start(t, Options{Transcript: bytes.NewReader(raw)})
 	c := dial(t, s)
@@ -97,6 +98,7 @@ func TestRotationSIP(t *testing.T) {
 // TestRotationNeedsReload: an UpdateConfig without Reload changes the file
 // only; `sip reload` then makes it bite.
 func TestRotationNeedsReload(t *testing.T) {
+	t.Parallel()
 	raw, _ := os.ReadFile(attackMixed)
 	s := start(t, Options{Transcript: bytes.NewReader(raw)})
 	c := dial(t, s)
@@ -124,6 +126,7 @@ func TestRotationNeedsReload(t *testing.T) {
 }
 
 func TestRotationPJSIP(t *testing.T) {
+	t.Parallel()
 	raw, _ := os.ReadFile(attackMixed)
 	s := start(t, Options{Transcript: bytes.NewReader(raw)})
 	c := dial(t, s)

@@ -18,6 +18,7 @@ import (
 const midAttack = "2026-11-25T12:47:05"
 
 func TestBanner(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	if c := dial(t, s); c.banner != DefaultBanner {
 		t.Errorf("banner %q", c.banner)
@@ -29,9 +30,11 @@ func TestBanner(t *testing.T) {
 }
 
 // TestLoginSameWrite checks the login reply as the dialog, and that
-// FullyBooted and SuccessfulAuth arrive in the same read as the reply (the
-// bytes amigo's throw-away reader loses).
+// FullyBooted and SuccessfulAuth arrive in the same read as the reply, as
+// they do from Asterisk: a client that reads the login reply with a reader
+// of its own and then throws it away loses them.
 func TestLoginSameWrite(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	conn, err := net.Dial("tcp", s.Addr())
 	if err != nil {
@@ -45,7 +48,9 @@ func TestLoginSameWrite(t *testing.T) {
 	}
 	action, want := dialogFor(t, dialog20, "login")
 	io.WriteString(conn, strings.Join(actionLines(action), "\r\n")+"\r\n\r\n")
-	time.Sleep(100 * time.Millisecond) // let everything arrive: one read must hold it all
+	// No pause before the read: the server writes the three messages at
+	// once, so the first read that returns holds them all. (A pause would
+	// let separate writes pile up and pass as one.)
 	buf := make([]byte, 64<<10)
 	n, err := conn.Read(buf)
 	if err != nil {
@@ -55,10 +60,7 @@ func TestLoginSameWrite(t *testing.T) {
 	if len(parts) != 3 {
 		t.Fatalf("one read got %d messages, want 3:\n%s", len(parts), buf[:n])
 	}
-	wantEvents := []*dialogMsg{}
-	for _, m := range readDialog(t, dialog20)[2:4] {
-		wantEvents = append(wantEvents, m)
-	}
+	wantEvents := readDialog(t, dialog20)[2:4]
 	all := append([]*dialogMsg{want[0]}, wantEvents...)
 	for i, p := range parts {
 		f := parseTestFrame(p)
@@ -90,6 +92,7 @@ func parseTestFrame(text string) *frame {
 }
 
 func TestLoginEventsOff(t *testing.T) {
+	t.Parallel()
 	// rotate-dialog.txt: with Events: off the login reply comes alone.
 	s := start(t, Options{})
 	c := dial(t, s)
@@ -104,6 +107,7 @@ func TestLoginEventsOff(t *testing.T) {
 }
 
 func TestLoginFailure(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{LoginFailDelay: 150 * time.Millisecond})
 	watcher := dial(t, s)
 	watcher.login("security")
@@ -132,6 +136,7 @@ func TestLoginFailure(t *testing.T) {
 }
 
 func TestPermissionDenied(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	c := dial(t, s)
 	c.send("Action: CoreShowChannels", "ActionID: x")
@@ -150,6 +155,7 @@ func TestPermissionDenied(t *testing.T) {
 // TestSimpleActionsAsDialog sends the dialog's Ping, unknown action and
 // Logoff and compares the answers.
 func TestSimpleActionsAsDialog(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	c := dial(t, s)
 	c.login("call,security,system")
@@ -199,6 +205,7 @@ func TestSimpleActionsAsDialog(t *testing.T) {
 }
 
 func TestEventsAction(t *testing.T) {
+	t.Parallel()
 	s := start(t, Options{})
 	c := dial(t, s)
 	c.login("")
@@ -246,6 +253,7 @@ func scriptFrames(t *testing.T, path string) []scriptMsg {
 }
 
 func TestStreamAttackMixed(t *testing.T) {
+	t.Parallel()
 	want := scriptFrames(t, attackMixed)
 	if len(want) != 4093-3 {
 		t.Fatalf("script has %d messages, want 4090 (4093 less the recorder's login)", len(want))
@@ -297,6 +305,7 @@ func TestStreamAttackMixed(t *testing.T) {
 }
 
 func TestStreamPaced(t *testing.T) {
+	t.Parallel()
 	// pjsip-bruteforce.ami spans about 2 s; at Speed 10 about 0.2 s.
 	raw, _ := os.ReadFile(transcripts + "pjsip-bruteforce.ami")
 	s := start(t, Options{Transcript: bytes.NewReader(raw), Speed: 10, AutoPlay: true})
@@ -317,6 +326,7 @@ func TestStreamPaced(t *testing.T) {
 }
 
 func TestCoreShowChannelsAsDialog(t *testing.T) {
+	t.Parallel()
 	s := startWith(t, cutTranscript(t, attackMixed, midAttack), Options{})
 	c := dial(t, s)
 	c.login("off")

@@ -8,6 +8,7 @@ import (
 // TestTablesMatchDialogs keeps the header lists of tables.go equal to the
 // recorded replies they were taken from.
 func TestTablesMatchDialogs(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		table  [][2]string
@@ -51,6 +52,7 @@ func TestTablesMatchDialogs(t *testing.T) {
 
 // TestEmbeddedConfs checks the embedded confs are the testdata copies.
 func TestEmbeddedConfs(t *testing.T) {
+	t.Parallel()
 	for path, got := range map[string]string{
 		"testdata/asterisk-20/pbx/sip.conf":   DefaultSIPConf,
 		"testdata/asterisk-20/pbx/pjsip.conf": DefaultPJSIPConf,
@@ -66,6 +68,7 @@ func TestEmbeddedConfs(t *testing.T) {
 }
 
 func TestEventMask(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]uint32{
 		"":                     allClasses,
 		"on":                   allClasses,

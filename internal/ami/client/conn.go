@@ -317,6 +317,7 @@ func (c *Client) readLoop(cn *conn) error {
 				continue
 			}
 			if errors.Is(err, io.EOF) {
+				//lint:ignore ST1005 the message starts with a name
 				return errors.New("Asterisk closed the connection")
 			}
 			return err

@@ -212,8 +212,12 @@ func TestTLS(t *testing.T) {
 		{"another name", &tls.Config{RootCAs: pool, ServerName: "other.example.net"}},
 	} {
 		bad, logs := newClient(t, addr, client.Options{Events: "off", TLS: tc.cfg})
-		waitFor(t, tc.name+": the TLS failure", func() bool { return bad.Status().Problem == client.ProblemTLS })
-		if l := logs.lines("AMI TLS handshake failed: the guard sees nothing until it connects"); len(l) != 1 ||
+		const msg = "AMI TLS handshake failed: the guard sees nothing until it connects"
+		// The status changes before the line is logged: wait for both.
+		waitFor(t, tc.name+": the TLS failure", func() bool {
+			return bad.Status().Problem == client.ProblemTLS && len(logs.lines(msg)) > 0
+		})
+		if l := logs.lines(msg); len(l) != 1 ||
 			!strings.Contains(l[0]["error"].(string), "certificate") {
 			t.Errorf("%s: lines %v", tc.name, l)
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/ami/amitest"
 	"github.com/astguard/astguard/internal/ami/client"
+	"github.com/astguard/astguard/internal/testenv"
 )
 
 // logSink collects a Client's JSON log lines.
@@ -96,13 +97,7 @@ func newClient(t *testing.T, addr string, opts client.Options) (*client.Client, 
 // waitFor polls cond until it holds or 10 s pass.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, what, 10*time.Second, cond)
 }
 
 func ctx(t *testing.T) context.Context {

@@ -222,8 +222,8 @@ func TestPingOnlyWhenIdle(t *testing.T) {
 		srv.send(t, "Response: Success\r\nActionID: "+ping.Get("ActionID")+"\r\nPing: Pong")
 		answered := time.Now()
 		ping = <-pings
-		if d := time.Since(answered); d < keepalive {
-			t.Errorf("second Ping %s after the Pong", d)
+		if d := time.Since(answered); ping.Get("Action") != "Ping" || d < keepalive {
+			t.Errorf("second %s %s after the Pong, want a Ping after %s", ping.Get("Action"), d, keepalive)
 		}
 		// Not answered, nothing else either: dead after ActionTimeout.
 		pinged := time.Now()

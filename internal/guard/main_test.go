@@ -1,0 +1,16 @@
+package guard
+
+import (
+	"os"
+	"testing"
+
+	"github.com/astguard/astguard/internal/testenv"
+)
+
+// Most tests here wait on a fake Asterisk replaying a recording at its
+// recorded pace (or 4 times faster), not on the CPU: more of them run side
+// by side than the machine has cores.
+func TestMain(m *testing.M) {
+	testenv.RaiseParallel(12)
+	os.Exit(m.Run())
+}
