@@ -191,22 +191,31 @@ func (r *responder) start(ctx context.Context, rs *response) {
 func (r *responder) run(ctx context.Context, rs *response, prior []chan struct{}, mine chan struct{}) {
 	var blocked netip.Addr
 	var wg sync.WaitGroup
+	// The block's address is read from a live call's channel (Getvar), so
+	// the hang-up is sent only once that Getvar is on the wire: Asterisk
+	// answers it before it reads the Hangup behind it on the same session,
+	// and the hang-up does not wait for the answer.
+	ready := make(chan struct{})
+	var once sync.Once
+	choosing := func() { once.Do(func() { close(ready) }) }
 	if d := rs.decision(policy.BlockIP); d != nil {
-		// Chosen before the hang-up: a live call's address is read from
-		// its channel.
-		req, s := blockRequest(rs, d), blockSettings(rs.cfg)
-		c := r.block.Choose(ctx, req, s)
-		blocked = c.Target.Addr
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			req, s := blockRequest(rs, d), blockSettings(rs.cfg)
+			c := r.block.Choose(client.AfterWrite(ctx, choosing), req, s)
+			choosing()
+			blocked = c.Target.Addr
 			r.ban(ctx, rs, d, req, c, s)
 		}()
+	} else {
+		choosing()
 	}
 	if d := rs.decision(policy.Hangup); d != nil {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			<-ready
 			r.hangupExtension(ctx, rs, d)
 		}()
 	}

@@ -368,6 +368,19 @@ func replyError(name string, r ami.Response) error {
 	return &ami.ActionError{Action: name, Message: r.Message()}
 }
 
+type writtenKey struct{}
+
+// AfterWrite returns a context that makes Do and List call written as
+// soon as their action is on the wire (or its write has failed), before
+// they wait for the reply. Asterisk runs a session's actions in the order
+// they arrive: an action sent on the same Client once written has been
+// called runs after this one, without waiting for its reply. written
+// runs on the sending goroutine, once per action sent with the context,
+// and is not called when nothing was sent (not connected, closed).
+func AfterWrite(ctx context.Context, written func()) context.Context {
+	return context.WithValue(ctx, writtenKey{}, written)
+}
+
 // send writes the action and waits for its reply. It returns the call with
 // what came (a list's items so far) along with ErrTimeout or
 // ErrListTooLong; nil with any other error.
@@ -404,7 +417,11 @@ func (c *Client) send(ctx context.Context, a ami.Action, list bool) (*call, erro
 	}
 	c.mu.Unlock()
 
-	if n, err := cn.write(ctx, buf, c.opts.ActionTimeout); err != nil {
+	n, err := cn.write(ctx, buf, c.opts.ActionTimeout)
+	if f, ok := ctx.Value(writtenKey{}).(func()); ok {
+		f()
+	}
+	if err != nil {
 		c.forget(cl)
 		switch {
 		case n == 0 && ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded):

@@ -403,3 +403,55 @@ func TestBusyReaderIsNotDead(t *testing.T) {
 		}
 	})
 }
+
+// AfterWrite's function runs once the action is on the wire, before its
+// reply: a second action can follow the first without waiting for it.
+func TestAfterWriteBeforeReply(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newPipeAMI()
+		c := pipeClient(t, p, client.Options{Name: "t", Keepalive: time.Hour})
+		srv := <-p.conns
+		srv.accept(t)
+		written := make(chan struct{})
+		var calls int
+		done := make(chan error, 1)
+		go func() {
+			ctx := client.AfterWrite(context.Background(), func() { calls++; close(written) })
+			_, err := c.Do(ctx, ami.Action{Name: "Getvar", Headers: []ami.Header{{Key: "Variable", Value: "CHANNEL(recvip)"}}})
+			done <- err
+		}()
+		first := srv.action(t)
+		<-written // the reply has not been sent
+		go func() { c.Do(context.Background(), ami.Action{Name: "Hangup"}) }()
+		second := srv.action(t)
+		if first.Get("Action") != "Getvar" || second.Get("Action") != "Hangup" {
+			t.Fatalf("actions %q then %q", first.Get("Action"), second.Get("Action"))
+		}
+		srv.send(t, "Response: Success\r\nActionID: "+first.Get("ActionID")+"\r\nValue: 192.0.2.1")
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if calls != 1 {
+			t.Errorf("written called %d times, want 1", calls)
+		}
+	})
+}
+
+// Nothing sent, nothing written: the function is not called when the
+// client is not connected.
+func TestAfterWriteNotCalledWhenNotSent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newPipeAMI()
+		c := pipeClient(t, p, client.Options{Name: "t"})
+		called := false
+		_, err := c.Do(client.AfterWrite(context.Background(), func() { called = true }), ami.Action{Name: "Ping"})
+		if !errors.Is(err, client.ErrNotConnected) {
+			t.Fatalf("Do before login: %v, want ErrNotConnected", err)
+		}
+		if called {
+			t.Error("written called for an action never sent")
+		}
+		srv := <-p.conns
+		srv.accept(t)
+	})
+}
