@@ -84,6 +84,9 @@ type Alert struct {
 // IsExtension reports whether the alert is about an extension (else an address).
 func (a *Alert) IsExtension() bool { return a.Extension != "" }
 
+// Level says which severity count reaches, or 0.
+func (t Threshold) Level(count int) Severity { return level(t, count) }
+
 // level says which severity count reaches, or 0.
 func level(t Threshold, count int) Severity {
 	switch {

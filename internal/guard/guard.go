@@ -81,6 +81,7 @@ type Guard struct {
 	resp    *responder
 	queue   chan incoming
 	connect chan struct{}
+	dropSig chan struct{} // events were dropped: the resync loop reads the live calls again
 	resync  chan resyncItem
 
 	metrics     *metrics.Metrics
@@ -96,6 +97,11 @@ type Guard struct {
 type resyncItem struct {
 	live  []detector.LiveChannel
 	hints []ami.Event
+	// listed: CoreShowChannels answered, live is Asterisk's list.
+	listed bool
+	// drops is the count of dropped events when the rebuild began: the
+	// view it gives covers every drop up to there.
+	drops uint64
 }
 
 // Bans returns the ban manager (the admin endpoint, tests).
@@ -115,6 +121,7 @@ func Run(ctx context.Context, opts Options) error {
 		lookup:  opts.LookupNetIP,
 		queue:   make(chan incoming, cfg.AMI.QueueSize),
 		connect: make(chan struct{}, 1),
+		dropSig: make(chan struct{}, 1),
 		resync:  make(chan resyncItem, 1),
 	}
 	if g.lookup == nil {
@@ -275,6 +282,10 @@ func NewFirewall(cfg *config.Config, log zerolog.Logger) (firewall.Firewall, err
 // was full, on the reader's goroutine.
 func (g *Guard) dropped(n uint64) {
 	g.metrics.Dropped(n)
+	select {
+	case g.dropSig <- struct{}{}:
+	default:
+	}
 	// Loud, but not once per event: at 1, 10, 100, ...
 	for p := uint64(1); p <= n; p *= 10 {
 		if p == n {
@@ -297,14 +308,29 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 		decs   []policy.Decision
 		seq    int
 		live   []string
+		// synced is the count of dropped events the last rebuild covers;
+		// while more were dropped, concurrent alerts wait for the next.
+		synced uint64
+		held   heldAlerts
 	)
 	flush := time.NewTicker(time.Second)
 	defer flush.Stop()
-	handleAlerts := func() {
+	// decide passes alerts to the incident book and the responder; new
+	// ones are counted, and a concurrent one is held while the live calls
+	// may be stale (released ones were counted when held).
+	decide := func(released bool) {
 		for i := range alerts {
 			a := &alerts[i]
-			g.stats.alerts.Add(1)
-			g.metrics.Alert(a.Rule, a.Severity)
+			if !released {
+				g.stats.alerts.Add(1)
+				g.metrics.Alert(a.Rule, a.Severity)
+			}
+			if drops := g.stats.dropped.Load(); !released && drops > synced && holds(a) && held.hold(a, drops) {
+				log.Warn().Str("rule", a.Rule.String()).Str("severity", a.Severity.String()).Str("tech", a.Tech.String()).
+					Str("extension", a.Extension).Int("count", a.Count).Uint64("dropped", drops).
+					Msg("concurrent alert held: events were dropped, so its live calls are checked against Asterisk's channel list before anything is done")
+				continue
+			}
 			decs = g.book.Decide(g.table, a, time.Now(), decs[:0])
 			g.resp.decided(ctx, g.cfg.Load(), a, decs, func() []string {
 				if !a.IsExtension() {
@@ -315,6 +341,7 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 			})
 		}
 	}
+	handleAlerts := func() { decide(false) }
 	for {
 		select {
 		case <-ctx.Done():
@@ -338,9 +365,16 @@ func (g *Guard) loop(ctx context.Context, rec *recorder) error {
 				alerts = det.Process(&it.hints[i], alerts[:0])
 				handleAlerts()
 			}
+			if !it.listed {
+				continue // the calls stay as the events left them
+			}
 			alerts = det.Resync(now, it.live, alerts[:0])
 			handleAlerts()
-			log.Info().Int("live_channels", len(it.live)).Int("address_hints", len(it.hints)).Msg("state rebuilt from Asterisk")
+			synced = max(synced, it.drops)
+			alerts = held.release(det, g.cfg.Load().Detector().Concurrent, it.drops, log, alerts[:0])
+			decide(true)
+			log.Info().Int("live_channels", len(it.live)).Int("address_hints", len(it.hints)).Uint64("dropped", it.drops).
+				Msg("state rebuilt from Asterisk")
 		case in := <-g.queue:
 			seq++
 			g.stats.lastEvent.Store(in.at.UnixNano())
@@ -460,19 +494,44 @@ func (g *Guard) switchMode(mode string) {
 // resyncLoop rebuilds the view after every login of the event session:
 // events lost while the link was down must not hide an attack.
 func (g *Guard) resyncLoop(ctx context.Context) error {
+	var (
+		full bool      // a login: the addresses too, not only the calls
+		last time.Time // the last rebuild began
+	)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-g.connect:
+			full = true
+		case <-g.dropSig:
+			// At most one rebuild a second for drops: they come in
+			// bursts, and CoreShowChannels costs Asterisk a walk of its
+			// channels.
+			select {
+			case <-time.After(time.Until(last.Add(time.Second))):
+			case <-ctx.Done():
+				return nil
+			}
 		}
-		if !g.neverResolved() {
+		if full && !g.neverResolved() {
 			g.refreshNever(ctx, "connect", true)
 		}
 		cfg := g.cfg.Load()
 		actx, cancel := context.WithTimeout(ctx, 4*time.Duration(cfg.AMI.ActionTimeout))
-		it := g.rebuild(actx)
+		drops := g.stats.dropped.Load()
+		last = time.Now()
+		it := g.rebuild(actx, full)
+		it.drops = drops
+		full = false
 		cancel()
+		if !it.listed && drops > 0 {
+			// Held alerts wait for a list: ask again in a second.
+			select {
+			case g.dropSig <- struct{}{}:
+			default:
+			}
+		}
 		select {
 		case g.resync <- it:
 		case <-ctx.Done():

@@ -148,16 +148,20 @@ func liveChannel(it ami.Response) detector.LiveChannel {
 
 // rebuild asks Asterisk what is up now: the live channels, the chan_sip
 // peers' and the PJSIP contacts' addresses, as far as this version has them.
-func (g *Guard) rebuild(ctx context.Context) resyncItem {
+func (g *Guard) rebuild(ctx context.Context, full bool) resyncItem {
 	log := g.log.With().Str("component", "resync").Logger()
 	var it resyncItem
 	_, items, err := g.events.List(ctx, ami.Action{Name: "CoreShowChannels"})
 	if err != nil {
 		log.Error().Err(err).Msg("CoreShowChannels failed: live calls not rebuilt")
 	} else {
+		it.listed = true
 		for _, c := range items {
 			it.live = append(it.live, liveChannel(c))
 		}
+	}
+	if !full {
+		return it
 	}
 	major, _ := g.events.Version()
 	if hasSIPpeers(major) {
