@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"time"
@@ -107,11 +108,13 @@ func (e *email) Send(ctx context.Context, m *message.Message) error {
 		return Permanent(err)
 	}
 	if err := c.DialAndSendWithContext(ctx, msg); err != nil {
+		err = fmt.Errorf("SMTP %s: %w", e.cfg.Server, err)
 		var se *mail.SendError
-		if errors.As(err, &se) && !se.IsTemp() {
-			return Permanent(fmt.Errorf("SMTP %s: %w", e.cfg.Server, err))
+		var te *textproto.Error
+		if (errors.As(err, &se) && !se.IsTemp()) || (errors.As(err, &te) && te.Code >= 500) {
+			return Permanent(err) // a 5xx reply: a refused login, sender or recipient
 		}
-		return fmt.Errorf("SMTP %s: %w", e.cfg.Server, err)
+		return err
 	}
 	return nil
 }

@@ -1,3 +1,0 @@
-package notify
-
-func stopSMTP() {}
