@@ -328,7 +328,7 @@ func (n *Notifier) troubleMessage(p *Probe, c *Condition, now time.Time) *messag
 	if c.Problem != "" || c.Detail != "" {
 		why = " (" + strings.TrimPrefix(m.Trouble.Problem+": "+m.Trouble.Detail, ": ") + ")"
 	}
-	long := now.Sub(c.Since).Round(time.Second)
+	long := now.Sub(c.Since).Round(time.Second) // how long it is (was) down
 	var what string
 	switch {
 	case p.What == "ami" && c.Down:
@@ -343,7 +343,7 @@ func (n *Notifier) troubleMessage(p *Probe, c *Condition, now time.Time) *messag
 		what += "It keeps trying. Check Asterisk, ami.address, the secret and the user's permit/deny in manager.conf."
 	case p.What == "ami":
 		m.Event = message.EventAMIUp
-		m.Title = fmt.Sprintf("AMI session %s logged in again", p.Name)
+		m.Title = fmt.Sprintf("AMI session %s logged in again after %s", p.Name, long)
 		what = "The guard is logged in to Asterisk again."
 	case c.Down:
 		m.Event = message.EventFirewallDown
@@ -352,7 +352,7 @@ func (n *Notifier) troubleMessage(p *Probe, c *Condition, now time.Time) *messag
 			"It keeps trying. Check iptables (installed, the guard's capabilities, the xtables lock)."
 	default:
 		m.Event = message.EventFirewallUp
-		m.Title = "firewall works again"
+		m.Title = fmt.Sprintf("firewall works again after %s", long)
 		what = "The firewall takes the guard's rules again; the recorded bans are applied."
 	}
 	m.Text = fmt.Sprintf("%s\n\n%s\n\nOn %s, since %s.\n", m.Title, what, n.instance, stamp(c.Since))

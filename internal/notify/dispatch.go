@@ -28,8 +28,9 @@ type dispatcher struct {
 	digestOrder []string
 	digestSince time.Time
 
-	trouble      map[string]bool // by probe name: its trouble was notified
-	droppedShown uint64          // events dropped, as last logged
+	trouble      map[string]bool      // by probe: its trouble was notified
+	downSince    map[string]time.Time // by probe: when it was first seen down
+	droppedShown uint64               // events dropped, as last logged
 }
 
 // pending is what happened to one incident since its last message.
@@ -41,7 +42,8 @@ type pending struct {
 
 func newDispatcher(n *Notifier, src Source) *dispatcher {
 	return &dispatcher{n: n, src: src, pending: make(map[string]*pending), digested: make(map[string]bool),
-		digest: make(map[string]*message.Incident), trouble: make(map[string]bool)}
+		digest: make(map[string]*message.Incident), trouble: make(map[string]bool),
+		downSince: make(map[string]time.Time)}
 }
 
 // run is the dispatcher's loop, until ctx ends.
@@ -175,12 +177,22 @@ func (d *dispatcher) deliver(m *message.Message, toAM bool) {
 }
 
 // probe asks every probe, and notifies trouble that lasts trouble_after,
-// and its end.
+// and its end. The trouble lasts from the first time the probe was down,
+// whatever its problem became since (unreachable, then refused ...).
 func (d *dispatcher) probe(now time.Time) {
 	after := time.Duration(d.n.cfg.TroubleAfter)
 	for _, p := range d.n.probes {
 		c := p.Check()
 		key := p.What + "/" + p.Name
+		if c.Down {
+			if since, ok := d.downSince[key]; ok && since.Before(c.Since) {
+				c.Since = since
+			}
+			d.downSince[key] = c.Since
+		} else {
+			c.Since = d.downSince[key]
+			delete(d.downSince, key)
+		}
 		switch {
 		case c.Down && !d.trouble[key] && now.Sub(c.Since) >= after:
 			d.trouble[key] = true
