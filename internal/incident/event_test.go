@@ -155,3 +155,23 @@ func TestOutcomeKeepsError(t *testing.T) {
 		t.Fatalf("outcomes: %+v", o)
 	}
 }
+
+// An alert that only joins an open incident tells the observer nothing
+// and, with the incident's alerts list full, allocates nothing, as
+// without an observer: the detector loop's path does not grow.
+func TestDecideJoinObservedDoesNotAllocate(t *testing.T) {
+	var log eventLog
+	r := newResponder(t, mustBook(t, Options{Quiet: quiet, Mode: policy.Enforce, Observer: log.observe}))
+	for i := range maxAlerts {
+		r.alert(critical(detector.RuleCallRate, t0.Add(time.Duration(i)*time.Second), thief))
+	}
+	log.take()
+	a := critical(detector.RulePrefixGuess, t0.Add(time.Minute), thief)
+	dst := make([]policy.Decision, 0, 8)
+	if n := testing.AllocsPerRun(1000, func() { dst = r.book.Decide(r.tab, a, t0.Add(time.Minute), dst[:0]) }); n != 0 {
+		t.Errorf("Decide allocates %v times", n)
+	}
+	if got := log.take(); len(got) != 0 {
+		t.Errorf("events: %v", kinds(got))
+	}
+}
