@@ -235,6 +235,15 @@ func (n *Notifier) Stats() metrics.NotifyStats {
 // alerts from the start: those of a guard restarted during an attack are
 // sent again, and resolved when they close.
 func (n *Notifier) Run(ctx context.Context, src Source) error {
+	where := make([]string, 0, len(n.outs))
+	for _, o := range n.outs {
+		w := o.sender.Name()
+		if d, ok := o.sender.(describer); ok {
+			w += " " + d.describe()
+		}
+		where = append(where, w)
+	}
+	n.log.Info().Strs("senders", where).Msg("notifications on")
 	var wg sync.WaitGroup
 	for _, o := range n.outs {
 		wg.Add(1)
