@@ -125,7 +125,9 @@ func (d *dispatcher) send(id string, p *pending, now time.Time) {
 	} else {
 		m = d.n.eventMessage(&p.ev, p.updates, now) // pruned meanwhile
 	}
-	if d.n.am != nil && d.n.am.outlet.wants(m.Severity) {
+	// Alertmanager by the incident's own severity, which its alert keeps
+	// for life: an alert sent is resolved too.
+	if d.n.am != nil && d.n.am.outlet.wants(m.Incident.Severity) {
 		d.n.am.enqueue(m, &d.n.log)
 	}
 	if !d.digested[id] {
