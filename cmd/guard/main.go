@@ -8,6 +8,7 @@
 //	guard unblock [--config FILE] ADDRESS        lift a ban
 //	guard incidents [--config FILE] [--json]     list the incidents
 //	guard release [--config FILE] TECH/NAME      let a stopped extension call again
+//	guard notify-test [--config FILE]            send a sample notification through each sender
 //	guard version
 //
 // guard run reads /etc/astguard/config.toml unless --config names another
@@ -58,6 +59,8 @@ const usage = `usage:
   guard incidents [--config FILE] [--json]     list the incidents: open ones, and those closed in the last 7 days
   guard release [--config FILE] TECH/NAME      end the open incident of an extension (e.g. SIP/200):
                                                its new calls are no longer hung up
+  guard notify-test [--config FILE]            send one sample notification through each sender of [notify]
+                                               and say what came of it (exit 1 when one failed)
   guard version
 `
 
@@ -83,6 +86,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdReplay(args[1:], stdout, stderr)
 	case "check-config":
 		return cmdCheckConfig(args[1:], stdout, stderr)
+	case "notify-test":
+		return cmdNotifyTest(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "astguard", version)
 		return 0

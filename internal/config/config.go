@@ -40,6 +40,7 @@ type Config struct {
 	Allow     Allow     `toml:"allow"`
 	Response  Response  `toml:"response"`
 	Policy    Policy    `toml:"policy"`
+	Notify    Notify    `toml:"notify"`
 }
 
 // The values of Config.Mode.
@@ -390,6 +391,7 @@ func Default() *Config {
 			AuthFailures:  probe(),
 			NewSource:     RulePolicy{Warning: []string{ActionAlert}, Critical: []string{ActionAlert}},
 		},
+		Notify: defaultNotify(),
 	}
 }
 
@@ -437,12 +439,16 @@ func parse(file string, data []byte, resolve bool) (*Config, error) {
 		if c.AMI.TLSCA != "" && !filepath.IsAbs(c.AMI.TLSCA) {
 			c.AMI.TLSCA = filepath.Join(filepath.Dir(file), c.AMI.TLSCA)
 		}
+		errs = append(errs, c.resolveNotifySecrets(filepath.Dir(file))...)
 	}
 	if err := c.Validate(); err != nil {
 		errs = append(errs, err.(interface{ Unwrap() []error }).Unwrap()...)
 	} else if resolve {
 		if _, err := c.AMI.TLSConfig(); err != nil {
 			errs = append(errs, err) // the CA file cannot be used
+		}
+		if _, err := c.Notify.Email.EmailTLSCA(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := locate(file, data, errs); err != nil {

@@ -30,6 +30,7 @@ import (
 	"github.com/astguard/astguard/internal/detector"
 	"github.com/astguard/astguard/internal/incident"
 	"github.com/astguard/astguard/internal/metrics"
+	"github.com/astguard/astguard/internal/notify"
 	"github.com/astguard/astguard/internal/policy"
 )
 
@@ -79,6 +80,7 @@ type Guard struct {
 	book    *incident.Book // the incidents: what was decided and done about each attack
 	table   *policy.Table  // the [policy] table; the detector loop's own
 	resp    *responder
+	notify  *notify.Notifier // nil: no sender configured
 	queue   chan incoming
 	connect chan struct{}
 	dropSig chan struct{} // events were dropped: the resync loop reads the live calls again
@@ -153,10 +155,15 @@ func Run(ctx context.Context, opts Options) error {
 		fw = firewall.NewLazy(func() (firewall.Firewall, error) { return NewFirewall(cfg, g.log) },
 			cfg.Response.Firewall != config.FirewallDryRun)
 	}
+	// Watched, so that a firewall that keeps failing is notified.
+	wfw := &watchedFirewall{Firewall: fw}
+	if g.notify, err = g.newNotifier(cfg, wfw); err != nil {
+		return err
+	}
 	// In observe mode the ban manager reads the state and sets up no
 	// firewall: no chain, no jump, no rule, nothing written.
 	g.bans, err = bans.New(bans.Options{
-		Firewall:   fw,
+		Firewall:   wfw,
 		StatePath:  cfg.Response.StateFile,
 		Never:      g.refreshNever(ctx, "start", false),
 		Observe:    cfg.Mode != config.ModeEnforce,
@@ -182,7 +189,12 @@ func Run(ctx context.Context, opts Options) error {
 
 	// The incidents, kept in the bans state file: a restart in the middle
 	// of an attack does not run its actions again.
-	g.book, err = incident.New(incident.Options{Quiet: time.Duration(cfg.Response.IncidentQuiet), Mode: policy.ModeOf(cfg.Mode), Store: g.bans})
+	var observer incident.Observer
+	if g.notify != nil {
+		observer = g.notify.Observe
+	}
+	g.book, err = incident.New(incident.Options{Quiet: time.Duration(cfg.Response.IncidentQuiet), Mode: policy.ModeOf(cfg.Mode), Store: g.bans,
+		Observer: observer})
 	if err != nil {
 		return err
 	}
@@ -230,6 +242,9 @@ func Run(ctx context.Context, opts Options) error {
 	eg.Go(func() error { return g.bans.Run(egCtx) })
 	eg.Go(func() error { return g.resyncLoop(egCtx) })
 	eg.Go(func() error { return g.incidentsLoop(egCtx) })
+	if g.notify != nil {
+		eg.Go(func() error { return g.notify.Run(egCtx, g.book) })
+	}
 	if msrv != nil {
 		eg.Go(func() error { return msrv.Serve(egCtx) })
 	}

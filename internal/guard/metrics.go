@@ -42,6 +42,16 @@ func (g *Guard) newMetrics(cfg *config.Config) *metrics.Metrics {
 			return n
 		}
 	}
+	// The notifier is built after the metrics, before they are served.
+	var notifyStats func() metrics.NotifyStats
+	if cfg.Notify.Enabled() {
+		notifyStats = func() metrics.NotifyStats {
+			if g.notify == nil {
+				return metrics.NotifyStats{}
+			}
+			return g.notify.Stats()
+		}
+	}
 	return metrics.New(metrics.Options{
 		Sessions: []metrics.Session{
 			session("events", func() *client.Client { return g.events }, true),
@@ -70,6 +80,7 @@ func (g *Guard) newMetrics(cfg *config.Config) *metrics.Metrics {
 			return time.Time{}
 		},
 		SilenceAlarm: time.Duration(cfg.Metrics.SilenceAlarm),
+		Notify:       notifyStats,
 	})
 }
 

@@ -406,11 +406,19 @@ func (r *responder) finish(ctx context.Context, rs *response, d *policy.Decision
 	}
 	if out.Result == policy.Failed && ctx.Err() != nil {
 		out.Detail = joinDetail(out.Detail, interrupted)
-	} else if err := r.book.Outcome(d.Incident, d.Action, incident.Outcome{Result: out.Result, Target: o.Target, Time: r.now(), Detail: o.Detail}); err != nil {
+	} else if err := r.book.Outcome(d.Incident, d.Action, incident.Outcome{Result: out.Result, Target: o.Target, Time: r.now(), Detail: o.Detail, Error: errText(o.Err)}); err != nil {
 		r.log.Error().Err(err).Str("incident", d.Incident).Str("action", d.Action.String()).
 			Msg("action outcome not recorded in its incident: a restart may run the action again")
 	}
 	r.report(&out)
+}
+
+// errText is err's text, or "" for none.
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 func joinDetail(a, b string) string {

@@ -13,9 +13,9 @@ import (
 
 // busyBook is a book in enforce mode with n open incidents of extensions
 // (SIP/1000...) that have hung up, blocked and rotated, each with its
-// alerts list full.
-func busyBook(b *testing.B, n int, store Store) (*Book, *policy.Table) {
-	book := mustBook(b, Options{Quiet: time.Hour, Mode: policy.Enforce, Store: store})
+// alerts list full; obs, if set, observes it.
+func busyBook(b *testing.B, n int, store Store, obs Observer) (*Book, *policy.Table) {
+	book := mustBook(b, Options{Quiet: time.Hour, Mode: policy.Enforce, Store: store, Observer: obs})
 	r := newResponder(b, book)
 	for i := range n {
 		for j := range maxAlerts {
@@ -27,10 +27,27 @@ func busyBook(b *testing.B, n int, store Store) (*Book, *policy.Table) {
 	return book, r.tab
 }
 
+// queueObserver is an observer as the notifier's: a send to a bounded
+// queue that drops when it is full, never a wait.
+func queueObserver() Observer {
+	q := make(chan Event, 1024)
+	return func(ev Event) {
+		select {
+		case q <- ev:
+		default:
+		}
+	}
+}
+
 // The per-alert path: an alert of an open incident that has done
 // everything (what an attack keeps raising): nothing to save.
-func BenchmarkDecide(b *testing.B) {
-	book, tab := busyBook(b, 100, &memStore{})
+func BenchmarkDecide(b *testing.B) { benchmarkDecide(b, nil) }
+
+// The same with an observer (a notifier): the alert tells it nothing.
+func BenchmarkDecideObserved(b *testing.B) { benchmarkDecide(b, queueObserver()) }
+
+func benchmarkDecide(b *testing.B, obs Observer) {
+	book, tab := busyBook(b, 100, &memStore{}, obs)
 	a := critical(detector.RulePrefixGuess, t0.Add(time.Minute), netip.AddrFrom4([4]byte{10, 0, 0, 0}))
 	a.Extension = "1000"
 	dst := make([]policy.Decision, 0, 8)
@@ -46,8 +63,13 @@ func BenchmarkDecide(b *testing.B) {
 // The alert that opens an incident and decides its responses, and the save
 // the guard makes before the rotation (encoded; the store keeps it in
 // memory), in a book with 100 other incidents, each with its 10 alerts.
-func BenchmarkDecideOpens(b *testing.B) {
-	book, tab := busyBook(b, 100, &memStore{})
+func BenchmarkDecideOpens(b *testing.B) { benchmarkDecideOpens(b, nil) }
+
+// The same with an observer, told of the opening and of the release.
+func BenchmarkDecideOpensObserved(b *testing.B) { benchmarkDecideOpens(b, queueObserver()) }
+
+func benchmarkDecideOpens(b *testing.B, obs Observer) {
+	book, tab := busyBook(b, 100, &memStore{}, obs)
 	a := critical(detector.RuleCallRate, t0.Add(time.Minute), netip.AddrFrom4([4]byte{10, 1, 0, 0}))
 	a.Extension = "9999"
 	key := policy.KeyOf(a)
@@ -77,7 +99,7 @@ func BenchmarkDecideOpens(b *testing.B) {
 // extensions, for one of them and for one that is not, and with none (the
 // usual case).
 func BenchmarkStopped(b *testing.B) {
-	busy, _ := busyBook(b, 1000, nil)
+	busy, _ := busyBook(b, 1000, nil, nil)
 	empty := mustBook(b, Options{Mode: policy.Enforce})
 	now := t0.Add(time.Minute)
 	for _, tt := range []struct {

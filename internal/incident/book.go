@@ -107,6 +107,9 @@ type Options struct {
 	// NewID returns a new incident id; default "inc-" and 8 random hex
 	// digits. An id already in the book is never reused.
 	NewID func() string
+	// Observer, if set, is told of every incident opened, every outcome
+	// recorded and every close (see Observer: it must never wait).
+	Observer Observer
 }
 
 // Close reasons.
@@ -139,6 +142,9 @@ type Outcome struct {
 	// Detail says what was done, or why not. Never a secret: it is saved
 	// and listed.
 	Detail string `json:"detail,omitempty"`
+	// Error is why a Failed action failed (the error's text; never a
+	// secret).
+	Error string `json:"error,omitempty"`
 }
 
 // Stop says why an extension is stopped: its open incident decided to
@@ -265,10 +271,12 @@ func (b *Book) openAt(inc *incident, now time.Time) bool {
 func (b *Book) Decide(t *policy.Table, a *detector.Alert, now time.Time, dst []policy.Decision) []policy.Decision {
 	key := policy.KeyOf(a)
 	first := len(dst)
+	var closed Event // of the incident of key found quiet, if any
 	b.mu.Lock()
 	inc := b.open[key]
 	if inc != nil && !b.openAt(inc, now) {
 		b.closeLocked(inc, inc.last.Add(b.quiet), ClosedQuiet)
+		closed = b.eventOf(inc, EventClosed, inc.closed)
 		inc = nil
 	}
 	var view policy.Incident
@@ -281,14 +289,19 @@ func (b *Book) Decide(t *policy.Table, a *detector.Alert, now time.Time, dst []p
 		}
 	}
 	dst = t.Decide(a, b.mode, &view, dst)
+	opened := false
 	if inc == nil && slices.ContainsFunc(dst[first:], func(d policy.Decision) bool { return d.Action != policy.Alert }) {
 		inc = b.openLocked(key, a, now)
+		opened = true
 		for i := first; i < len(dst); i++ {
 			dst[i].Incident = inc.view.ID
 		}
 	}
 	if inc == nil {
 		b.mu.Unlock()
+		if closed.Kind != 0 {
+			b.emit(closed)
+		}
 		return dst
 	}
 	inc.last = now
@@ -300,8 +313,41 @@ func (b *Book) Decide(t *policy.Table, a *detector.Alert, now time.Time, dst []p
 		b.applyLocked(inc, &dst[i], now)
 	}
 	b.dirty = true
+	var ev Event
+	if b.opts.Observer != nil && (opened || closed.Kind != 0 || hasOutcome(dst[first:])) {
+		ev = b.eventOf(inc, EventOpened, now)
+	}
 	b.mu.Unlock()
+	if ev.Kind == 0 {
+		return dst
+	}
+	if closed.Kind != 0 {
+		b.emit(closed)
+	}
+	if opened {
+		b.emit(ev)
+		return dst
+	}
+	// The outcomes the book decided for a later alert of an open incident.
+	ev.Kind = EventOutcome
+	for i := first; i < len(dst); i++ {
+		if d := &dst[i]; d.Action != policy.Alert && (d.Result == policy.Would || d.Result == policy.Skipped) {
+			ev.Action, ev.Result = d.Action, d.Result
+			b.emit(ev)
+		}
+	}
 	return dst
+}
+
+// hasOutcome reports whether decs hold an outcome the book records itself
+// (Would, Skipped).
+func hasOutcome(decs []policy.Decision) bool {
+	for i := range decs {
+		if d := &decs[i]; d.Action != policy.Alert && (d.Result == policy.Would || d.Result == policy.Skipped) {
+			return true
+		}
+	}
+	return false
 }
 
 // Flush saves the book now if it changed since the last save (in enforce
@@ -419,8 +465,17 @@ func (b *Book) Outcome(id string, act policy.Action, o Outcome) error {
 		}
 	}
 	b.dirty = true
+	var ev Event
+	if b.opts.Observer != nil {
+		ev = b.eventOf(inc, EventOutcome, o.Time)
+		ev.Action, ev.Result = act, o.Result
+	}
 	b.mu.Unlock()
-	return b.persist()
+	err := b.persist()
+	if ev.Kind != 0 {
+		b.emit(ev)
+	}
+	return err
 }
 
 // Stopped reports whether the extension tech/name is stopped at now: its
@@ -479,8 +534,11 @@ func (b *Book) Release(key policy.Key, now time.Time) (Record, error) {
 	}
 	b.closeLocked(inc, now, ClosedReleased)
 	rec := b.recordLocked(inc, time.Time{})
+	evs := b.closedEvents([]*incident{inc})
 	b.mu.Unlock()
-	return rec, b.persist()
+	err := b.persist()
+	b.emitClosed(evs)
+	return rec, err
 }
 
 // Expire closes the incidents whose quiet time has passed at now, drops
@@ -494,8 +552,11 @@ func (b *Book) Expire(now time.Time) ([]Record, error) {
 	for _, inc := range closed {
 		recs = append(recs, b.recordLocked(inc, time.Time{}))
 	}
+	evs := b.closedEvents(closed)
 	b.mu.Unlock()
-	return recs, b.persist()
+	err := b.persist()
+	b.emitClosed(evs)
+	return recs, err
 }
 
 // expireLocked closes the open incidents quiet at now and prunes the

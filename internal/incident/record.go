@@ -224,8 +224,9 @@ func cloneAlerts(as []alert.Record) []alert.Record {
 // whose quiet time has passed at now first; the next save writes that).
 func (b *Book) List(now time.Time) Listing {
 	b.mu.Lock()
+	evs := b.closedEvents(b.expireLocked(now))
+	defer b.emitClosed(evs) // after the unlock below
 	defer b.mu.Unlock()
-	b.expireLocked(now)
 	l := Listing{Open: []Record{}, Recent: []Record{}}
 	for _, inc := range b.open {
 		l.Open = append(l.Open, b.recordLocked(inc, now))
@@ -354,11 +355,15 @@ func (b *Book) Load(raw json.RawMessage, now time.Time) error {
 			}
 		}
 	}
-	if closed := b.expireLocked(now); len(closed) > 0 || changed {
+	closed := b.expireLocked(now)
+	if len(closed) > 0 || changed {
 		b.dirty = true
 	}
+	evs := b.closedEvents(closed)
 	b.mu.Unlock()
-	return b.persist()
+	err := b.persist()
+	b.emitClosed(evs)
+	return err
 }
 
 // fromRecord makes an incident of a record read from the state file.

@@ -32,6 +32,9 @@ type Health struct {
 	// SilenceAlarm is metrics.silence_alarm, written as in the
 	// configuration ("5m").
 	SilenceAlarm string `json:"silence_alarm"`
+	// Notifications are the notifier's counts (absent: no sender is
+	// configured). They never make the guard unhealthy.
+	Notifications *NotifyHealth `json:"notifications,omitempty"`
 }
 
 // Link is the state of an AMI session's link, as /healthz shows it.
@@ -107,6 +110,9 @@ func (m *Metrics) Health() Health {
 		}
 	}
 
+	if m.opts.Notify != nil {
+		h.Notifications = notifyHealth(m.opts.Notify())
+	}
 	if len(h.Reasons) > 0 {
 		h.Status = "unhealthy"
 	}

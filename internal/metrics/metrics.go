@@ -104,6 +104,9 @@ type Options struct {
 	SilenceAlarm time.Duration
 	// Now is the clock (nil: time.Now); tests inject their own.
 	Now func() time.Time
+	// Notify, when set, reads the notifier's counts: exported as
+	// astguard_notifications_total and shown in /healthz.
+	Notify func() NotifyStats
 }
 
 // Metrics is the guard's registry and the state behind its health check.
@@ -259,6 +262,9 @@ func New(opts Options) *Metrics {
 			Help: "New keys the detector could not track: the cap was full of incidents in progress.",
 		}, func() float64 { return float64(m.untracked.Load()) }),
 	)
+	if opts.Notify != nil {
+		m.reg.MustRegister(newNotifyCollector(opts.Notify))
+	}
 	for _, s := range opts.Sessions {
 		m.reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{

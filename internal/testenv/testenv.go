@@ -57,15 +57,16 @@ func RequireRoot(t testing.TB, why string) {
 
 // packages names the Debian package of each command a test may need.
 var packages = map[string]string{
-	"iptables":         "iptables",
-	"ip6tables":        "iptables",
-	"iptables-nft":     "iptables",
-	"ip6tables-nft":    "iptables",
-	"iptables-legacy":  "iptables",
-	"ip6tables-legacy": "iptables",
-	"ip":               "iproute2",
-	"unshare":          "util-linux",
-	"systemd-analyze":  "systemd",
+	"iptables":                "iptables",
+	"ip6tables":               "iptables",
+	"iptables-nft":            "iptables",
+	"ip6tables-nft":           "iptables",
+	"iptables-legacy":         "iptables",
+	"ip6tables-legacy":        "iptables",
+	"ip":                      "iproute2",
+	"unshare":                 "util-linux",
+	"systemd-analyze":         "systemd",
+	"prometheus-alertmanager": "prometheus-alertmanager",
 }
 
 // RequireCommand skips t (fails it when strict) unless every one of names
@@ -89,6 +90,21 @@ func RequireCommand(t testing.TB, names ...string) {
 		hint = " (Debian: apt-get install " + strings.Join(pkgs, " ") + ")"
 	}
 	Skip(t, "needs %s, not found in PATH%s", strings.Join(missing, ", "), hint)
+}
+
+// RequirePythonModule returns a Python 3 that imports module: python3 in
+// PATH, else Debian's /usr/bin/python3 (which its python3-* packages
+// serve, when another python3 comes first in PATH). It skips t (fails it
+// when strict) when neither does, naming pkg, the Debian package.
+func RequirePythonModule(t testing.TB, module, pkg string) string {
+	t.Helper()
+	for _, py := range []string{"python3", "/usr/bin/python3"} {
+		if path, err := exec.LookPath(py); err == nil && exec.Command(path, "-c", "import "+module).Run() == nil {
+			return path
+		}
+	}
+	Skip(t, "needs the Python module %s, which no python3 imports (Debian: apt-get install %s)", module, pkg)
+	return ""
 }
 
 // WaitFor polls cond every 10 ms until it holds, and fails t if it still
