@@ -131,7 +131,7 @@ func (r *Realtime) Apply(ctx context.Context, p secret.Plan, newSecret string) e
 	}
 	if err := secret.ExpireCached(ctx, r.AMI, r.AuthCache, p.Section); err != nil {
 		return &secret.Failure{Err: err,
-			State: fmt.Sprintf("table %s holds the new password, but Asterisk's memory cache %s may keep the old one until the object expires", p.File, r.AuthCache),
+			State:  fmt.Sprintf("table %s holds the new password, but Asterisk's memory cache %s may keep the old one until the object expires", p.File, r.AuthCache),
 			ByHand: fmt.Sprintf("run asterisk -rx \"sorcery memory cache expire %s %s\" (or check secrets.realtime.auth_cache against sorcery.conf)", r.AuthCache, p.Section)}
 	}
 	return nil
