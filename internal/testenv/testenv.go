@@ -57,15 +57,17 @@ func RequireRoot(t testing.TB, why string) {
 
 // packages names the Debian package of each command a test may need.
 var packages = map[string]string{
-	"iptables":         "iptables",
-	"ip6tables":        "iptables",
-	"iptables-nft":     "iptables",
-	"ip6tables-nft":    "iptables",
-	"iptables-legacy":  "iptables",
-	"ip6tables-legacy": "iptables",
-	"ip":               "iproute2",
-	"unshare":          "util-linux",
-	"systemd-analyze":  "systemd",
+	"iptables":           "iptables",
+	"ip6tables":          "iptables",
+	"iptables-nft":       "iptables",
+	"ip6tables-nft":      "iptables",
+	"iptables-legacy":    "iptables",
+	"ip6tables-legacy":   "iptables",
+	"ip":                 "iproute2",
+	"unshare":            "util-linux",
+	"systemd-analyze":    "systemd",
+	"mariadbd":           "mariadb-server",
+	"mariadb-install-db": "mariadb-server",
 }
 
 // RequireCommand skips t (fails it when strict) unless every one of names
