@@ -52,7 +52,10 @@ func newFreePBX(t *testing.T, reloadStatus int, reloadOut string) *freepbxBox {
 	b.script, b.record = reloadScript(t, reloadStatus, reloadOut)
 	b.loaded = b.secrets(t)
 	b.ast = &asterisk{
-		password: func() string { return b.asLoaded(t)["300"] },
+		password: func() (string, bool) {
+			pw, ok := b.asLoaded(t)["300"]
+			return pw, ok
+		},
 		file: func(name string) (string, bool) {
 			if name != "sip_additional.conf" {
 				return "", false
