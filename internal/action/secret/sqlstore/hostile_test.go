@@ -149,4 +149,3 @@ func checkHostile(t *testing.T, store secret.Store, table func() []string, after
 		}
 	}
 }
-

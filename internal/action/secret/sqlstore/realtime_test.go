@@ -52,7 +52,7 @@ func newRealtime(t *testing.T, start func(testing.TB) *testdb.Server, schema, gr
 	}
 	b.user, b.pass = s.NewUser(t, b.name, gs...)
 	b.ast = &asterisk{
-		cache:    cache,
+		cache: cache,
 		password: func() (string, bool) {
 			var pw sql.NullString
 			err := b.su.QueryRow("SELECT password FROM ps_auths WHERE id = '300-auth'").Scan(&pw)
