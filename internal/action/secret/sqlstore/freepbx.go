@@ -142,9 +142,13 @@ func (f *FreePBX) Verify(ctx context.Context, ext ami.Extension, p secret.Plan, 
 		}
 	}
 	if errors.Is(err, secret.ErrNotTaken) {
+		show := "sip show peer " + ext.Name
+		if ext.Tech == ami.TechPJSIP {
+			show = "pjsip show endpoint " + ext.Name
+		}
 		return "", &secret.Failure{Err: err, Temporary: true,
 			State:  fmt.Sprintf("the sip table holds the new secret, but Asterisk does not show it after `%s`: the old secret may still work", f.Reload),
-			ByHand: fmt.Sprintf("run `%s`, then see which secret Asterisk has (asterisk -rx \"pjsip show auth ...\" or \"sip show peer %s\")", f.Reload, ext.Name)}
+			ByHand: fmt.Sprintf("run `%s`, then see which secret Asterisk has (asterisk -rx \"%s\")", f.Reload, show)}
 	}
 	return how, err
 }
