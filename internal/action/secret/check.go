@@ -48,6 +48,33 @@ func EndpointAuths(ctx context.Context, a AMI, endpoint string) ([]string, error
 	return nil, fmt.Errorf("PJSIPShowEndpoint %s gave no EndpointDetail", endpoint)
 }
 
+// AuthUsers returns the PJSIP endpoints whose inbound auths include
+// auth, as Asterisk has them (PJSIPShowEndpoints' EndpointList: Auths, a
+// list separated by commas): a new password of auth is every one's.
+func AuthUsers(ctx context.Context, a AMI, auth string) ([]string, error) {
+	_, items, err := a.List(ctx, ami.Action{Name: "PJSIPShowEndpoints"})
+	var ae *ami.ActionError
+	if errors.As(err, &ae) && strings.HasPrefix(ae.Message, "No endpoints found") {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var users []string
+	for _, it := range items {
+		if it.Get("Event") != "EndpointList" {
+			continue
+		}
+		for s := range strings.SplitSeq(it.Get("Auths"), ",") {
+			if strings.TrimSpace(s) == auth {
+				users = append(users, it.Get("ObjectName"))
+				break
+			}
+		}
+	}
+	return users, nil
+}
+
 // CheckPJSIP checks that Asterisk uses secret as the password of auth,
 // the auth object of PJSIP endpoint ("": the one its EndpointDetail
 // names), by PJSIPShowEndpoint: its AuthDetail shows the password

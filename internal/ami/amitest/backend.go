@@ -1,7 +1,11 @@
 package amitest
 
 import (
+	"sort"
+	"strconv"
 	"strings"
+
+	"github.com/astguard/astguard/internal/ami"
 )
 
 // Realtime makes the server read what sorcery.conf and extconfig.conf
@@ -117,6 +121,47 @@ func (s *Server) startRealtime() {
 		}
 		s.pbx.liveSIP = s.sipSecret
 	}
+}
+
+// actPJSIPShowEndpoints lists the endpoints of pjsip.conf as
+// res_pjsip/pjsip_configuration.c's format_ami_endpoints does (not
+// recorded): one EndpointList each, by name, then EndpointListComplete.
+func (s *Server) actPJSIPShowEndpoints(q *req) bool {
+	var eps []*confCat
+	for _, c := range s.files["pjsip.conf"].cats {
+		if strings.EqualFold(c.get("type"), "endpoint") {
+			eps = append(eps, c)
+		}
+	}
+	if len(eps) == 0 {
+		q.c.enqueue(append(errorReply(q.aid, "No endpoints found"), '\r', '\n'), false)
+		return true
+	}
+	sort.SliceStable(eps, func(i, j int) bool { return eps[i].name < eps[j].name })
+	r := listStart(q.aid, "A listing of Endpoints follows, presented as EndpointList events")
+	for _, ep := range eps {
+		active := 0
+		for _, ch := range s.pbx.live() {
+			if ch.tech == ami.TechPJSIP && ch.owner == ep.name {
+				active++
+			}
+		}
+		state := "Unavailable"
+		contacts := ""
+		if ct := s.pbx.contacts[ep.name]; ct != nil {
+			state, contacts = "Not in use", ep.get("aors")+"/"+ct.uri()+","
+		}
+		if active > 0 {
+			state = "In use"
+		}
+		r.h("Event", "EndpointList").id(q.aid).h("ObjectType", "endpoint").h("ObjectName", ep.name).
+			h("Transport", ep.get("transport")).h("Aor", ep.get("aors")).h("Auths", ep.get("auth")).
+			h("OutboundAuths", ep.get("outbound_auth")).h("Contacts", contacts).h("DeviceState", state).
+			h("ActiveChannels", strconv.Itoa(active)).end()
+	}
+	r.listComplete("EndpointListComplete", q.aid, len(eps))
+	q.c.enqueue(r.b, false)
+	return true
 }
 
 // actSorceryMemoryCacheExpireObject answers as res_sorcery_memory_cache.c:

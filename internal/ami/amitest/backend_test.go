@@ -119,6 +119,23 @@ func TestRealtimeAuthCache(t *testing.T) {
 	}
 }
 
+// PJSIPShowEndpoints lists each endpoint of pjsip.conf with its auths.
+func TestPJSIPShowEndpoints(t *testing.T) {
+	t.Parallel()
+	s := start(t, Options{})
+	c := dial(t, s)
+	c.login("")
+	c.send("Action: PJSIPShowEndpoints", "ActionID: eps")
+	_, items, done, _ := c.list("eps", "EndpointListComplete")
+	var got []string
+	for _, it := range items {
+		got = append(got, it.get("ObjectName")+":"+it.get("Auths")+":"+it.get("Aor"))
+	}
+	if strings.Join(got, " ") != "300:300-auth:300 301:301-auth:301" || done.get("ListItems") != "2" {
+		t.Errorf("endpoints %q, %v", got, done.hdrs)
+	}
+}
+
 // Asterisk's message ends in a newline of its own: an empty line follows
 // the reply (the bytes a real Asterisk sends).
 func TestSorceryReplyBytes(t *testing.T) {

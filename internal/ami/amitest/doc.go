@@ -58,7 +58,8 @@
 // lines other than "Automatically generated configuration file"; the
 // hashes, challenges and session ids of synthesized events (stable per
 // input, not real); SorceryMemoryCacheExpireObject (its four answers and
-// their extra empty line, from res_sorcery_memory_cache.c).
+// their extra empty line, from res_sorcery_memory_cache.c);
+// PJSIPShowEndpoints (EndpointList events, from pjsip_configuration.c).
 //
 // # Realtime and FreePBX
 //

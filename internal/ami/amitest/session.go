@@ -286,7 +286,7 @@ var actionHandlers map[string]func(*Server, *req) bool
 
 // pjsipActions are the actions of res_pjsip (Asterisk 12 and later) and of
 // res_sorcery_memory_cache (13.5 and later).
-var pjsipActions = map[string]struct{}{"pjsipshowcontacts": {}, "pjsipshowendpoint": {}, "pjsiphangup": {}, "sorcerymemorycacheexpireobject": {}}
+var pjsipActions = map[string]struct{}{"pjsipshowcontacts": {}, "pjsipshowendpoint": {}, "pjsiphangup": {}, "sorcerymemorycacheexpireobject": {}, "pjsipshowendpoints": {}}
 
 func init() {
 	actionHandlers = map[string]func(*Server, *req) bool{
@@ -308,6 +308,7 @@ func init() {
 		"reload":            (*Server).actReload,
 
 		"sorcerymemorycacheexpireobject": (*Server).actSorceryMemoryCacheExpireObject,
+		"pjsipshowendpoints":             (*Server).actPJSIPShowEndpoints,
 	}
 }
 

@@ -195,6 +195,8 @@ type asterisk struct {
 	cache    string
 	// file returns the text of a file for GetConfig (false: not found).
 	file func(name string) (string, bool)
+	// shared adds an endpoint 399 that uses 300's auth too.
+	shared bool
 
 	mu     sync.Mutex
 	cached map[string]string
@@ -226,6 +228,20 @@ func (f *asterisk) doer(t *testing.T) *actiontest.Doer {
 				}
 			}
 			return rec.With("AuthDetail", "Password", pw)
+		case "PJSIPShowEndpoints":
+			// As pjsip_configuration.c's format_ami_endpoints.
+			item := func(ep, auth string) ami.Response {
+				return ami.Response{Headers: []ami.Header{{Key: "Event", Value: "EndpointList"}, {Key: "ObjectType", Value: "endpoint"},
+					{Key: "ObjectName", Value: ep}, {Key: "Transport", Value: ""}, {Key: "Aor", Value: ep}, {Key: "Auths", Value: auth},
+					{Key: "OutboundAuths", Value: ""}, {Key: "Contacts", Value: ""}, {Key: "DeviceState", Value: "Unavailable"}, {Key: "ActiveChannels", Value: "0"}}}
+			}
+			r := actiontest.Reply{Resp: ami.Response{Headers: []ami.Header{{Key: "Response", Value: "Success"}, {Key: "EventList", Value: "start"},
+				{Key: "Message", Value: "A listing of Endpoints follows, presented as EndpointList events"}}},
+				Items: []ami.Response{item("300", "300-auth"), item("301", "301-auth")}}
+			if f.shared {
+				r.Items = append(r.Items, item("399", "399-auth,300-auth"))
+			}
+			return r
 		case "SorceryMemoryCacheExpireObject":
 			switch {
 			case actiontest.Header(a, "Cache") != f.cache || f.cache == "":

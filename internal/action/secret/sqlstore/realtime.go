@@ -17,8 +17,9 @@ import (
 // the database Asterisk reads through ODBC or its own drivers; the guard
 // connects to it directly.
 //
-// PJSIP: the endpoint's auth is asked of Asterisk (PJSIPShowEndpoint),
-// its row changed (UPDATE ps_auths SET password WHERE id), the object
+// PJSIP: the endpoint's auth is asked of Asterisk (PJSIPShowEndpoint; an
+// auth other endpoints use too is refused, PJSIPShowEndpoints), its row
+// changed (UPDATE ps_auths SET password WHERE id), the object
 // expired from the sorcery memory cache that fronts the auths, if one
 // does (SorceryMemoryCacheExpireObject), and the password read back
 // through Asterisk (PJSIPShowEndpoint's AuthDetail). chan_sip: the peer's
@@ -90,6 +91,14 @@ func (r *Realtime) planAuth(ctx context.Context, endpoint string) (secret.Plan, 
 	if !ami.ValidName(id) {
 		return secret.Plan{}, &secret.Refusal{Reason: secret.UnsafeName, Why: fmt.Sprintf(
 			"the auth of endpoint %s, %q, is not a name the guard puts into a query or an action: change its password by hand", endpoint, id)}
+	}
+	users, err := secret.AuthUsers(ctx, r.AMI, id)
+	if err != nil {
+		return secret.Plan{}, err
+	}
+	if len(users) > 1 {
+		return secret.Plan{}, &secret.Refusal{Reason: secret.SharedAuth, Why: fmt.Sprintf(
+			"auth %s is shared by endpoints %s: changing it would lock them all out; give endpoint %s an auth of its own", id, strings.Join(users, ", "), endpoint)}
 	}
 	var authType, md5 sql.NullString
 	err = r.DB.db.QueryRowContext(ctx, r.DB.sql("SELECT auth_type, md5_cred FROM {t} WHERE id = ?", map[string]string{"t": r.Auths}), id).Scan(&authType, &md5)

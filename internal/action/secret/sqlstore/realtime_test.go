@@ -166,6 +166,27 @@ func TestRealtimeUnknownCache(t *testing.T) {
 	}
 }
 
+// An auth another endpoint uses too is refused: its new password would
+// lock that one out.
+func TestRealtimeRefusesSharedAuth(t *testing.T) {
+	for _, d := range dialects {
+		t.Run(d.name, func(t *testing.T) {
+			t.Parallel()
+			b := newRealtime(t, d.start, d.schema, d.grants, "", "")
+			b.ast.shared = true
+			auths, peers := b.tables(t)
+			res := secret.Rotator{Store: b.store(t, b.srv.Port, "")}.Rotate(t.Context(), pjsip300, &recorder{}, settings)
+			if res.Result != action.Skipped || res.Refusal == nil || res.Refusal.Reason != secret.SharedAuth ||
+				res.Detail != "cannot rotate here: auth 300-auth is shared by endpoints 300, 399: changing it would lock them all out; give endpoint 300 an auth of its own" {
+				t.Fatalf("result %+v", res)
+			}
+			if a, p := b.tables(t); !slices.Equal(a, auths) || !slices.Equal(p, peers) {
+				t.Error("the tables changed")
+			}
+		})
+	}
+}
+
 // What fails leaves the rows as they were: a peer or auth not in its
 // table, the database going away between the plan and the change. A
 // digest that wins over the secret is refused.
