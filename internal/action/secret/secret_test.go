@@ -524,3 +524,36 @@ func TestNew(t *testing.T) {
 		seen[s] = true
 	}
 }
+
+// Auto takes the files for an extension whose section is there, and the
+// realtime store for one that is not; each rotation's change and check
+// go to the store that planned it. Without a realtime store, an extension
+// not in the files is refused as before.
+func TestAuto(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := load(t)
+		d := pbx(r, func() actiontest.Reply { return r.updated })
+		// GetConfig of sip.conf's [202]: no such category.
+		d202 := &actiontest.Doer{Answer: func(a ami.Action) actiontest.Reply {
+			if actiontest.Header(a, "Category") == "202" {
+				return actiontest.Reply{Resp: actiontest.GetConfig("[200]\nsecret=x\n", "202")}
+			}
+			return d.Answer(a)
+		}}
+		rt := &memStore{rows: map[string]string{}}
+		auto := Auto{Files: ConfigFiles{AMI: d202}, Realtime: rt}
+		rec := &recorder{}
+		res := Rotator{Store: auto, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
+		if res.Result != action.Done || res.Plan.Store != StoreFiles || rt.applies != 0 || d202.Count("UpdateConfig") != 1 {
+			t.Errorf("SIP/200 (in sip.conf): %+v, %d realtime changes", res, rt.applies)
+		}
+		res = Rotator{Store: auto, Generate: fixed}.Rotate(t.Context(), ami.Extension{Tech: ami.TechSIP, Name: "202"}, rec, settings)
+		if res.Result != action.Done || res.Plan.Store != StoreRealtime || rt.applies != 1 || rt.verifies != 1 || rt.rows["202"] != recordedSecret || d202.Count("UpdateConfig") != 1 {
+			t.Errorf("SIP/202 (not in sip.conf): %+v", res)
+		}
+		res = Rotator{Store: Auto{Files: ConfigFiles{AMI: d202}}, Generate: fixed}.Rotate(t.Context(), ami.Extension{Tech: ami.TechSIP, Name: "202"}, rec, settings)
+		if res.Result != action.Skipped || res.Refusal == nil || res.Refusal.Reason != NoSection {
+			t.Errorf("SIP/202 without realtime: %+v", res)
+		}
+	})
+}

@@ -40,7 +40,9 @@ type Choice struct {
 	cfg      config.Secrets
 	freepbx  *config.DSN
 	realtime *config.DSN
-	password config.Secret // of freepbx or realtime
+	// password is the database's, behind a pointer: printing a Choice
+	// with %+v shows an address, never the password.
+	password *config.Secret
 }
 
 // FilesAndRealtime is Choice.Store for auto with a realtime database.
@@ -105,10 +107,11 @@ func (c *Choice) freePBXDatabase() error {
 			return fmt.Errorf("secrets.freepbx.dsn: %w", err)
 		}
 		c.freepbx, c.Database = &d, d.String()+" (secrets.freepbx.dsn)"
-		c.password, err = config.DBPassword(config.FreePBXPasswordEnv, f.PasswordFile)
+		pw, err := config.DBPassword(config.FreePBXPasswordEnv, f.PasswordFile)
 		if err != nil {
 			return fmt.Errorf("the password of secrets.freepbx.dsn: %w", err)
 		}
+		c.password = &pw
 		return nil
 	}
 	conf, err := sqlstore.ReadFreePBXConf(f.Conf)
@@ -119,7 +122,7 @@ func (c *Choice) freePBXDatabase() error {
 	if err != nil {
 		return fmt.Errorf("FreePBX's settings %s: %w", f.Conf, err)
 	}
-	c.freepbx, c.password, c.Database = &d, conf.Password, d.String()+" (from "+f.Conf+")"
+	c.freepbx, c.password, c.Database = &d, &conf.Password, d.String()+" (from "+f.Conf+")"
 	return nil
 }
 
@@ -131,9 +134,11 @@ func (c *Choice) realtimeDatabase() error {
 		return fmt.Errorf("secrets.realtime.dsn: %w", err)
 	}
 	c.realtime, c.Database = &d, d.String()
-	if c.password, err = config.DBPassword(config.RealtimePasswordEnv, r.PasswordFile); err != nil {
+	pw, err := config.DBPassword(config.RealtimePasswordEnv, r.PasswordFile)
+	if err != nil {
 		return fmt.Errorf("the password of secrets.realtime.dsn: %w", err)
 	}
+	c.password = &pw
 	return nil
 }
 
@@ -151,14 +156,14 @@ func (c Choice) Build(a secret.AMI) (secret.Store, func() error, error) {
 	case secret.StoreFiles:
 		return files, none, nil
 	case secret.StoreFreePBX:
-		db, err := sqlstore.Open(*c.freepbx, c.password)
+		db, err := sqlstore.Open(*c.freepbx, *c.password)
 		if err != nil {
 			return nil, none, err
 		}
 		f := c.cfg.FreePBX
 		return &sqlstore.FreePBX{DB: db, AMI: a, Reload: sqlstore.Command{Argv: f.ReloadCommand, Timeout: time.Duration(f.ReloadTimeout)}}, db.Close, nil
 	}
-	db, err := sqlstore.Open(*c.realtime, c.password)
+	db, err := sqlstore.Open(*c.realtime, *c.password)
 	if err != nil {
 		return nil, none, err
 	}
