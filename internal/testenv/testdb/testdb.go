@@ -325,7 +325,7 @@ func (s *Server) NewDatabase(t testing.TB, script string) string {
 	t.Helper()
 	name := randomName("t_")
 	ctx := context.Background()
-	conn, err := s.adminConn(ctx, "")
+	conn, err := s.admin.Conn(ctx) // a script's USE stays on this connection
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,12 +359,6 @@ func dropDatabase(kind, name string) string {
 		return "DROP DATABASE IF EXISTS " + name + " WITH (FORCE)"
 	}
 	return "DROP DATABASE IF EXISTS " + name
-}
-
-// adminConn is one connection of the superuser (a script's USE stays on
-// it).
-func (s *Server) adminConn(ctx context.Context, _ string) (*sql.Conn, error) {
-	return s.admin.Conn(ctx)
 }
 
 // Superuser opens database name as the superuser (over the unix socket),

@@ -31,7 +31,6 @@ import (
 type DB struct {
 	db     *sql.DB
 	driver string
-	desc   string
 }
 
 // dialTimeout bounds connecting to the database.
@@ -39,7 +38,7 @@ const dialTimeout = 5 * time.Second
 
 // Open returns the database of d, with password (never logged).
 func Open(d config.DSN, password config.Secret) (*DB, error) {
-	out := &DB{driver: d.Driver, desc: d.String()}
+	out := &DB{driver: d.Driver}
 	switch d.Driver {
 	case config.DriverMySQL:
 		c := mysql.NewConfig()
@@ -79,20 +78,8 @@ func Open(d config.DSN, password config.Secret) (*DB, error) {
 	return out, nil
 }
 
-// String describes the database without its password:
-// "mysql astguard@127.0.0.1:3306/asterisk".
-func (d *DB) String() string { return d.desc }
-
 // Close closes the database's connections.
 func (d *DB) Close() error { return d.db.Close() }
-
-// Ping connects, to say early whether the database can be reached.
-func (d *DB) Ping(ctx context.Context) error {
-	if err := d.db.PingContext(ctx); err != nil {
-		return dbErr("connecting to "+d.desc, err)
-	}
-	return nil
-}
 
 // sql returns query with its placeholders written for the driver: "?" as
 // given for MySQL, "$1", "$2" ... for PostgreSQL, and each {name} replaced
