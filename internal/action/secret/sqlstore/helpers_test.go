@@ -197,6 +197,9 @@ type asterisk struct {
 	file func(name string) (string, bool)
 	// shared adds an endpoint 399 that uses 300's auth too.
 	shared bool
+	// fullBackend makes the cache one with full_backend_cache, which
+	// takes no per-object expiry.
+	fullBackend bool
 
 	mu     sync.Mutex
 	cached map[string]string
@@ -246,6 +249,8 @@ func (f *asterisk) doer(t *testing.T) *actiontest.Doer {
 			switch {
 			case actiontest.Header(a, "Cache") != f.cache || f.cache == "":
 				return fail("The provided cache does not exist")
+			case f.fullBackend:
+				return fail("Due to full backend caching per-object expiration is not available, consider using SorceryMemoryCachePopulate or SorceryMemoryCacheExpire instead")
 			case f.cached[actiontest.Header(a, "Object")] == "":
 				return fail("The provided object could not be expired from the cache")
 			}

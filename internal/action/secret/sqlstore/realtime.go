@@ -139,9 +139,14 @@ func (r *Realtime) Apply(ctx context.Context, p secret.Plan, newSecret string) e
 		return nil
 	}
 	if err := secret.ExpireCached(ctx, r.AMI, r.AuthCache, p.Section); err != nil {
-		return &secret.Failure{Err: err,
-			State:  fmt.Sprintf("table %s holds the new password, but Asterisk's memory cache %s may keep the old one until the object expires", p.File, r.AuthCache),
-			ByHand: fmt.Sprintf("run asterisk -rx \"sorcery memory cache expire %s %s\" (or check secrets.realtime.auth_cache against sorcery.conf)", r.AuthCache, p.Section)}
+		todo := fmt.Sprintf("run asterisk -rx \"sorcery memory cache expire %s %s\" (or check secrets.realtime.auth_cache against sorcery.conf)", r.AuthCache, p.Section)
+		var ae *ami.ActionError
+		if errors.As(err, &ae) && strings.Contains(ae.Message, "full backend caching") {
+			// Such a cache is reloaded whole.
+			todo = fmt.Sprintf("run asterisk -rx \"sorcery memory cache populate %s\"", r.AuthCache)
+		}
+		return &secret.Failure{Err: err, ByHand: todo,
+			State: fmt.Sprintf("table %s holds the new password, but Asterisk's memory cache %s may keep the old one until the object expires", p.File, r.AuthCache)}
 	}
 	return nil
 }

@@ -166,6 +166,24 @@ func TestRealtimeUnknownCache(t *testing.T) {
 	}
 }
 
+// A cache that Asterisk will not expire by object (full_backend_cache):
+// failed, saying the table holds the new password and what to run; the
+// change is not tried again.
+func TestRealtimeFullBackendCache(t *testing.T) {
+	t.Parallel()
+	b := newRealtime(t, testdb.StartMariaDB, "testdata/realtime-mysql.sql", "ON asterisk.", "auths", "")
+	b.ast.fullBackend = true
+	rec := &recorder{}
+	res := secret.Rotator{Store: b.store(t, b.srv.Port, "auths")}.Rotate(t.Context(), pjsip300, rec, settings)
+	if res.Result != action.Failed || res.Retryable || b.doer.Count("SorceryMemoryCacheExpireObject") != 1 ||
+		!strings.HasSuffix(res.Detail, `: table ps_auths holds the new password, but Asterisk's memory cache auths may keep the old one until the object expires; by hand: run asterisk -rx "sorcery memory cache populate auths"`) {
+		t.Fatalf("result %+v", res)
+	}
+	if line := rec.last(t); line.Status != secret.Failed || b.value(t, "SELECT password FROM ps_auths WHERE id = '300-auth'") != line.Secret {
+		t.Errorf("recorded %s; the table should hold the new password", line.Status)
+	}
+}
+
 // An auth another endpoint uses too is refused: its new password would
 // lock that one out.
 func TestRealtimeRefusesSharedAuth(t *testing.T) {
