@@ -299,6 +299,22 @@ func ParseDSN(s string) (DSN, error) {
 	return d, nil
 }
 
+// DBPasswordFiles returns the password files of [secrets] the guard would
+// read: those set and not overridden by their environment variable.
+// `guard run` checks their owner and mode as the AMI secret file's.
+func (c *Config) DBPasswordFiles() []string {
+	var out []string
+	for _, f := range []struct{ env, file string }{
+		{FreePBXPasswordEnv, c.Secrets.FreePBX.PasswordFile},
+		{RealtimePasswordEnv, c.Secrets.Realtime.PasswordFile},
+	} {
+		if f.file != "" && os.Getenv(f.env) == "" {
+			out = append(out, f.file)
+		}
+	}
+	return out
+}
+
 // DBPassword returns the password of a database: the environment
 // variable env when set and not empty, else the first line of file ("":
 // none). The file is read as ami.secret_file is: never through a symlink.
