@@ -62,6 +62,9 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	cfg.Response.SecretsFile = filepath.Join(dir, "secrets.jsonl")
 	cfg.Response.AdminSocket = filepath.Join(dir, "admin.sock")
 	cfg.Response.Firewall = "dry-run"
+	// The simulated Asterisk keeps its secrets in its own files: never the
+	// machine's FreePBX database, which auto would pick on a FreePBX box.
+	cfg.Secrets.Store = config.StoreFiles
 	if *useFW {
 		cfg.Response.Firewall = "iptables"
 		cfg.Response.Chain = "ASTGUARD-DEMO"

@@ -88,3 +88,49 @@ func TestUnitVerifies(t *testing.T) {
 		t.Fatalf("systemd-analyze verify found nothing wrong with a missing ExecStart binary %s", bin)
 	}
 }
+
+// The FreePBX drop-in (deploy/freepbx.conf) is read with the unit and
+// systemd-analyze verify finds nothing to say about them together.
+func TestFreePBXDropInVerifies(t *testing.T) {
+	t.Parallel()
+	testenv.RequireCommand(t, "systemd-analyze")
+	dir := t.TempDir()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile("../../deploy/astguard.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "astguard.service"), []byte(strings.ReplaceAll(string(raw), "/usr/local/bin/guard", self)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dropIn, err := os.ReadFile("../../deploy/freepbx.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "astguard.service.d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	verify := func(dropIn string) string {
+		if err := os.WriteFile(filepath.Join(dir, "astguard.service.d", "freepbx.conf"), []byte(dropIn), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// The unit by name, from this directory only: its drop-ins are read.
+		cmd := exec.Command("systemd-analyze", "verify", "astguard.service")
+		cmd.Env = append(os.Environ(), "SYSTEMD_UNIT_PATH="+dir+":")
+		out, err := cmd.CombinedOutput()
+		if err != nil && len(out) == 0 {
+			t.Fatalf("systemd-analyze verify: %v", err)
+		}
+		return string(out)
+	}
+	if out := verify(string(dropIn)); out != "" {
+		t.Fatalf("systemd-analyze verify with the drop-in:\n%s", out)
+	}
+	// The check is real: the drop-in is read.
+	if out := verify(string(dropIn) + "NoSuchKey=1\n"); !strings.Contains(out, "freepbx.conf") {
+		t.Fatalf("a bad drop-in went unseen: %q", out)
+	}
+}

@@ -136,6 +136,29 @@ func TestRunRefusesSharedFiles(t *testing.T) {
 	}
 }
 
+// A database password file others can read is refused at start as the AMI
+// secret file is; its environment variable, when set, replaces it.
+func TestRunRefusesSharedPasswordFile(t *testing.T) {
+	const nextCheck = "response.secrets_file: unsafe file: "
+	cfg, _, _ := guardFiles(t, 0o600, 0o600)
+	pw := filepath.Join(filepath.Dir(cfg), "db-password")
+	writeMode(t, pw, "dbpass\n", 0o644)
+	raw, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeMode(t, cfg, string(raw)+"[secrets.realtime]\ndsn = \"mysql://astguard@127.0.0.1/asterisk\"\npassword_file = \""+pw+"\"\n", 0o600)
+	t.Setenv(config.RealtimePasswordEnv, "")
+	code, _, stderr := runGuard("run", "--config", cfg)
+	if code != 1 || !strings.HasPrefix(stderr, "run: refusing to start: unsafe file: readable by every user: "+pw+": mode 0644; run: chmod o-r "+pw) {
+		t.Errorf("password file 0644: exit %d, stderr %s", code, stderr)
+	}
+	t.Setenv(config.RealtimePasswordEnv, "fromtheenv")
+	if code, _, stderr := runGuard("run", "--config", cfg); code != 1 || !strings.Contains(stderr, nextCheck) {
+		t.Errorf("password from the environment: exit %d, stderr %s; want it past the file checks", code, stderr)
+	}
+}
+
 // hasLog reports whether the JSON log in out has a line with message msg
 // and the field key equal to value.
 func hasLog(t *testing.T, out, msg, key, value string) bool {

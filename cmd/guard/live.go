@@ -65,13 +65,15 @@ func configPathForAdmin(named string) string {
 	return ""
 }
 
-// checkRunFiles checks the configuration file and the files the AMI
-// secret and the notifiers' secrets came from as guard run wants them (fsafe.CheckNotPublic): regular files
+// checkRunFiles checks the configuration file, the file the AMI secret
+// came from, the notifiers' secret files and the database password files
+// of [secrets] as guard run wants them (fsafe.CheckNotPublic): regular files
 // owned by root or the guard's user, writable by no one else, readable by
 // no one but a group. With allowShared, a file whose only fault is that
 // every user can read it is accepted and returned, for a warning.
 func checkRunFiles(configPath string, cfg *config.Config, allowShared bool) (shared []string, err error) {
-	for _, p := range append([]string{configPath, cfg.SecretFilePath(configPath)}, cfg.NotifySecretFiles(configPath)...) {
+	files := append([]string{configPath, cfg.SecretFilePath(configPath)}, cfg.NotifySecretFiles(configPath)...)
+	for _, p := range append(files, cfg.DBPasswordFiles()...) {
 		if p == "" {
 			continue
 		}

@@ -31,6 +31,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/astguard/astguard/internal/action/secret/setup"
 	"github.com/astguard/astguard/internal/alert"
 	"github.com/astguard/astguard/internal/config"
 	"github.com/astguard/astguard/internal/detector"
@@ -156,6 +157,16 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 			"and resolve it again at every reload and AMI connect\n", name, err)
 	}
 	fmt.Fprintf(stdout, "never blocked: %s\n", prefixList(never))
+	// Where rotate_secret would change the secrets, and why.
+	choice := setup.Choose(cfg.Secrets)
+	fmt.Fprintf(stdout, "secrets: %s: %s\n", choice.Store, choice.Why)
+	if choice.Database != "" {
+		fmt.Fprintf(stdout, "secrets database: %s\n", choice.Database)
+	}
+	if choice.Err != nil {
+		fmt.Fprintf(stderr, "%s: secrets: %v: every rotate_secret would fail\n", name, choice.Err)
+		return 1
+	}
 	return 0
 }
 

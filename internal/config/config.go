@@ -39,6 +39,7 @@ type Config struct {
 	Detection Detection `toml:"detector"`
 	Allow     Allow     `toml:"allow"`
 	Response  Response  `toml:"response"`
+	Secrets   Secrets   `toml:"secrets"`
 	Policy    Policy    `toml:"policy"`
 	Notify    Notify    `toml:"notify"`
 }
@@ -382,6 +383,7 @@ func Default() *Config {
 			RetryMax:               5,
 			RetryBackoff:           Duration(200 * time.Millisecond),
 		},
+		Secrets: defaultSecrets(),
 		Policy: Policy{
 			CallRate:      act(),
 			Concurrent:    act(),

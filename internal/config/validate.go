@@ -195,6 +195,7 @@ func (c *Config) Validate() error {
 	if q, cd := c.Response.IncidentQuiet, c.Detection.Cooldown; q > 0 && q < cd {
 		p.add("response.incident_quiet (%s) must not be shorter than detector.cooldown (%s)", q, cd)
 	}
+	c.Secrets.validate(&p)
 	c.Policy.validate(&p)
 	c.Notify.validate(&p)
 

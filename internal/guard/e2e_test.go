@@ -138,6 +138,8 @@ func startGuardOn(t *testing.T, srvOpts amitest.Options, mutate func(*config.Con
 	cfg.Response.AdminSocket = filepath.Join(dir, "admin.sock")
 	cfg.Response.Firewall = config.FirewallDryRun
 	cfg.Response.RetryBackoff = config.Duration(20 * time.Millisecond)
+	// The fake Asterisk's files hold the secrets, even on a FreePBX box.
+	cfg.Secrets.FreePBX.Conf = filepath.Join(dir, "no-freepbx.conf")
 	if mutate != nil {
 		mutate(cfg)
 	}

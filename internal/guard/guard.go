@@ -24,6 +24,7 @@ import (
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/action/firewall"
 	"github.com/astguard/astguard/internal/action/secret"
+	"github.com/astguard/astguard/internal/action/secret/setup"
 	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
@@ -214,6 +215,11 @@ func Run(ctx context.Context, opts Options) error {
 	g.resp = newResponder(g.log, g.book, g.events, g.urgent, g.bans)
 	g.resp.metrics = g.metrics
 	g.resp.outcomes = opts.Outcomes
+	closeStore, err := g.secretStore(cfg)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
 
 	var rec *recorder
 	if opts.Record != "" {
@@ -282,6 +288,30 @@ func Run(ctx context.Context, opts Options) error {
 		return nil
 	}
 	return err
+}
+
+// secretStore sets up the store of [secrets] for the rotations, and says
+// at start which it is and why (an error when it cannot be used: every
+// rotation would fail).
+func (g *Guard) secretStore(cfg *config.Config) (func() error, error) {
+	choice := setup.Choose(cfg.Secrets)
+	store, closeStore, err := choice.Build(g.events)
+	if err != nil {
+		return nil, fmt.Errorf("secrets: %w", err)
+	}
+	g.resp.store, g.resp.storeTime = store, choice.ReloadTimeout
+	ev := g.log.Info()
+	msg := "secret store chosen"
+	if choice.Err != nil {
+		ev = g.log.Error().Str("error", choice.Err.Error())
+		msg = "secret store cannot be used: every rotate_secret fails until [secrets] is fixed and the guard restarted"
+	}
+	ev = ev.Str("component", "guard").Str("store", choice.Store).Str("why", choice.Why)
+	if choice.Database != "" {
+		ev = ev.Str("database", choice.Database)
+	}
+	ev.Msg(msg)
+	return closeStore, nil
 }
 
 // NewFirewall returns the firewall the configuration names: iptables with

@@ -5,12 +5,18 @@ import (
 	"testing"
 
 	"github.com/astguard/astguard/internal/testenv"
+	"github.com/astguard/astguard/internal/testenv/testdb"
 )
 
 // Most tests here wait on a fake Asterisk replaying a recording at its
 // recorded pace (or 4 times faster), not on the CPU: more of them run side
 // by side than the machine has cores.
+//
+// The database servers of the secret stores' tests start at their first
+// use and stop here.
 func TestMain(m *testing.M) {
 	testenv.RaiseParallel(12)
-	os.Exit(m.Run())
+	code := m.Run()
+	testdb.Stop()
+	os.Exit(code)
 }

@@ -35,7 +35,8 @@ type ReloadResult struct {
 // restartKeys are the keys (or tables) a reload cannot apply, because what
 // they set up exists once, from the start: the AMI sessions, the metrics
 // listener, the firewall, the bans' state file and its lock, the admin
-// socket, the notifier and its senders. When one changes, the running value is kept (so that what the
+// socket, the notifier and its senders, the secret store (its database
+// connections). When one changes, the running value is kept (so that what the
 // guard reports and does stays true) and a warning names the key.
 var restartKeys = []string{
 	"ami",
@@ -46,6 +47,7 @@ var restartKeys = []string{
 	"response.state_file",
 	"response.admin_socket",
 	"notify",
+	"secrets",
 }
 
 // liveKeys are the keys (or tables) a reload applies at once: the mode

@@ -269,9 +269,10 @@ func TestReloadWarnsPerRestartKey(t *testing.T) {
 		c.Response.Chain = "OTHER"
 		c.Response.StateFile = "/tmp/elsewhere.json"
 		c.Response.HangupCause = 16
+		c.Secrets.Realtime.AuthCache = "auths"
 		c.Policy.NewSource.Warning = []string{}
 	})
-	wantRestart := []string{"ami.secret", "ami.action_timeout", "metrics.listen", "response.chain", "response.state_file"}
+	wantRestart := []string{"ami.secret", "ami.action_timeout", "metrics.listen", "response.chain", "response.state_file", "secrets.realtime.auth_cache"}
 	wantApplied := []string{"detector.cooldown", "response.hangup_cause", "policy.new_source.warning"}
 	if !slices.Equal(r.Restart, wantRestart) || !slices.Equal(r.Applied, wantApplied) || r.Err != nil {
 		t.Errorf("reload: restart %v applied %v err %v\nwant restart %v applied %v", r.Restart, r.Applied, r.Err, wantRestart, wantApplied)

@@ -68,6 +68,10 @@ type responder struct {
 	now      func() time.Time
 	metrics  *metrics.Metrics // nil: not counted
 	outcomes func(Outcome)    // Options.Outcomes; nil: none
+	// store is where the secrets live ([secrets]); storeTime is the time
+	// its reload may take on top of the AMI actions.
+	store     secret.Store
+	storeTime time.Duration
 
 	mu      sync.Mutex
 	secrets map[string]*secret.File    // by path: the writes to one file are serialized
@@ -353,16 +357,17 @@ func (r *responder) secretsFile(cfg *config.Config) *secret.File {
 	return f
 }
 
-// rotate gives the extension a new secret (into sip.conf or pjsip.conf by
-// UpdateConfig with a reload, and into the secrets file for the
+// rotate gives the extension a new secret (where the secret store of
+// [secrets] keeps it, checked, and into the secrets file for the
 // administrator), then keeps the extension's earlier addresses, other
 // than those blocked, from being blocked for the real phone's failures
 // with the old secret.
 func (r *responder) rotate(ctx context.Context, rs *response, d *policy.Decision, blocked netip.Addr) {
 	cfg := rs.cfg
 	ext := ami.Extension{Tech: d.Key.Tech, Name: d.Key.Name}
-	rot := secret.Rotator{Store: secret.ConfigFiles{Doer: r.events}, Now: r.now}
-	res := rot.Rotate(ctx, ext, r.secretsFile(cfg), secret.Settings{Timeout: 4 * time.Duration(cfg.AMI.ActionTimeout), Retry: backoff(cfg)})
+	rot := secret.Rotator{Store: r.store, Now: r.now}
+	timeout := 4*time.Duration(cfg.AMI.ActionTimeout) + r.storeTime
+	res := rot.Rotate(ctx, ext, r.secretsFile(cfg), secret.Settings{Timeout: timeout, Retry: backoff(cfg)})
 	if res.RecordErr != nil {
 		r.log.Error().Err(res.RecordErr).Str("extension", ext.String()).Str("secrets_file", res.SecretsFile).Msg("cannot record the outcome in the secrets file")
 	}

@@ -528,8 +528,8 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 }
 
 // guardConfig is the guard's configuration file: enforce mode, a dry-run
-// firewall, its state in dir, metrics on metricsAddr, the rest the
-// defaults. The AMI secret comes from the environment.
+// firewall, its state in dir, metrics on metricsAddr, the secrets in the
+// simulated Asterisk's files, the rest the defaults. The AMI secret comes from the environment.
 func guardConfig(dir, amiAddr, metricsAddr string, queueSize int) string {
 	q := strconv.Quote
 	var b strings.Builder
@@ -540,6 +540,10 @@ func guardConfig(dir, amiAddr, metricsAddr string, queueSize int) string {
 	fmt.Fprintf(&b, "\n[log]\nlevel = \"info\"\n\n[metrics]\nlisten = %s\n", q(metricsAddr))
 	fmt.Fprintf(&b, "\n[response]\nfirewall = \"dry-run\"\nstate_file = %s\nsecrets_file = %s\nadmin_socket = %s\n",
 		q(filepath.Join(dir, "bans.json")), q(filepath.Join(dir, "secrets.jsonl")), q(filepath.Join(dir, "admin.sock")))
+	// The synthetic Asterisk keeps its secrets in its own files: never
+	// the machine's FreePBX database, which auto would pick on a FreePBX
+	// box.
+	b.WriteString("\n[secrets]\nstore = \"files\"\n")
 	return b.String()
 }
 

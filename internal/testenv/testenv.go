@@ -67,6 +67,8 @@ var packages = map[string]string{
 	"unshare":                 "util-linux",
 	"systemd-analyze":         "systemd",
 	"prometheus-alertmanager": "prometheus-alertmanager",
+	"mariadbd":                "mariadb-server",
+	"mariadb-install-db":      "mariadb-server",
 }
 
 // RequireCommand skips t (fails it when strict) unless every one of names

@@ -247,3 +247,22 @@ func GetConfig(conf, category string) ami.Response {
 	}
 	return resp
 }
+
+// With returns a copy of r in which the header key of every list item
+// whose Event is event holds value (the recorded PJSIPShowEndpoint with
+// another password in its AuthDetail, say).
+func (r Reply) With(event, key, value string) Reply {
+	out := Reply{Resp: r.Resp, Err: r.Err, Items: make([]ami.Response, len(r.Items))}
+	for i, it := range r.Items {
+		hs := append([]ami.Header(nil), it.Headers...)
+		if it.Get("Event") == event {
+			for j := range hs {
+				if strings.EqualFold(hs[j].Key, key) {
+					hs[j].Value = value
+				}
+			}
+		}
+		out.Items[i] = ami.Response{Headers: hs}
+	}
+	return out
+}

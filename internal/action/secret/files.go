@@ -10,19 +10,23 @@ import (
 	"github.com/astguard/astguard/internal/ami"
 )
 
-// Doer sends an AMI action and returns its reply (*ami.Session fits); an
-// answer of Response: Error comes back as an *ami.ActionError.
-type Doer interface {
+// AMI sends AMI actions (*client.Client fits): Do returns an action's
+// reply, List a list action's first reply and its items. An answer of
+// Response: Error comes back as an *ami.ActionError.
+type AMI interface {
 	Do(ctx context.Context, a ami.Action) (ami.Response, error)
+	List(ctx context.Context, a ami.Action) (ami.Response, []ami.Response, error)
 }
 
 // ConfigFiles is the Store of secrets in Asterisk's config files, read with
 // GetConfig and changed with UpdateConfig and its Reload header: chan_sip's
 // `secret` in the peer's section of sip.conf, PJSIP's `password` in the
 // auth section the endpoint names with `auth=` in pjsip.conf. UpdateConfig
-// rewrites the whole file (`k = v`, a generated-by header).
+// rewrites the whole file (`k = v`, a generated-by header). The check
+// reads the secret back: GetConfig of the peer's section for chan_sip,
+// PJSIPShowEndpoint (the password Asterisk loaded) for PJSIP.
 type ConfigFiles struct {
-	Doer Doer
+	AMI AMI
 }
 
 var _ Store = ConfigFiles{}
@@ -43,7 +47,7 @@ func (c ConfigFiles) Plan(ctx context.Context, ext ami.Extension) (Plan, error) 
 	default:
 		return Plan{}, refuse(NoSecret, "%s channels have no secret the guard can rotate", ext.Tech)
 	}
-	resp, err := c.Doer.Do(ctx, ami.Action{Name: "GetConfig", Headers: hdrs})
+	resp, err := c.AMI.Do(ctx, ami.Action{Name: "GetConfig", Headers: hdrs})
 	if err != nil {
 		var ae *ami.ActionError
 		if errors.As(err, &ae) && ext.Tech == ami.TechSIP {
@@ -61,8 +65,18 @@ func (c ConfigFiles) Plan(ctx context.Context, ext ami.Extension) (Plan, error) 
 // Apply sends the UpdateConfig that puts secret into place, with the
 // reload that makes Asterisk use it.
 func (c ConfigFiles) Apply(ctx context.Context, p Plan, secret string) error {
-	_, err := c.Doer.Do(ctx, updateAction(p, secret))
+	_, err := c.AMI.Do(ctx, updateAction(p, secret))
 	return err
+}
+
+// Verify reads the secret back: chan_sip's from its section of sip.conf
+// (GetConfig), PJSIP's from Asterisk itself (PJSIPShowEndpoint's
+// AuthDetail: the password res_pjsip loaded at the reload).
+func (c ConfigFiles) Verify(ctx context.Context, ext ami.Extension, p Plan, secret string) (string, error) {
+	if ext.Tech == ami.TechPJSIP {
+		return CheckPJSIP(ctx, c.AMI, ext.Name, p.Section, secret)
+	}
+	return CheckGetConfig(ctx, c.AMI, p.File, p.Section, p.Key, secret)
 }
 
 // confCategory is one section of a config file as GetConfig returns it.
@@ -150,7 +164,7 @@ func planSIP(cats []confCategory, name string) (Plan, error) {
 	if _, ok := sec.get("secret"); !ok {
 		return Plan{}, refuse(Template, "[%s] in sip.conf has no secret line of its own (a template shared by several peers?): add secret to [%s] by hand", name, name)
 	}
-	return Plan{File: "sip.conf", Section: name, Key: "secret", Reload: "chan_sip"}, nil
+	return Plan{Store: StoreFiles, File: "sip.conf", Section: name, Key: "secret", Reload: "chan_sip"}, nil
 }
 
 // planPJSIP finds the auth section endpoint name uses in pjsip.conf's
@@ -201,7 +215,7 @@ func planPJSIP(cats []confCategory, name string) (Plan, error) {
 	if _, ok := auth.get("password"); !ok {
 		return Plan{}, refuse(Template, "auth section [%s] has no password line of its own: set one by hand", authName)
 	}
-	return Plan{File: "pjsip.conf", Section: authName, Key: "password", Reload: "res_pjsip.so", Filter: "type=auth"}, nil
+	return Plan{Store: StoreFiles, File: "pjsip.conf", Section: authName, Key: "password", Reload: "res_pjsip.so", Filter: "type=auth"}, nil
 }
 
 // updateAction is the UpdateConfig that puts secret into place.

@@ -2,11 +2,11 @@
 // secret lives (a Store), refuses where changing it would not lock the
 // thief out or would lock others out, generates a random one, records it
 // for the administrator (a Recorder: the secrets file) before and after
-// the change, and puts it into place.
+// the change, puts it into place and checks that Asterisk took it.
 //
 // Use, per rotation:
 //
-//	rot := secret.Rotator{Store: secret.ConfigFiles{Doer: eventsSession}}
+//	rot := secret.Rotator{Store: secret.ConfigFiles{AMI: eventsSession}}
 //	res := rot.Rotate(ctx, ami.Extension{Tech: ami.TechSIP, Name: "200"}, secretsFile, settings)
 //
 // The secret never appears in an outcome, an error or a detail: only the
@@ -25,19 +25,30 @@ import (
 )
 
 // Store is where extensions' secrets live: config files changed over AMI
-// (ConfigFiles), or a database.
+// (ConfigFiles), or a database (package sqlstore: FreePBX's, Asterisk
+// realtime's).
 type Store interface {
 	// Plan finds where ext's secret is, or returns a *Refusal when the
 	// guard must not change it there (the refusal says what to do
 	// instead). Other errors are failures to read.
 	Plan(ctx context.Context, ext ami.Extension) (Plan, error)
-	// Apply puts secret where p says and makes Asterisk use it.
+	// Apply puts secret where p says and makes Asterisk use it. An error
+	// that knows what it left behind is a *Failure.
 	Apply(ctx context.Context, p Plan, secret string) error
+	// Verify checks that ext's secret is now secret where Asterisk takes
+	// it from, and says how it checked ("PJSIPShowEndpoint 300 shows it
+	// in auth 300-auth"), with any advice for the administrator. It
+	// returns an error when the secret is not (yet) there: ErrNotTaken,
+	// or a *Failure. It never puts a secret into an error or a text.
+	Verify(ctx context.Context, ext ami.Extension, p Plan, secret string) (string, error)
 }
 
 // Plan is where a secret goes.
 type Plan struct {
-	// File is the file (or table) holding it: "sip.conf", "pjsip.conf".
+	// Store names the store that holds it: "files", "freepbx", "realtime".
+	Store string
+	// File is the file (or table) holding it: "sip.conf", "pjsip.conf",
+	// "sip", "ps_auths".
 	File string
 	// Section is its section (category, or row): "200", "300-auth".
 	Section string
@@ -51,8 +62,46 @@ type Plan struct {
 	Filter string
 }
 
-// String says where the secret goes: "secret in [200] of sip.conf".
-func (p Plan) String() string { return fmt.Sprintf("%s in [%s] of %s", p.Key, p.Section, p.File) }
+// String says where the secret goes: "secret in [200] of sip.conf", or
+// for a database "password of 300-auth in table ps_auths".
+func (p Plan) String() string {
+	if p.Store == StoreFiles || p.Store == "" {
+		return fmt.Sprintf("%s in [%s] of %s", p.Key, p.Section, p.File)
+	}
+	return fmt.Sprintf("%s of %s in table %s", p.Key, p.Section, p.File)
+}
+
+// The names of the stores (Plan.Store).
+const (
+	StoreFiles    = "files"
+	StoreFreePBX  = "freepbx"
+	StoreRealtime = "realtime"
+)
+
+// ErrNotTaken is Verify's error when Asterisk (or the store) does not show
+// the new secret yet: a retry after a pause may see it.
+var ErrNotTaken = errors.New("the new secret is not in use yet")
+
+// Failure is a change that did not take, with what it left behind: the
+// state of the old secret and what the administrator must do by hand.
+type Failure struct {
+	Err error
+	// State says where the old (and the new) secret stand: "the old
+	// secret is back in the sip table and still in use".
+	State string
+	// ByHand says what to do: "run fwconsole reload ...".
+	ByHand string
+	// Temporary marks a failure a retry may get past (a database that
+	// is down); the others are permanent.
+	Temporary bool
+}
+
+func (f *Failure) Error() string { return f.Err.Error() }
+
+func (f *Failure) Unwrap() error { return f.Err }
+
+// Is makes a failure that is not Temporary match action.ErrPermanent.
+func (f *Failure) Is(target error) bool { return !f.Temporary && target == action.ErrPermanent }
 
 // Reason is why a rotation is refused.
 type Reason uint8
@@ -104,9 +153,11 @@ type Status string
 const (
 	// Pending: written just before the change is sent.
 	Pending Status = "pending"
-	// Applied: Asterisk accepted the change.
+	// Applied: the change was made and the check saw the new secret
+	// where Asterisk takes it from.
 	Applied Status = "applied"
-	// Failed: the change failed; the secret is not in use.
+	// Failed: the change failed or its check did not see it; the
+	// outcome says where the old secret stands.
 	Failed Status = "failed"
 )
 
@@ -163,8 +214,10 @@ type Result struct {
 // Rotate gives ext a new secret. It plans (Skipped with the Refusal when
 // the store refuses), generates a secret, records it as pending (Failed,
 // and nothing changed, when it cannot: the secret would be lost), applies
-// it, and records it as applied or failed. Reads and changes are retried
-// as s says, all within s.Timeout.
+// it, checks that it took (Store.Verify), and records it as applied only
+// then, else as failed, the outcome saying where the old secret stands
+// and what to do by hand. Reads, changes and checks are retried as s
+// says, all within s.Timeout.
 func (r Rotator) Rotate(ctx context.Context, ext ami.Extension, rec Recorder, s Settings) Result {
 	now := r.Now
 	if now == nil {
@@ -194,7 +247,11 @@ func (r Rotator) Rotate(ctx context.Context, ext ami.Extension, rec Recorder, s 
 		return res
 	}
 	if err != nil {
-		return fail(err, "could not read where the secret of "+ext.String()+" lives")
+		detail := "could not read where the secret of " + ext.String() + " lives"
+		if f := (*Failure)(nil); errors.As(err, &f) {
+			detail += ": " + f.State + "; by hand: " + f.ByHand
+		}
+		return fail(err, detail)
 	}
 	secret, err := gen()
 	if err != nil {
@@ -205,21 +262,54 @@ func (r Rotator) Rotate(ctx context.Context, ext ami.Extension, rec Recorder, s 
 		return fail(err, "the secrets file "+res.SecretsFile+" cannot be written, so the secret was not changed (it would be lost)")
 	}
 	err = action.Retry(ctx, s.Retry, func() error { return r.Store.Apply(ctx, res.Plan, secret) })
+	applied := err == nil
+	var checked string
+	if applied {
+		// Not taken yet is worth another look after a pause (a reload
+		// Asterisk runs after it answered); so is a check that could
+		// not be made.
+		err = action.Retry(ctx, s.Retry, func() error {
+			var err error
+			checked, err = r.Store.Verify(ctx, ext, res.Plan, secret)
+			return err
+		})
+	}
 	status := Applied
 	if err != nil {
 		status = Failed
 	}
 	_, res.RecordErr = rec.Record(Line{Time: now().UTC(), Extension: ext.String(), Secret: secret, Status: status})
 	if err != nil {
-		return fail(err, fmt.Sprintf("could not change the %s", res.Plan))
+		return fail(err, failureDetail(res.Plan, applied, err, res.SecretsFile))
 	}
 	res.Result, res.Took = action.Done, now().Sub(start)
 	res.Detail = "new " + res.Plan.String()
 	if res.Plan.Reload != "" {
 		res.Detail += ", reloaded with " + res.Plan.Reload
 	}
-	res.Detail += "; the new secret is in " + res.SecretsFile + ": the real phone needs it"
+	res.Detail += "; checked: " + checked + "; the new secret is in " + res.SecretsFile + ": the real phone needs it"
 	return res
+}
+
+// failureDetail says what a failed change or check left behind: where
+// the old secret stands and what to do by hand. A *Failure says it
+// itself; otherwise applied tells whether the change was made (its check
+// failed) or not.
+func failureDetail(p Plan, applied bool, err error, secretsFile string) string {
+	var f *Failure
+	if errors.As(err, &f) {
+		d := "could not change the " + p.String()
+		if applied {
+			d = "changed the " + p.String() + ", but the check failed"
+		}
+		return d + ": " + f.State + "; by hand: " + f.ByHand
+	}
+	if applied {
+		return "changed the " + p.String() + ", but the check could not confirm it: the old secret may still work; " +
+			"by hand: see which secret Asterisk uses for it; the new one is in " + secretsFile + " (status failed)"
+	}
+	return "could not change the " + p.String() + ": the old secret is most likely still in use; " +
+		"by hand: change it there yourself; a new one is in " + secretsFile + " (status failed)"
 }
 
 // alphabet holds only letters and digits: a SIP secret lands in sip.conf

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -24,44 +25,78 @@ var (
 // The secret of the recorded rotation (asterisk-20/actions-dialog.txt).
 const recordedSecret = "Qm7xT2vLp9RwZ4nK8sYd"
 
-// replies holds the recorded Asterisk 20 answers.
+// replies holds the recorded Asterisk 20 answers, and Asterisk 22's
+// PJSIPShowEndpoint of 300 (its AuthDetail shows the password in use).
 type replies struct {
-	getConfigSIP, updated, noCategory actiontest.Reply
+	getConfigSIP, updated, noCategory, endpoint300 actiontest.Reply
 }
 
 func load(t *testing.T) replies {
 	d := actiontest.LoadDialog(t, "asterisk-20/actions-dialog.txt")
-	return replies{d.Reply(t, "getconfig-sip"), d.Reply(t, "updateconfig-sip"), d.Reply(t, "updateconfig-missing-category")}
+	d22 := actiontest.LoadDialog(t, "asterisk-22/actions-dialog.txt")
+	return replies{d.Reply(t, "getconfig-sip"), d.Reply(t, "updateconfig-sip"), d.Reply(t, "updateconfig-missing-category"),
+		d22.Reply(t, "pjsip-endpoint")}
 }
 
 // pbx answers GetConfig of sip.conf with the recorded reply, of pjsip.conf
-// with the lab's real pjsip.conf, and UpdateConfig with update.
+// with the lab's real pjsip.conf, UpdateConfig with update, and
+// PJSIPShowEndpoint with the recorded reply. An UpdateConfig answered
+// Success is kept, as Asterisk does: GetConfig of sip.conf and the
+// AuthDetail show the value it wrote.
 func pbx(r replies, update func() actiontest.Reply) *actiontest.Doer {
+	var mu sync.Mutex
+	written := map[string]string{}
 	return &actiontest.Doer{Answer: func(a ami.Action) actiontest.Reply {
+		mu.Lock()
+		defer mu.Unlock()
 		switch {
 		case a.Name == "GetConfig" && actiontest.Header(a, "Filename") == "sip.conf":
+			if v, ok := written["sip.conf"]; ok {
+				return replaceLine(r.getConfigSIP, "secret=", "secret="+v)
+			}
 			return r.getConfigSIP
 		case a.Name == "GetConfig":
 			return actiontest.Reply{Resp: actiontest.GetConfig(amitest.DefaultPJSIPConf, "")}
 		case a.Name == "UpdateConfig":
-			return update()
+			rep := update()
+			if rep.Err == nil && rep.Resp.OK() {
+				written[actiontest.Header(a, "SrcFilename")] = actiontest.Header(a, "Value-000000")
+			}
+			return rep
+		case a.Name == "PJSIPShowEndpoint" && actiontest.Header(a, "Endpoint") == "300":
+			if v, ok := written["pjsip.conf"]; ok {
+				return r.endpoint300.With("AuthDetail", "Password", v)
+			}
+			return r.endpoint300
 		}
 		return actiontest.Reply{Err: errors.New("unexpected " + a.Name)}
 	}}
 }
 
+// replaceLine returns r with the GetConfig line starting with prefix
+// replaced by line.
+func replaceLine(r actiontest.Reply, prefix, line string) actiontest.Reply {
+	hs := append([]ami.Header(nil), r.Resp.Headers...)
+	for i := range hs {
+		if strings.HasPrefix(hs[i].Key, "Line-") && strings.HasPrefix(hs[i].Value, prefix) {
+			hs[i].Value = line
+		}
+	}
+	return actiontest.Reply{Resp: ami.Response{Headers: hs}}
+}
+
 func TestPlanRecorded(t *testing.T) {
 	r := load(t)
 	d := pbx(r, nil)
-	p, err := ConfigFiles{Doer: d}.Plan(t.Context(), sip200)
-	if want := (Plan{File: "sip.conf", Section: "200", Key: "secret", Reload: "chan_sip"}); err != nil || p != want {
+	p, err := ConfigFiles{AMI: d}.Plan(t.Context(), sip200)
+	if want := (Plan{Store: StoreFiles, File: "sip.conf", Section: "200", Key: "secret", Reload: "chan_sip"}); err != nil || p != want {
 		t.Errorf("plan of SIP/200: %+v, %v; want %+v", p, err, want)
 	}
 	if a := d.Sent()[0]; actiontest.Header(a, "Filename") != "sip.conf" || actiontest.Header(a, "Category") != "200" {
 		t.Errorf("GetConfig %+v, want sip.conf's [200]", a)
 	}
-	p, err = ConfigFiles{Doer: d}.Plan(t.Context(), pjsip300)
-	if want := (Plan{File: "pjsip.conf", Section: "300-auth", Key: "password", Reload: "res_pjsip.so", Filter: "type=auth"}); err != nil || p != want {
+	p, err = ConfigFiles{AMI: d}.Plan(t.Context(), pjsip300)
+	if want := (Plan{Store: StoreFiles, File: "pjsip.conf", Section: "300-auth", Key: "password", Reload: "res_pjsip.so", Filter: "type=auth"}); err != nil || p != want {
 		t.Errorf("plan of PJSIP/300: %+v, %v; want %+v", p, err, want)
 	}
 	if a := d.Sent()[1]; actiontest.Header(a, "Filename") != "pjsip.conf" || actiontest.Header(a, "Category") != "" {
@@ -108,7 +143,7 @@ func TestPlanRefusals(t *testing.T) {
 				}
 				return actiontest.Reply{Resp: actiontest.GetConfig(tc.conf, actiontest.Header(a, "Category"))}
 			}}
-			_, err := ConfigFiles{Doer: d}.Plan(t.Context(), tc.ext)
+			_, err := ConfigFiles{AMI: d}.Plan(t.Context(), tc.ext)
 			var ref *Refusal
 			if !errors.As(err, &ref) || ref.Reason != tc.reason || !strings.Contains(ref.Why, tc.why) {
 				t.Fatalf("err = %v, want a refusal %d with %q", err, tc.reason, tc.why)
@@ -166,11 +201,11 @@ func TestRotateRecorded(t *testing.T) {
 		r := load(t)
 		d := pbx(r, func() actiontest.Reply { return r.updated })
 		rec := &recorder{}
-		res := Rotator{Store: ConfigFiles{Doer: d}, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
+		res := Rotator{Store: ConfigFiles{AMI: d}, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
 		if res.Result != action.Done || res.Err != nil || res.Target != "SIP/200" || res.Action != action.RotateSecret || res.SecretsFile != secretsPath || res.RecordErr != nil {
 			t.Fatalf("result %+v", res)
 		}
-		if want := "new secret in [200] of sip.conf, reloaded with chan_sip; the new secret is in " + secretsPath + ": the real phone needs it"; res.Detail != want {
+		if want := "new secret in [200] of sip.conf, reloaded with chan_sip; checked: GetConfig of sip.conf shows it in [200]; the new secret is in " + secretsPath + ": the real phone needs it"; res.Detail != want {
 			t.Errorf("detail %q, want %q", res.Detail, want)
 		}
 		if got := rec.statuses(); len(got) != 2 || got[0] != Pending || got[1] != Applied {
@@ -208,7 +243,7 @@ func TestRotatePJSIP(t *testing.T) {
 		r := load(t)
 		d := pbx(r, func() actiontest.Reply { return r.updated })
 		rec := &recorder{}
-		res := Rotator{Store: ConfigFiles{Doer: d}, Generate: fixed}.Rotate(t.Context(), pjsip300, rec, settings)
+		res := Rotator{Store: ConfigFiles{AMI: d}, Generate: fixed}.Rotate(t.Context(), pjsip300, rec, settings)
 		if res.Result != action.Done || res.Plan.Section != "300-auth" || len(rec.lines) != 2 {
 			t.Fatalf("result %+v, %d lines", res, len(rec.lines))
 		}
@@ -216,6 +251,38 @@ func TestRotatePJSIP(t *testing.T) {
 		if actiontest.Header(up, "Options-000000") != `catfilter="type=auth"` || actiontest.Header(up, "Reload") != "res_pjsip.so" || actiontest.Header(up, "Var-000000") != "password" {
 			t.Errorf("UpdateConfig %+v", up)
 		}
+		if n := d.Count("PJSIPShowEndpoint"); n != 1 || !strings.Contains(res.Detail, "checked: PJSIPShowEndpoint 300 shows it in auth 300-auth") {
+			t.Errorf("%d PJSIPShowEndpoint, detail %q; want the password read back once", n, res.Detail)
+		}
+	})
+}
+
+// UpdateConfig answered Success, but Asterisk still shows the old
+// password (the reload did not take): failed, recorded as failed.
+func TestRotatePJSIPNotTaken(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := load(t)
+		d := &actiontest.Doer{Answer: func(a ami.Action) actiontest.Reply {
+			switch a.Name {
+			case "GetConfig":
+				return actiontest.Reply{Resp: actiontest.GetConfig(amitest.DefaultPJSIPConf, "")}
+			case "UpdateConfig":
+				return r.updated
+			}
+			return r.endpoint300 // Password: Leaky300
+		}}
+		rec := &recorder{}
+		res := Rotator{Store: ConfigFiles{AMI: d}, Generate: fixed}.Rotate(t.Context(), pjsip300, rec, settings)
+		if res.Result != action.Failed || !errors.Is(res.Err, ErrNotTaken) || d.Count("PJSIPShowEndpoint") != 3 {
+			t.Fatalf("result %+v after %d PJSIPShowEndpoint", res, d.Count("PJSIPShowEndpoint"))
+		}
+		if got := rec.statuses(); len(got) != 2 || got[1] != Failed {
+			t.Errorf("recorded %v, want pending then failed", got)
+		}
+		if !strings.HasPrefix(res.Detail, "changed the password in [300-auth] of pjsip.conf, but the check could not confirm it: the old secret may still work") {
+			t.Errorf("detail %q", res.Detail)
+		}
+		noSecret(t, res)
 	})
 }
 
@@ -226,7 +293,7 @@ func TestRotatePermanentErrorNotRetried(t *testing.T) {
 		r := load(t)
 		d := pbx(r, func() actiontest.Reply { return r.noCategory })
 		rec := &recorder{}
-		res := Rotator{Store: ConfigFiles{Doer: d}, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
+		res := Rotator{Store: ConfigFiles{AMI: d}, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
 		var ae *ami.ActionError
 		if res.Result != action.Failed || !errors.As(res.Err, &ae) || ae.Message != "Given category does not exist" || res.Retryable {
 			t.Fatalf("result %+v, want failed, not retryable", res)
@@ -237,7 +304,7 @@ func TestRotatePermanentErrorNotRetried(t *testing.T) {
 		if got := rec.statuses(); len(got) != 2 || got[1] != Failed || res.SecretsFile != secretsPath {
 			t.Errorf("recorded %v in %q, want pending then failed", got, res.SecretsFile)
 		}
-		if res.Detail != "could not change the secret in [200] of sip.conf" {
+		if !strings.HasPrefix(res.Detail, "could not change the secret in [200] of sip.conf: the old secret is most likely still in use; by hand: ") {
 			t.Errorf("detail %q", res.Detail)
 		}
 		noSecret(t, res)
@@ -257,7 +324,7 @@ func TestRotateTemporaryErrorRetried(t *testing.T) {
 			return r.updated
 		})
 		rec := &recorder{}
-		res := Rotator{Store: ConfigFiles{Doer: d}, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
+		res := Rotator{Store: ConfigFiles{AMI: d}, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
 		if res.Result != action.Done || d.Count("UpdateConfig") != 3 {
 			t.Fatalf("result %+v after %d UpdateConfig, want done at the third", res, d.Count("UpdateConfig"))
 		}
@@ -274,7 +341,7 @@ func TestRotateSecretsFileUnwritable(t *testing.T) {
 		r := load(t)
 		d := pbx(r, func() actiontest.Reply { return r.updated })
 		rec := &recorder{fail: 1}
-		res := Rotator{Store: ConfigFiles{Doer: d}, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
+		res := Rotator{Store: ConfigFiles{AMI: d}, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
 		if res.Result != action.Failed || res.Err == nil || d.Count("UpdateConfig") != 0 || len(rec.lines) != 0 {
 			t.Fatalf("result %+v after %d UpdateConfig", res, d.Count("UpdateConfig"))
 		}
@@ -291,7 +358,7 @@ func TestRotateOutcomeNotRecorded(t *testing.T) {
 		r := load(t)
 		d := pbx(r, func() actiontest.Reply { return r.updated })
 		rec := &recorder{fail: 2}
-		res := Rotator{Store: ConfigFiles{Doer: d}, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
+		res := Rotator{Store: ConfigFiles{AMI: d}, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
 		if res.Result != action.Done || res.RecordErr == nil || len(rec.lines) != 1 {
 			t.Fatalf("result %+v, want done with a record error", res)
 		}
@@ -306,7 +373,7 @@ func TestRotateRefused(t *testing.T) {
 		}}
 		rec := &recorder{}
 		generated := false
-		res := Rotator{Store: ConfigFiles{Doer: d}, Generate: func() (string, error) { generated = true; return fixed() }}.Rotate(t.Context(), sip200, rec, settings)
+		res := Rotator{Store: ConfigFiles{AMI: d}, Generate: func() (string, error) { generated = true; return fixed() }}.Rotate(t.Context(), sip200, rec, settings)
 		if res.Result != action.Skipped || res.Refusal == nil || res.Refusal.Reason != MD5Secret || !strings.HasPrefix(res.Detail, "cannot rotate here: ") {
 			t.Fatalf("result %+v", res)
 		}
@@ -322,36 +389,126 @@ func TestRotateUnreadable(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		d := &actiontest.Doer{Answer: func(ami.Action) actiontest.Reply { return actiontest.Reply{Err: client.ErrNotConnected} }}
 		rec := &recorder{}
-		res := Rotator{Store: ConfigFiles{Doer: d}, Generate: fixed}.Rotate(t.Context(), pjsip300, rec, settings)
+		res := Rotator{Store: ConfigFiles{AMI: d}, Generate: fixed}.Rotate(t.Context(), pjsip300, rec, settings)
 		if res.Result != action.Failed || !errors.Is(res.Err, client.ErrNotConnected) || !res.Retryable || d.Count("GetConfig") != 3 || len(rec.lines) != 0 {
 			t.Fatalf("result %+v after %d GetConfig", res, d.Count("GetConfig"))
 		}
 	})
 }
 
-// memStore is a Store of another kind (a database): what the Rotator
-// needs of it is Plan and Apply.
-type memStore map[string]string
-
-func (m memStore) Plan(_ context.Context, ext ami.Extension) (Plan, error) {
-	return Plan{File: "sippeers", Section: ext.Name, Key: "secret"}, nil
+// memStore is a Store of another kind (a database): a map of rows. Its
+// check fails notTaken times with ErrNotTaken, then sees the row; fail,
+// when set, is what Apply or (verify true) Verify fail with.
+type memStore struct {
+	mu       sync.Mutex
+	rows     map[string]string
+	notTaken int
+	fail     error
+	verify   bool // fail is Verify's, not Apply's
+	applies  int
+	verifies int
 }
 
-func (m memStore) Apply(_ context.Context, p Plan, secret string) error {
-	m[p.Section] = secret
+func (m *memStore) Plan(_ context.Context, ext ami.Extension) (Plan, error) {
+	return Plan{Store: StoreRealtime, File: "sippeers", Section: ext.Name, Key: "secret"}, nil
+}
+
+func (m *memStore) Apply(_ context.Context, p Plan, secret string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.applies++
+	if m.fail != nil && !m.verify {
+		return m.fail
+	}
+	m.rows[p.Section] = secret
 	return nil
 }
 
+func (m *memStore) Verify(_ context.Context, _ ami.Extension, p Plan, secret string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.verifies++
+	switch {
+	case m.fail != nil && m.verify:
+		return "", m.fail
+	case m.notTaken > 0:
+		m.notTaken--
+		return "", ErrNotTaken
+	case m.rows[p.Section] != secret:
+		return "", ErrNotTaken
+	}
+	return "the row read back holds it", nil
+}
+
 func TestRotateAnotherStore(t *testing.T) {
-	store := memStore{}
+	store := &memStore{rows: map[string]string{}}
 	rec := &recorder{}
 	res := Rotator{Store: store, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
-	if res.Result != action.Done || store["200"] != recordedSecret || len(rec.lines) != 2 {
-		t.Fatalf("result %+v, store %v", res, store)
+	if res.Result != action.Done || store.rows["200"] != recordedSecret || len(rec.lines) != 2 {
+		t.Fatalf("result %+v, store %v", res, store.rows)
 	}
-	if want := "new secret in [200] of sippeers; the new secret is in " + secretsPath + ": the real phone needs it"; res.Detail != want {
+	if want := "new secret of 200 in table sippeers; checked: the row read back holds it; the new secret is in " + secretsPath + ": the real phone needs it"; res.Detail != want {
 		t.Errorf("detail %q, want %q", res.Detail, want)
 	}
+}
+
+// A check that does not see the secret yet (a reload Asterisk runs after
+// it answered) is made again: applied once it sees it.
+func TestRotateCheckedAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := &memStore{rows: map[string]string{}, notTaken: 2}
+		rec := &recorder{}
+		res := Rotator{Store: store, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
+		if res.Result != action.Done || store.applies != 1 || store.verifies != 3 {
+			t.Fatalf("result %+v after %d applies, %d checks; want done, applied once, checked 3 times", res, store.applies, store.verifies)
+		}
+		if got := rec.statuses(); len(got) != 2 || got[1] != Applied {
+			t.Errorf("recorded %v", got)
+		}
+	})
+}
+
+// A check that never sees the secret makes the rotation failed, recorded
+// as failed: the outcome says where the old secret stands and what to do.
+func TestRotateCheckFails(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := &memStore{rows: map[string]string{}, verify: true, fail: &Failure{Err: ErrNotTaken, Temporary: true,
+			State: "the table holds the new secret, but Asterisk still has the old one", ByHand: "expire it from the cache"}}
+		rec := &recorder{}
+		res := Rotator{Store: store, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
+		if res.Result != action.Failed || !errors.Is(res.Err, ErrNotTaken) || store.applies != 1 || store.verifies != 3 {
+			t.Fatalf("result %+v after %d applies, %d checks", res, store.applies, store.verifies)
+		}
+		if got := rec.statuses(); len(got) != 2 || got[1] != Failed {
+			t.Errorf("recorded %v, want pending then failed", got)
+		}
+		want := "changed the secret of 200 in table sippeers, but the check failed: the table holds the new secret, but Asterisk still has the old one; by hand: expire it from the cache"
+		if res.Detail != want {
+			t.Errorf("detail %q\nwant %q", res.Detail, want)
+		}
+		noSecret(t, res)
+	})
+}
+
+// A change that failed says what it left behind; a permanent one is not
+// tried again, and nothing is checked.
+func TestRotateApplyFailure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := &memStore{rows: map[string]string{}, fail: &Failure{Err: errors.New("`fwconsole reload` failed (exit status 1)"),
+			State: "the old secret is back in the sip table and still in use", ByHand: "find out why"}}
+		rec := &recorder{}
+		res := Rotator{Store: store, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
+		if res.Result != action.Failed || res.Retryable || store.applies != 1 || store.verifies != 0 {
+			t.Fatalf("result %+v after %d applies, %d checks", res, store.applies, store.verifies)
+		}
+		want := "could not change the secret of 200 in table sippeers: the old secret is back in the sip table and still in use; by hand: find out why"
+		if res.Detail != want {
+			t.Errorf("detail %q\nwant %q", res.Detail, want)
+		}
+		if got := rec.statuses(); len(got) != 2 || got[1] != Failed {
+			t.Errorf("recorded %v, want pending then failed", got)
+		}
+	})
 }
 
 func TestNew(t *testing.T) {
@@ -366,4 +523,37 @@ func TestNew(t *testing.T) {
 		}
 		seen[s] = true
 	}
+}
+
+// Auto takes the files for an extension whose section is there, and the
+// realtime store for one that is not; each rotation's change and check
+// go to the store that planned it. Without a realtime store, an extension
+// not in the files is refused as before.
+func TestAuto(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := load(t)
+		d := pbx(r, func() actiontest.Reply { return r.updated })
+		// GetConfig of sip.conf's [202]: no such category.
+		d202 := &actiontest.Doer{Answer: func(a ami.Action) actiontest.Reply {
+			if actiontest.Header(a, "Category") == "202" {
+				return actiontest.Reply{Resp: actiontest.GetConfig("[200]\nsecret=x\n", "202")}
+			}
+			return d.Answer(a)
+		}}
+		rt := &memStore{rows: map[string]string{}}
+		auto := Auto{Files: ConfigFiles{AMI: d202}, Realtime: rt}
+		rec := &recorder{}
+		res := Rotator{Store: auto, Generate: fixed}.Rotate(t.Context(), sip200, rec, settings)
+		if res.Result != action.Done || res.Plan.Store != StoreFiles || rt.applies != 0 || d202.Count("UpdateConfig") != 1 {
+			t.Errorf("SIP/200 (in sip.conf): %+v, %d realtime changes", res, rt.applies)
+		}
+		res = Rotator{Store: auto, Generate: fixed}.Rotate(t.Context(), ami.Extension{Tech: ami.TechSIP, Name: "202"}, rec, settings)
+		if res.Result != action.Done || res.Plan.Store != StoreRealtime || rt.applies != 1 || rt.verifies != 1 || rt.rows["202"] != recordedSecret || d202.Count("UpdateConfig") != 1 {
+			t.Errorf("SIP/202 (not in sip.conf): %+v", res)
+		}
+		res = Rotator{Store: Auto{Files: ConfigFiles{AMI: d202}}, Generate: fixed}.Rotate(t.Context(), ami.Extension{Tech: ami.TechSIP, Name: "202"}, rec, settings)
+		if res.Result != action.Skipped || res.Refusal == nil || res.Refusal.Reason != NoSection {
+			t.Errorf("SIP/202 without realtime: %+v", res)
+		}
+	})
 }

@@ -430,29 +430,30 @@ func (s *Server) actPJSIPShowEndpoint(q *req) bool {
 	}
 	r.end()
 	if a := ep.get("auth"); a != "" {
-		if auth := f.find(a, "type=auth"); auth != nil {
+		// From pjsip.conf, or the realtime table (Options.Realtime).
+		if auth, ok := s.authRow(a); ok {
 			n++
 			r.h("Event", "AuthDetail").id(q.aid)
 			for _, fl := range authDetailFields {
 				k, v := fl[0], fl[1]
 				switch k {
 				case "ObjectName":
-					v = auth.name
+					v = a
 				case "Username":
-					v = auth.get("username")
+					v = auth["username"]
 				case "Password":
-					v = auth.get("password")
+					v = auth["password"]
 				case "AuthType":
-					v = auth.get("auth_type")
+					v = auth["auth_type"]
 					if v == "" {
 						v = "userpass"
 					}
 				case "PasswordDigest":
-					v = auth.get("password_digest")
+					v = auth["password_digest"]
 				case "Md5Cred":
-					v = auth.get("md5_cred")
+					v = auth["md5_cred"]
 				case "Realm":
-					v = auth.get("realm")
+					v = auth["realm"]
 				case "EndpointName":
 					v = name
 				}
@@ -743,6 +744,7 @@ func (s *Server) reloadModule(mod string, event bool) bool {
 	known := true
 	switch strings.ToLower(mod) {
 	case "":
+		s.regenerate()
 		s.pbx.reloadSIP(s.files["sip.conf"])
 		s.pbx.reloadPJSIP(s.files["pjsip.conf"])
 	case "chan_sip", "chan_sip.so":

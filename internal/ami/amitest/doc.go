@@ -57,7 +57,19 @@
 // Cause-txt for causes other than 16 and 21; the saved file's ";!" header
 // lines other than "Automatically generated configuration file"; the
 // hashes, challenges and session ids of synthesized events (stable per
-// input, not real). User agents are not in the AMI events: the ones the lab
+// input, not real); SorceryMemoryCacheExpireObject (its four answers and
+// their extra empty line, from res_sorcery_memory_cache.c);
+// PJSIPShowEndpoints (EndpointList events, from pjsip_configuration.c).
+//
+// # Realtime and FreePBX
+//
+// With Options.Realtime the PJSIP auths (and chan_sip peers' secrets) are
+// read from functions standing for the realtime tables, through a sorcery
+// memory cache when one is named: PJSIPShowEndpoint's AuthDetail and the
+// model's "is this extension locked out" follow the table, as a realtime
+// Asterisk does. With Options.Regenerate a reload of everything first
+// writes the config files again (FreePBX's reload writing them from its
+// database). User agents are not in the AMI events: the ones the lab
 // phones sent are built in (200, 300, 301).
 //
 // # Asterisk 11 and 1.8

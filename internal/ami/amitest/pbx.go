@@ -102,6 +102,10 @@ type pbx struct {
 	// sipTrunks are the chan_sip peers without a secret, matched by their
 	// static host (as loaded).
 	sipTrunks map[string]hostPort
+	// livePJ and liveSIP, when set (Options.Realtime), give the
+	// credentials in use now, read from the realtime tables, in place of
+	// loadedPJ and loadedSIP.
+	livePJ, liveSIP func(name string) (string, bool)
 
 	clock time.Time // recorded time of the last streamed message
 }
@@ -213,11 +217,19 @@ func (p *pbx) reloadPJSIP(f *confFile) { p.loadedPJ, p.pjAccount = pjsipPassword
 
 func (p *pbx) sipRotated(peer string) bool {
 	o, ok := p.origSIP[peer]
+	if ok && p.liveSIP != nil {
+		now, found := p.liveSIP(peer)
+		return !found || now != o
+	}
 	return ok && p.loadedSIP[peer] != o
 }
 
 func (p *pbx) pjRotated(endpoint string) bool {
 	o, ok := p.origPJ[endpoint]
+	if ok && p.livePJ != nil {
+		now, found := p.livePJ(endpoint)
+		return !found || now != o
+	}
 	return ok && p.loadedPJ[endpoint] != o
 }
 

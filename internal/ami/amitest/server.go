@@ -102,6 +102,13 @@ type Options struct {
 	TLS *tls.Config
 	// Logf, if set, receives a trace (never secrets).
 	Logf func(format string, args ...any)
+	// Realtime, when set, is where the PJSIP auths and the chan_sip
+	// peers' secrets are read from (a database), instead of pjsip.conf
+	// and sip.conf.
+	Realtime *Realtime
+	// Regenerate, when set, writes the config files again at every reload
+	// of everything, as FreePBX's reload does from its database.
+	Regenerate Regenerate
 }
 
 // Action is one action the server received.
@@ -142,6 +149,10 @@ type Server struct {
 	resume   chan struct{} // closed when the stall ends
 	files    map[string]*confFile
 	pbx      *pbx
+
+	authCache   map[string]map[string]string // the memory cache of realtime auths, by id
+	expired     []string                     // what SorceryMemoryCacheExpireObject expired
+	regenerated int                          // reloads that wrote the files again (Regenerate)
 }
 
 type failRule struct {
@@ -213,6 +224,7 @@ func Start(opts Options) (*Server, error) {
 		close(s.done)
 	}
 	s.pbx = newPBX(s.script, s.files)
+	s.startRealtime()
 	addr := opts.Listen
 	if addr == "" {
 		addr = "127.0.0.1:0"

@@ -284,8 +284,9 @@ func (s *Server) handle(c *session, m *ami.Message) bool {
 // session.
 var actionHandlers map[string]func(*Server, *req) bool
 
-// pjsipActions are the actions of res_pjsip (Asterisk 12 and later).
-var pjsipActions = map[string]struct{}{"pjsipshowcontacts": {}, "pjsipshowendpoint": {}, "pjsiphangup": {}}
+// pjsipActions are the actions of res_pjsip (Asterisk 12 and later) and of
+// res_sorcery_memory_cache (13.5 and later).
+var pjsipActions = map[string]struct{}{"pjsipshowcontacts": {}, "pjsipshowendpoint": {}, "pjsiphangup": {}, "sorcerymemorycacheexpireobject": {}, "pjsipshowendpoints": {}}
 
 func init() {
 	actionHandlers = map[string]func(*Server, *req) bool{
@@ -305,6 +306,9 @@ func init() {
 		"updateconfig":      (*Server).actUpdateConfig,
 		"command":           (*Server).actCommand,
 		"reload":            (*Server).actReload,
+
+		"sorcerymemorycacheexpireobject": (*Server).actSorceryMemoryCacheExpireObject,
+		"pjsipshowendpoints":             (*Server).actPJSIPShowEndpoints,
 	}
 }
 
