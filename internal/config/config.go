@@ -40,6 +40,7 @@ type Config struct {
 	Allow     Allow     `toml:"allow"`
 	Response  Response  `toml:"response"`
 	Policy    Policy    `toml:"policy"`
+	CrowdSec  CrowdSec  `toml:"crowdsec"`
 }
 
 // The values of Config.Mode.
@@ -390,6 +391,7 @@ func Default() *Config {
 			AuthFailures:  probe(),
 			NewSource:     RulePolicy{Warning: []string{ActionAlert}, Critical: []string{ActionAlert}},
 		},
+		CrowdSec: defaultCrowdSec(),
 	}
 }
 
@@ -434,6 +436,7 @@ func parse(file string, data []byte, resolve bool) (*Config, error) {
 		if err := c.resolveSecret(filepath.Dir(file)); err != nil {
 			errs = append(errs, err)
 		}
+		errs = append(errs, c.resolveCrowdSec(filepath.Dir(file))...)
 		if c.AMI.TLSCA != "" && !filepath.IsAbs(c.AMI.TLSCA) {
 			c.AMI.TLSCA = filepath.Join(filepath.Dir(file), c.AMI.TLSCA)
 		}

@@ -196,6 +196,7 @@ func (c *Config) Validate() error {
 		p.add("response.incident_quiet (%s) must not be shorter than detector.cooldown (%s)", q, cd)
 	}
 	c.Policy.validate(&p)
+	c.CrowdSec.validate(&p)
 
 	return errors.Join(p...)
 }

@@ -66,6 +66,8 @@ var packages = map[string]string{
 	"ip":               "iproute2",
 	"unshare":          "util-linux",
 	"systemd-analyze":  "systemd",
+	"crowdsec":         "crowdsec",
+	"cscli":            "crowdsec",
 }
 
 // RequireCommand skips t (fails it when strict) unless every one of names
