@@ -65,13 +65,13 @@ func configPathForAdmin(named string) string {
 	return ""
 }
 
-// checkRunFiles checks the configuration file and the file the AMI secret
-// came from as guard run wants them (fsafe.CheckNotPublic): regular files
+// checkRunFiles checks the configuration file and the files the AMI
+// secret and the CrowdSec credentials came from as guard run wants them (fsafe.CheckNotPublic): regular files
 // owned by root or the guard's user, writable by no one else, readable by
 // no one but a group. With allowShared, a file whose only fault is that
 // every user can read it is accepted and returned, for a warning.
 func checkRunFiles(configPath string, cfg *config.Config, allowShared bool) (shared []string, err error) {
-	for _, p := range []string{configPath, cfg.SecretFilePath(configPath)} {
+	for _, p := range append([]string{configPath, cfg.SecretFilePath(configPath)}, cfg.CrowdSecSecretFiles(configPath)...) {
 		if p == "" {
 			continue
 		}
@@ -94,7 +94,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	record := fs.String("record", "", "also write everything received to this transcript (replayable with guard replay); an existing one is appended to")
 	recordMax := fs.Int64("record-max-bytes", 100<<20, "rotate the recording at this size")
 	recordKeep := fs.Int("record-keep", 5, "rotated recordings to keep")
-	allowShared := fs.Bool("allow-shared-files", false, "accept a configuration or AMI secret file every user can read (a container mount whose mode cannot be changed)")
+	allowShared := fs.Bool("allow-shared-files", false, "accept a configuration, AMI secret or CrowdSec credentials file every user can read (a container mount whose mode cannot be changed)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -129,6 +129,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	err = guard.Run(ctx, guard.Options{
 		Config:     cfg,
 		ConfigFile: file,
+		Version:    version,
 		Load: func() (*config.Config, error) {
 			c, err := config.Load(file)
 			if err != nil {

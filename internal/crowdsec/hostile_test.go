@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -102,66 +101,6 @@ func TestHostileAnswers(t *testing.T) {
 	}
 }
 
-// proxy stands between the guard and the real Local API, and can cut it
-// off: while down, it closes every connection, new and open.
-type proxy struct {
-	ln     net.Listener
-	target string
-	down   atomic.Bool
-	mu     sync.Mutex
-	conns  map[net.Conn]bool
-}
-
-func startProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
-	go p.serve()
-	t.Cleanup(func() { ln.Close(); p.setDown(true) })
-	return p
-}
-
-func (p *proxy) URL() string { return "http://" + p.ln.Addr().String() + "/" }
-
-func (p *proxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		if p.down.Load() {
-			c.Close()
-			continue
-		}
-		u, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns[c], p.conns[u] = true, true
-		p.mu.Unlock()
-		go func() { io.Copy(u, c); u.Close() }()
-		go func() { io.Copy(c, u); c.Close() }()
-	}
-}
-
-func (p *proxy) setDown(down bool) {
-	p.down.Store(down)
-	if !down {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.conns {
-		c.Close()
-		delete(p.conns, c)
-	}
-}
-
 // The Local API going away never stops the guard: each part says once, at
 // warn, that it fails, counts its failures, keeps the bans to push, and
 // says at info when it works again; the bans kept are pushed then.
@@ -169,7 +108,7 @@ func TestOutageAndRecovery(t *testing.T) {
 	t.Parallel()
 	l := cstest.Shared(t)
 	machine, pw := addMachine(t, l)
-	px := startProxy(t, l.Addr)
+	px := cstest.StartProxy(t, l.Addr)
 	s := startService(t, Options{URL: px.URL(), Push: true, Pull: true, MachineID: machine, Password: pw, APIKey: addBouncer(t, l),
 		ScenariosContaining: []string{cstest.Name("none")}})
 	waitFor(t, "both parts up", func() bool {
@@ -177,7 +116,7 @@ func TestOutageAndRecovery(t *testing.T) {
 		return st["push"].State == "up" && st["pull"].State == "up"
 	})
 
-	px.setDown(true)
+	px.SetDown(true)
 	attacker := randomAddr(t, "203.0.113.0/24")
 	b, err := s.bans.Ban(t.Context(), bans.Request{Addr: attacker, TTL: time.Hour, Reason: "during the outage", Rule: "failed_probes"})
 	if err != nil {
@@ -200,7 +139,7 @@ func TestOutageAndRecovery(t *testing.T) {
 	default:
 	}
 
-	px.setDown(false)
+	px.SetDown(false)
 	waitFor(t, "both parts up again and the ban pushed", func() bool {
 		st := s.Status()
 		return st["push"].State == "up" && st["pull"].State == "up" && s.Stats().AlertsSent == 1

@@ -104,6 +104,8 @@ type Options struct {
 	SilenceAlarm time.Duration
 	// Now is the clock (nil: time.Now); tests inject their own.
 	Now func() time.Time
+	// CrowdSec, when set, says how the link to CrowdSec does (/healthz).
+	CrowdSec func() map[string]Upstream
 }
 
 // Metrics is the guard's registry and the state behind its health check.

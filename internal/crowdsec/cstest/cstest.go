@@ -16,12 +16,14 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -266,6 +268,8 @@ type Decision struct {
 	Duration string `json:"duration"`
 	// Simulated decisions are listed too.
 	Simulated bool `json:"simulated"`
+	// MachineID is the machine whose alert holds the decision.
+	MachineID string `json:"-"`
 }
 
 // Decisions lists the active decisions of the LAPI, of every origin
@@ -291,6 +295,7 @@ func (l *LAPI) Decisions() ([]Decision, error) {
 	for _, a := range alerts {
 		for _, d := range a.Decisions {
 			d.Simulated = d.Simulated || a.Simulated
+			d.MachineID = a.MachineID
 			ds = append(ds, d)
 		}
 	}
@@ -337,3 +342,71 @@ func StopShared() error {
 // Name returns a machine or bouncer name unique in the LAPI: prefix and
 // random hex.
 func Name(prefix string) string { return prefix + "-" + randomHex(4) }
+
+// Proxy stands between a client and a server (the LAPI) and can cut it
+// off: while down, it closes every connection, new and open, as a server
+// that is gone does.
+type Proxy struct {
+	ln     net.Listener
+	target string
+	down   atomic.Bool
+	mu     sync.Mutex
+	conns  map[net.Conn]bool
+}
+
+// StartProxy starts a Proxy to target (host:port) on a free port of
+// 127.0.0.1; it stops at t's cleanup.
+func StartProxy(t testing.TB, target string) *Proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
+	go p.serve()
+	t.Cleanup(func() {
+		ln.Close()
+		p.SetDown(true)
+	})
+	return p
+}
+
+// URL is the proxy's base URL.
+func (p *Proxy) URL() string { return "http://" + p.ln.Addr().String() + "/" }
+
+func (p *Proxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		if p.down.Load() {
+			c.Close()
+			continue
+		}
+		u, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns[c], p.conns[u] = true, true
+		p.mu.Unlock()
+		go func() { _, _ = io.Copy(u, c); u.Close() }()
+		go func() { _, _ = io.Copy(c, u); c.Close() }()
+	}
+}
+
+// SetDown cuts the proxy off (down) or puts it back.
+func (p *Proxy) SetDown(down bool) {
+	p.down.Store(down)
+	if !down {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.Close()
+		delete(p.conns, c)
+	}
+}
