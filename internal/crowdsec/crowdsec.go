@@ -573,7 +573,9 @@ func (s *Service) pullLoop(ctx context.Context) {
 		}
 		s.pull.success()
 		backoff, delay = 0, s.opts.PullInterval
-		s.apply(ctx, resp, startup, enforcing, s.stats.pullsOK.Add(1))
+		n := s.stats.pullsOK.Load() + 1
+		s.apply(ctx, resp, startup, enforcing, n)
+		s.stats.pullsOK.Store(n) // counted once carried out
 		startup = false
 	}
 }
@@ -659,6 +661,9 @@ func (s *Service) apply(ctx context.Context, resp *models.DecisionsStreamRespons
 
 // added handles one new decision; false when the guard is stopping.
 func (s *Service) added(ctx context.Context, d *models.Decision, now time.Time, lim *Limits, own map[netip.Prefix]bool, enforcing bool, pull uint64, sum *summary) bool {
+	if ctx.Err() != nil {
+		return false
+	}
 	dec, reason, detail := check(d, now, lim)
 	switch reason {
 	case "":
@@ -910,16 +915,17 @@ func newLink(name string, log zerolog.Logger) *link {
 	return &link{name: name, log: log, st: LinkStatus{State: "connecting", Since: time.Now()}}
 }
 
-// success records a request that worked; the end of an outage is logged.
+// success records a request that worked; the end of an outage is logged
+// (before the new state shows).
 func (l *link) success() {
 	now := time.Now()
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	prev := l.st
 	l.st = LinkStatus{State: "up", Since: prev.Since, LastSuccess: now}
 	if prev.State != "up" {
 		l.st.Since = now
 	}
-	l.mu.Unlock()
 	switch prev.State {
 	case "down":
 		l.log.Info().Str("api", l.name).Dur("down_for", now.Sub(prev.Since)).Uint64("failures", prev.Failures).
@@ -930,11 +936,12 @@ func (l *link) success() {
 }
 
 // failure records a failed request; the start of an outage, and a change
-// of its problem, are logged at warn.
+// of its problem, are logged at warn (before the new state shows).
 func (l *link) failure(err error) {
 	now := time.Now()
 	p := problemOf(err)
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	prev := l.st
 	l.st.Failures++
 	l.st.Problem, l.st.Detail = p, err.Error()
@@ -945,7 +952,6 @@ func (l *link) failure(err error) {
 		l.st.Since = now
 	}
 	failures := l.st.Failures
-	l.mu.Unlock()
 	switch {
 	case prev.State != "down":
 		l.log.Warn().Str("api", l.name).Str("problem", string(p)).Err(err).
@@ -989,7 +995,7 @@ type Stats struct {
 	// Refused counts the refusals by Reason (a refused answer counts
 	// once, as oversized or malformed).
 	Refused map[Reason]uint64
-	// Pulls counts the successful pulls.
+	// Pulls counts the successful pulls, each once carried out.
 	Pulls uint64
 	// Requests, Failed and Outages are by part ("push", "pull").
 	Requests, Failed, Outages map[string]uint64

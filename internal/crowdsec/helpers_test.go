@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,21 +101,19 @@ func (l *logSink) lines(t *testing.T, msg string) []map[string]any {
 // svc is a running Service with what the test reads of it.
 type svc struct {
 	*Service
-	logs      *logSink
-	enforcing *atomic.Bool
-	bans      *bans.Manager
-	done      chan struct{}
+	logs *logSink
+	bans *bans.Manager
+	done chan struct{}
 }
 
 // startService runs a Service with opts, filling in the test's defaults:
-// the enforcing switch (on), a logger, quick retries. opts.Bans may be
-// nil (a push-only service gets a ban manager of its own).
+// enforce mode, a logger, quick retries. opts.Bans may be nil (a
+// push-only service gets a ban manager of its own).
 func startService(t *testing.T, opts Options) *svc {
 	t.Helper()
-	s := &svc{logs: &logSink{}, enforcing: &atomic.Bool{}, done: make(chan struct{})}
-	s.enforcing.Store(true)
+	s := &svc{logs: &logSink{}, done: make(chan struct{})}
 	if opts.Enforcing == nil {
-		opts.Enforcing = s.enforcing.Load
+		opts.Enforcing = func() bool { return true }
 	}
 	if opts.Bans == nil {
 		opts.Bans = newBans(t, false)

@@ -3,6 +3,7 @@ package crowdsec
 import (
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,8 +23,8 @@ func TestPullObserveThenEnforce(t *testing.T) {
 	cscli(t, l, "decisions", "add", "--ip", ip.String(), "--duration", "1h", "--reason", tag)
 	cscli(t, l, "decisions", "add", "--range", rng.String(), "--duration", "2h", "--reason", tag)
 
-	s := startService(t, Options{URL: l.URL, Pull: true, APIKey: addBouncer(t, l), ScenariosContaining: []string{tag}})
-	s.enforcing.Store(false)
+	var enforcing atomic.Bool // observe mode from the start
+	s := startService(t, Options{URL: l.URL, Pull: true, APIKey: addBouncer(t, l), ScenariosContaining: []string{tag}, Enforcing: enforcing.Load})
 	waitFor(t, "both decisions logged as would", func() bool { return s.Stats().Decisions[Would] >= 2 })
 	if got := s.bans.List(); len(got) != 0 {
 		t.Fatalf("observe mode banned %+v", got)
@@ -33,11 +34,11 @@ func TestPullObserveThenEnforce(t *testing.T) {
 		t.Errorf("the would lines: %v", would)
 	}
 
-	s.enforcing.Store(true)
-	waitFor(t, "both decisions banned", func() bool {
+	enforcing.Store(true)
+	waitFor(t, "both decisions banned and counted", func() bool {
 		_, ok1 := banOf(s.bans, single(ip.String()))
 		_, ok2 := banOf(s.bans, rng)
-		return ok1 && ok2
+		return ok1 && ok2 && s.Stats().Decisions[Applied] >= 2
 	})
 	b, _ := banOf(s.bans, rng)
 	if b.Origin != bans.OriginCrowdSec || b.Until.Sub(time.Now()) < 110*time.Minute {

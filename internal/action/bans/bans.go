@@ -745,6 +745,10 @@ func (m *Manager) Ban(ctx context.Context, req Request) (Ban, error) {
 	m.poke()
 
 	fwErr := m.apply(ctx, b)
+	if !b.Prefix.IsSingleIP() {
+		m.log.Warn().Str("ip", a).Str("origin", b.Origin).
+			Msg("ban of a range recorded but not applied: the firewall applies bans of single addresses")
+	}
 	ev := m.log.Warn()
 	msg := "address banned"
 	if b.DryRun {
