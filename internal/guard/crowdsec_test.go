@@ -65,16 +65,10 @@ func TestCrowdSecFleet(t *testing.T) {
 	gB := <-hB.guard
 	waitFor(t, "B's first pull", 20*time.Second, func() bool { return gB.CrowdSec().Stats().Pulls >= 1 })
 
-	attack, err := os.ReadFile(transcripts + "pjsip-bruteforce.ami")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hA := startGuardOn(t, amitest.Options{Transcript: bytes.NewReader(attack)}, func(c *config.Config) {
+	hA := startBruteForce(t, func(c *config.Config) {
 		crowdSecConfig(c, l.URL, machineA, pwA, keyA, interval, crowdsec.ScenarioPrefix)
-	}, nil, nil)
-	waitLoggedIn(t, hA) // the attack goes to a guard that listens
+	})
 	gA := <-hA.guard
-	hA.srv.Play()
 	waitFor(t, "A's ban of the attacker", 30*time.Second, func() bool {
 		return hA.outcomes.has(policy.BlockIP, policy.Done, policy.AddressKey(attacker))
 	})
@@ -132,7 +126,7 @@ func TestCrowdSecObserveChangesNothing(t *testing.T) {
 	if _, err := l.Cscli("decisions", "add", "--ip", pulled.String(), "--duration", "1h", "--reason", tag); err != nil {
 		t.Fatal(err)
 	}
-	h := startGuard(t, "pjsip-bruteforce.ami", 0, func(c *config.Config) {
+	h := startBruteForce(t, func(c *config.Config) {
 		c.Mode = config.ModeObserve
 		crowdSecConfig(c, l.URL, machine, pw, key, 200*time.Millisecond, tag)
 	})
@@ -212,6 +206,22 @@ func TestCrowdSecOutageInHealthz(t *testing.T) {
 		t.Fatalf("the guard stopped: %v", err)
 	default:
 	}
+}
+
+// startBruteForce runs the guard (in enforce mode unless mutate says
+// otherwise) against a fake Asterisk 20 that plays the recorded PJSIP
+// password guessing from 127.0.0.6, as fast as it can, once both AMI
+// sessions of the guard have logged in: none of it goes unheard.
+func startBruteForce(t *testing.T, mutate func(*config.Config)) *harness {
+	t.Helper()
+	attack, err := os.ReadFile(transcripts + "pjsip-bruteforce.ami")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startGuardOn(t, amitest.Options{Transcript: bytes.NewReader(attack)}, mutate, nil, nil)
+	waitLoggedIn(t, h)
+	h.srv.Play()
+	return h
 }
 
 func findBan(m *bans.Manager, a netip.Addr) (bans.Ban, bool) {

@@ -35,7 +35,7 @@ type ReloadResult struct {
 // restartKeys are the keys (or tables) a reload cannot apply, because what
 // they set up exists once, from the start: the AMI sessions, the metrics
 // listener, the firewall, the bans' state file and its lock, the admin
-// socket. When one changes, the running value is kept (so that what the
+// socket, the link to CrowdSec. When one changes, the running value is kept (so that what the
 // guard reports and does stays true) and a warning names the key.
 var restartKeys = []string{
 	"ami",
@@ -45,6 +45,7 @@ var restartKeys = []string{
 	"response.ipv6",
 	"response.state_file",
 	"response.admin_socket",
+	"crowdsec",
 }
 
 // liveKeys are the keys (or tables) a reload applies at once: the mode
