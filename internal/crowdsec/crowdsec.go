@@ -43,6 +43,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/astguard/astguard/internal/action/bans"
+	"github.com/astguard/astguard/internal/detector"
 )
 
 // ScenarioPrefix starts the scenario of every alert the guard pushes:
@@ -100,9 +101,6 @@ type Options struct {
 	MaxBackoff time.Duration
 	// QueueSize bounds the bans waiting to be pushed; default 10000.
 	QueueSize int
-	// Transport carries the requests; default a clone of
-	// http.DefaultTransport.
-	Transport http.RoundTripper
 	// LookupNetIP resolves the LAPI's host; default
 	// net.DefaultResolver.LookupNetIP.
 	LookupNetIP func(ctx context.Context, network, host string) ([]netip.Addr, error)
@@ -116,7 +114,6 @@ const (
 	defaultMaxBackoff   = time.Minute
 	defaultQueueSize    = 10000
 	firstBackoff        = time.Second
-	pushBatch           = 50
 	// permanent is the duration pushed for a ban without an end.
 	permanent = 10 * 365 * 24 * time.Hour
 	// logPerPull bounds the decisions logged one by one per pull and kind
@@ -242,11 +239,7 @@ func New(opts Options) (*Service, error) {
 	if opts.Protected == nil {
 		opts.Protected = func() []netip.Prefix { return nil }
 	}
-	tr := opts.Transport
-	if tr == nil {
-		tr = http.DefaultTransport.(*http.Transport).Clone()
-	}
-	api, err := newLAPI(&opts, u, tr)
+	api, err := newLAPI(&opts, u, http.DefaultTransport.(*http.Transport).Clone())
 	if err != nil {
 		return nil, err
 	}
@@ -273,13 +266,12 @@ func New(opts Options) (*Service, error) {
 	return s, nil
 }
 
-// Scenarios are the scenarios of the alerts the guard pushes: the
-// machine names them at login.
+// Scenarios are the scenarios of the alerts the guard pushes, one per
+// detector rule: the machine names them at login.
 func Scenarios() []string {
-	rules := []string{"call_rate", "concurrent", "prefix_guess", "international", "failed_probes", "auth_failures", "new_source"}
-	out := make([]string, len(rules))
-	for i, r := range rules {
-		out[i] = ScenarioPrefix + r
+	var out []string
+	for r := detector.Rule(1); r.String() != detector.Rule(0).String(); r++ {
+		out = append(out, ScenarioPrefix+r.String())
 	}
 	return out
 }

@@ -2,6 +2,7 @@ package crowdsec
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -78,5 +79,15 @@ func TestCheck(t *testing.T) {
 				t.Errorf("reason %q (%s), want %q", reason, detail, c.reason)
 			}
 		})
+	}
+}
+
+// The machine names a scenario for each detector rule at login.
+func TestScenarios(t *testing.T) {
+	got := Scenarios()
+	want := []string{"astguard/call_rate", "astguard/concurrent", "astguard/prefix_guess", "astguard/international",
+		"astguard/failed_probes", "astguard/auth_failures", "astguard/new_source"}
+	if !slices.Equal(got, want) {
+		t.Errorf("Scenarios() = %q, want %q", got, want)
 	}
 }

@@ -234,3 +234,30 @@ func TestTokenRenewal(t *testing.T) {
 		}
 	}
 }
+
+// A Local API (or whoever answers for it) that redirects the guard
+// elsewhere gets no credential sent there: redirects are refused.
+func TestRedirectRefused(t *testing.T) {
+	t.Parallel()
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Add(1)
+		io.WriteString(w, `{"new":[],"deleted":[]}`)
+	}))
+	defer other.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+r.URL.RequestURI(), http.StatusFound)
+	}))
+	defer srv.Close()
+	s := startService(t, Options{URL: srv.URL, Pull: true, APIKey: "the-key", Push: true, MachineID: "m1", Password: "the-password"})
+	waitFor(t, "both parts failing twice", func() bool {
+		st := s.Status()
+		return st["pull"].Failures >= 2 && st["push"].Failures >= 2
+	})
+	if n := elsewhere.Load(); n != 0 {
+		t.Errorf("%d requests followed the redirect", n)
+	}
+	if p := s.Status()["pull"].Problem; p != ProblemServer {
+		t.Errorf("pull problem %q, want %q", p, ProblemServer)
+	}
+}

@@ -25,7 +25,6 @@ type Problem string
 
 // The problems of a request.
 const (
-	ProblemNone Problem = ""
 	// ProblemUnreachable: no answer (refused, reset, timed out).
 	ProblemUnreachable Problem = "unreachable"
 	// ProblemUnauthorized: the LAPI refused the credentials (401, 403, or
@@ -190,6 +189,7 @@ func newLAPI(opts *Options, u *url.URL, base http.RoundTripper) (*lapi, error) {
 			return nil, errors.New("crowdsec: the machine's client has no JWT transport")
 		}
 		jt.Transport = limited
+		guardClient(c.watcher.GetClient(), opts.Timeout)
 		// A refused token is renewed once; no other status is retried
 		// there (its retries sleep, deaf to the guard's shutdown).
 		jt.RetryConfig = apiclient.NewRetryConfig(apiclient.WithStatusCodeConfig(http.StatusUnauthorized, 1, false, true))
@@ -213,12 +213,21 @@ func newLAPI(opts *Options, u *url.URL, base http.RoundTripper) (*lapi, error) {
 			return nil, errors.New("crowdsec: the bouncer's client has no API key transport")
 		}
 		kt.Transport = limited
+		guardClient(b.APIClient.GetClient(), opts.Timeout)
 		// The decisions of every source, the community's and the lists'
 		// included: crowdsec.origins and the scenarios filter them.
 		b.Opts.CommunityPull, b.Opts.AdditionalPull = true, true
 		c.bouncer = b
 	}
 	return c, nil
+}
+
+// guardClient bounds each request of a library's client to timeout and
+// refuses redirects: the libraries' transports would send the API key or
+// token again to wherever a redirect points.
+func guardClient(c *http.Client, timeout time.Duration) {
+	c.Timeout = timeout
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 }
 
 // login logs the machine in (the push part's first request, so that

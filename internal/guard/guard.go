@@ -301,9 +301,10 @@ func (g *Guard) newCrowdSec(cfg *config.Config) (*crowdsec.Service, error) {
 		Bans:      g.bans,
 		Protected: g.protected,
 		// The mode in effect: a reload changes it.
-		Enforcing: func() bool { return g.cfg.Load().Mode == config.ModeEnforce },
-		Logger:    g.log,
-		UserAgent: "astguard/" + version,
+		Enforcing:   func() bool { return g.cfg.Load().Mode == config.ModeEnforce },
+		Logger:      g.log,
+		UserAgent:   "astguard/" + version,
+		LookupNetIP: g.lookup,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("crowdsec: %w", err)
