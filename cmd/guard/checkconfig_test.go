@@ -132,3 +132,27 @@ func TestCheckConfigSecrets(t *testing.T) {
 		t.Errorf("bad key: exit %d, stderr %q", code, stderr)
 	}
 }
+
+// The [crowdsec] table's problems, each at its line; a credential missing
+// for a part that is on is placed at the line that turns it on.
+func TestCheckConfigCrowdSec(t *testing.T) {
+	t.Setenv("ASTGUARD_CROWDSEC_PASSWORD", "")
+	t.Setenv("ASTGUARD_CROWDSEC_API_KEY", "")
+	file, code, stdout, stderr := checkConfig(t, `[crowdsec]
+push = true
+pull = true
+url = "http://guard:s3cret@127.0.0.1:8080/"
+machine_id = "pbx-1"
+api_key = "k"
+pull_interval = "100ms"
+widest_ipv4 = 40
+`)
+	want := "config is invalid:\n" +
+		file + `:2: crowdsec.password is empty while crowdsec.push is true: set crowdsec.password, crowdsec.password_file or ASTGUARD_CROWDSEC_PASSWORD` + "\n" +
+		file + `:4: crowdsec.url: "http://127.0.0.1:8080/" must not hold credentials: use crowdsec.password or crowdsec.api_key` + "\n" +
+		file + `:7: crowdsec.pull_interval must be at least 1s` + "\n" +
+		file + `:8: crowdsec.widest_ipv4 must be between 0 and 32` + "\n"
+	if code != 1 || stdout != "" || stderr != want {
+		t.Errorf("exit %d, stdout %q\nstderr\n%s\nwant\n%s", code, stdout, stderr, want)
+	}
+}

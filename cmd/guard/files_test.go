@@ -191,3 +191,26 @@ func TestBansReadsInstalledConfig(t *testing.T) {
 		t.Fatalf("exit %d, stdout %q, stderr %q; want the installed config's ban", code, stdout, stderr)
 	}
 }
+
+// The CrowdSec credentials files are checked as the AMI secret's is.
+func TestRunRefusesSharedCrowdSecFiles(t *testing.T) {
+	cfg, _, _ := guardFiles(t, 0o600, 0o600)
+	dir := filepath.Dir(cfg)
+	t.Setenv(config.CrowdSecPasswordEnv, "")
+	t.Setenv(config.CrowdSecAPIKeyEnv, "")
+	pw, key := filepath.Join(dir, "crowdsec-password"), filepath.Join(dir, "crowdsec-key")
+	writeMode(t, pw, "pw\n", 0o600)
+	writeMode(t, key, "key\n", 0o644)
+	data, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data = append(data, "[crowdsec]\npush = true\npull = true\nmachine_id = \"pbx-1\"\npassword_file = \"crowdsec-password\"\napi_key_file = \"crowdsec-key\"\n"...)
+	writeMode(t, cfg, string(data), 0o600)
+	code, _, stderr := runGuard("run", "--config", cfg)
+	want := "run: refusing to start: unsafe file: readable by every user: " + key + ": mode 0644; run: chmod o-r " + key +
+		" (0600, or 0640 to share it with a group)\n"
+	if code != 1 || !strings.HasPrefix(stderr, want) {
+		t.Errorf("CrowdSec key 0644: exit %d, stderr\n%s\nwant\n%s", code, stderr, want)
+	}
+}

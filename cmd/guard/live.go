@@ -66,14 +66,16 @@ func configPathForAdmin(named string) string {
 }
 
 // checkRunFiles checks the configuration file, the file the AMI secret
-// came from, the notifiers' secret files and the database password files
-// of [secrets] as guard run wants them (fsafe.CheckNotPublic): regular files
+// came from, the notifiers' secret files, the database password files of
+// [secrets] and the CrowdSec credentials' files as guard run wants them
+// (fsafe.CheckNotPublic): regular files
 // owned by root or the guard's user, writable by no one else, readable by
 // no one but a group. With allowShared, a file whose only fault is that
 // every user can read it is accepted and returned, for a warning.
 func checkRunFiles(configPath string, cfg *config.Config, allowShared bool) (shared []string, err error) {
 	files := append([]string{configPath, cfg.SecretFilePath(configPath)}, cfg.NotifySecretFiles(configPath)...)
-	for _, p := range append(files, cfg.DBPasswordFiles()...) {
+	files = append(files, cfg.DBPasswordFiles()...)
+	for _, p := range append(files, cfg.CrowdSecSecretFiles(configPath)...) {
 		if p == "" {
 			continue
 		}
@@ -96,7 +98,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	record := fs.String("record", "", "also write everything received to this transcript (replayable with guard replay); an existing one is appended to")
 	recordMax := fs.Int64("record-max-bytes", 100<<20, "rotate the recording at this size")
 	recordKeep := fs.Int("record-keep", 5, "rotated recordings to keep")
-	allowShared := fs.Bool("allow-shared-files", false, "accept a configuration or AMI secret file every user can read (a container mount whose mode cannot be changed)")
+	allowShared := fs.Bool("allow-shared-files", false, "accept a configuration, AMI secret or CrowdSec credentials file every user can read (a container mount whose mode cannot be changed)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -131,6 +133,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	err = guard.Run(ctx, guard.Options{
 		Config:     cfg,
 		ConfigFile: file,
+		Version:    version,
 		Load: func() (*config.Config, error) {
 			c, err := config.Load(file)
 			if err != nil {

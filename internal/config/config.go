@@ -42,6 +42,7 @@ type Config struct {
 	Secrets   Secrets   `toml:"secrets"`
 	Policy    Policy    `toml:"policy"`
 	Notify    Notify    `toml:"notify"`
+	CrowdSec  CrowdSec  `toml:"crowdsec"`
 }
 
 // The values of Config.Mode.
@@ -393,7 +394,8 @@ func Default() *Config {
 			AuthFailures:  probe(),
 			NewSource:     RulePolicy{Warning: []string{ActionAlert}, Critical: []string{ActionAlert}},
 		},
-		Notify: defaultNotify(),
+		Notify:   defaultNotify(),
+		CrowdSec: defaultCrowdSec(),
 	}
 }
 
@@ -438,6 +440,7 @@ func parse(file string, data []byte, resolve bool) (*Config, error) {
 		if err := c.resolveSecret(filepath.Dir(file)); err != nil {
 			errs = append(errs, err)
 		}
+		errs = append(errs, c.resolveCrowdSec(filepath.Dir(file))...)
 		if c.AMI.TLSCA != "" && !filepath.IsAbs(c.AMI.TLSCA) {
 			c.AMI.TLSCA = filepath.Join(filepath.Dir(file), c.AMI.TLSCA)
 		}

@@ -198,6 +198,7 @@ func (c *Config) Validate() error {
 	c.Secrets.validate(&p)
 	c.Policy.validate(&p)
 	c.Notify.validate(&p)
+	c.CrowdSec.validate(&p)
 
 	return errors.Join(p...)
 }

@@ -327,6 +327,30 @@ critical = ["x7", "x7"]
 		`policy.call_rate.critical must be a list of strings, not a string`},
 	{"policy as list", `policy = ["alert"]`, `policy must be a table, not an array`},
 
+	// [crowdsec]
+	{"crowdsec url empty", "[crowdsec]\npull = true\nurl = \"\"",
+		`crowdsec.url: must be set while crowdsec.push or crowdsec.pull is true (e.g. "http://127.0.0.1:8080/")`},
+	{"crowdsec url scheme", `crowdsec.url = "ftp://lapi:8080/"`, `crowdsec.url: "ftp://lapi:8080/" must be an http:// or https:// URL with a host`},
+	{"crowdsec url without host", `crowdsec.url = "http:///v1"`, `crowdsec.url: "http:///v1" must be an http:// or https:// URL with a host`},
+	{"crowdsec url with credentials", `crowdsec.url = "http://guard:s3cretpw@lapi:8080/"`,
+		`crowdsec.url: "http://lapi:8080/" must not hold credentials: use crowdsec.password or crowdsec.api_key`},
+	{"crowdsec url with query", `crowdsec.url = "http://lapi:8080/?x=1"`, `crowdsec.url: "http://lapi:8080/?x=1" must have no query or fragment`},
+	{"crowdsec timeout 0", `crowdsec.timeout = "0s"`, `crowdsec.timeout must be > 0`},
+	{"crowdsec machine_id empty", "[crowdsec]\npush = true", `crowdsec.machine_id must not be empty while crowdsec.push is true`},
+	{"crowdsec machine_id space", "[crowdsec]\npush = true\nmachine_id = \"pbx 1\"", `crowdsec.machine_id must not contain spaces or control characters`},
+	{"crowdsec password LF", `crowdsec.password = "pw\nx"`, `crowdsec.password must not contain CR or LF`},
+	{"crowdsec api_key CR", `crowdsec.api_key = "key\r"`, `crowdsec.api_key must not contain CR or LF`},
+	{"crowdsec pull_interval too short", `crowdsec.pull_interval = "500ms"`, `crowdsec.pull_interval must be at least 1s`},
+	{"crowdsec scenario with comma", `crowdsec.scenarios_containing = ["astguard/,ssh"]`,
+		`crowdsec.scenarios_containing[0]: "astguard/,ssh" must be a word without commas, spaces or control characters`},
+	{"crowdsec scenario with space", `crowdsec.scenarios_not_containing = ["a b"]`,
+		`crowdsec.scenarios_not_containing[0]: "a b" must be a word without commas, spaces or control characters`},
+	{"crowdsec origin empty", `crowdsec.origins = ["crowdsec", ""]`,
+		`crowdsec.origins[1]: "" must be a word without commas, spaces or control characters`},
+	{"crowdsec widest_ipv4", `crowdsec.widest_ipv4 = 33`, `crowdsec.widest_ipv4 must be between 0 and 32`},
+	{"crowdsec widest_ipv6", `crowdsec.widest_ipv6 = -1`, `crowdsec.widest_ipv6 must be between 0 and 128`},
+	{"crowdsec unknown key", "[crowdsec]\nenabled = true", `unknown key crowdsec.enabled`},
+
 	// Unknown keys.
 	{"unknown top-level key", `foo = 1`, `unknown key foo`},
 	{"unknown top-level table", "[foo]\nbar = 1", `unknown key foo`},
@@ -515,6 +539,14 @@ func TestGoodValues(t *testing.T) {
 		// An empty list is allowed: no action.
 		"[policy.call_rate]\nwarning = []\ncritical = []",
 		`policy.new_source.critical = ["block_ip", "rotate_secret", "hangup", "alert"]`,
+		`crowdsec.url = "https://lapi.example.net:8443/"`,
+		`crowdsec.url = "http://[::1]:8080"`,
+		`crowdsec.url = ""`,                               // off
+		"[crowdsec]\npush = true\nmachine_id = \"pbx-1\"", // the password may come from the environment or a file
+		`crowdsec.pull_interval = "1s"`,
+		"[crowdsec]\nwidest_ipv4 = 0\nwidest_ipv6 = 128",
+		`crowdsec.scenarios_containing = ["astguard/", "crowdsecurity/sip-bf"]`,
+		`crowdsec.origins = ["crowdsec", "cscli", "astguard", "CAPI"]`,
 		"",
 	} {
 		if _, err := Parse([]byte(s)); err != nil {

@@ -28,6 +28,7 @@ import (
 	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/ami/client"
 	"github.com/astguard/astguard/internal/config"
+	"github.com/astguard/astguard/internal/crowdsec"
 	"github.com/astguard/astguard/internal/detector"
 	"github.com/astguard/astguard/internal/incident"
 	"github.com/astguard/astguard/internal/metrics"
@@ -65,6 +66,9 @@ type Options struct {
 	// Outcomes, if set, is called with every action outcome the guard
 	// logs, from the goroutine that logs it (tests).
 	Outcomes func(Outcome)
+	// Version is the guard's version, sent to CrowdSec in its User-Agent
+	// ("astguard/VERSION"); default "dev".
+	Version string
 }
 
 // Guard is a running guard.
@@ -78,8 +82,9 @@ type Guard struct {
 	events  *client.Client // events, config and Getvar actions
 	urgent  *client.Client // hang-ups only
 	bans    *bans.Manager
-	book    *incident.Book // the incidents: what was decided and done about each attack
-	table   *policy.Table  // the [policy] table; the detector loop's own
+	book    *incident.Book    // the incidents: what was decided and done about each attack
+	cs      *crowdsec.Service // nil unless [crowdsec] push or pull is on
+	table   *policy.Table     // the [policy] table; the detector loop's own
 	resp    *responder
 	notify  *notify.Notifier // nil: no sender configured
 	queue   chan incoming
@@ -109,6 +114,9 @@ type resyncItem struct {
 
 // Bans returns the ban manager (the admin endpoint, tests).
 func (g *Guard) Bans() *bans.Manager { return g.bans }
+
+// CrowdSec returns the guard's CrowdSec link, nil when it is off.
+func (g *Guard) CrowdSec() *crowdsec.Service { return g.cs }
 
 // Run runs the guard until ctx ends, then shuts down within 5 s.
 func Run(ctx context.Context, opts Options) error {
@@ -206,6 +214,9 @@ func Run(ctx context.Context, opts Options) error {
 	if g.table, err = policy.NewTable(&cfg.Policy); err != nil {
 		return err
 	}
+	if g.cs, err = g.newCrowdSec(cfg); err != nil {
+		return err
+	}
 
 	if err := g.dialAMI(cfg, opts.Record != ""); err != nil {
 		return err
@@ -220,6 +231,9 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer closeStore()
+	if g.cs != nil {
+		g.resp.banned = g.cs.Banned
+	}
 
 	var rec *recorder
 	if opts.Record != "" {
@@ -250,6 +264,9 @@ func Run(ctx context.Context, opts Options) error {
 	eg.Go(func() error { return g.incidentsLoop(egCtx) })
 	if g.notify != nil {
 		eg.Go(func() error { return g.notify.Run(egCtx, g.book) })
+	}
+	if g.cs != nil {
+		eg.Go(func() error { return g.cs.Run(egCtx) })
 	}
 	if msrv != nil {
 		eg.Go(func() error { return msrv.Serve(egCtx) })
@@ -312,6 +329,42 @@ func (g *Guard) secretStore(cfg *config.Config) (func() error, error) {
 	}
 	ev.Msg(msg)
 	return closeStore, nil
+}
+
+// newCrowdSec builds the link to CrowdSec that [crowdsec] asks for (nil
+// when push and pull are off) and adds its metrics to the guard's.
+func (g *Guard) newCrowdSec(cfg *config.Config) (*crowdsec.Service, error) {
+	c := &cfg.CrowdSec
+	if !c.Enabled() {
+		return nil, nil
+	}
+	version := g.opts.Version
+	if version == "" {
+		version = "dev"
+	}
+	s, err := crowdsec.New(crowdsec.Options{
+		URL: c.URL, Timeout: time.Duration(c.Timeout), Push: c.Push, Pull: c.Pull,
+		MachineID: c.MachineID, Password: c.Password.Reveal(), APIKey: c.APIKey.Reveal(),
+		PullInterval:           time.Duration(c.PullInterval),
+		ScenariosContaining:    c.ScenariosContaining,
+		ScenariosNotContaining: c.ScenariosNotContaining,
+		Origins:                c.Origins,
+		WidestIPv4:             c.WidestIPv4, WidestIPv6: c.WidestIPv6,
+		Bans:      g.bans,
+		Protected: g.protected,
+		// The mode in effect: a reload changes it.
+		Enforcing:   func() bool { return g.cfg.Load().Mode == config.ModeEnforce },
+		Logger:      g.log,
+		UserAgent:   "astguard/" + version,
+		LookupNetIP: g.lookup,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("crowdsec: %w", err)
+	}
+	if err := g.metrics.Registry().Register(s); err != nil {
+		return nil, fmt.Errorf("crowdsec metrics: %w", err)
+	}
+	return s, nil
 }
 
 // NewFirewall returns the firewall the configuration names: iptables with

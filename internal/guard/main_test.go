@@ -4,6 +4,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/astguard/astguard/internal/crowdsec/cstest"
 	"github.com/astguard/astguard/internal/testenv"
 	"github.com/astguard/astguard/internal/testenv/testdb"
 )
@@ -13,10 +14,14 @@ import (
 // by side than the machine has cores.
 //
 // The database servers of the secret stores' tests start at their first
-// use and stop here.
+// use and stop here; the CrowdSec tests share one real Local API
+// (cstest.Shared), stopped here too.
 func TestMain(m *testing.M) {
 	testenv.RaiseParallel(12)
 	code := m.Run()
 	testdb.Stop()
+	if err := cstest.StopShared(); err != nil {
+		code = 1
+	}
 	os.Exit(code)
 }

@@ -81,7 +81,26 @@ func (g *Guard) newMetrics(cfg *config.Config) *metrics.Metrics {
 		},
 		SilenceAlarm: time.Duration(cfg.Metrics.SilenceAlarm),
 		Notify:       notifyStats,
+		CrowdSec:     g.crowdSecHealth,
 	})
+}
+
+// crowdSecHealth is the state of the CrowdSec link for /healthz (nil
+// when it is off).
+func (g *Guard) crowdSecHealth() map[string]metrics.Upstream {
+	if g.cs == nil {
+		return nil
+	}
+	out := make(map[string]metrics.Upstream, 2)
+	for name, st := range g.cs.Status() {
+		u := metrics.Upstream{State: st.State, Problem: string(st.Problem), Detail: st.Detail, Since: st.Since.UTC(), Failures: st.Failures}
+		if !st.LastSuccess.IsZero() {
+			t := st.LastSuccess.UTC()
+			u.LastSuccess = &t
+		}
+		out[name] = u
+	}
+	return out
 }
 
 // listenMetrics binds metrics.listen (nil when it is empty).

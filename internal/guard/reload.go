@@ -36,7 +36,7 @@ type ReloadResult struct {
 // they set up exists once, from the start: the AMI sessions, the metrics
 // listener, the firewall, the bans' state file and its lock, the admin
 // socket, the notifier and its senders, the secret store (its database
-// connections). When one changes, the running value is kept (so that what the
+// connections), the link to CrowdSec. When one changes, the running value is kept (so that what the
 // guard reports and does stays true) and a warning names the key.
 var restartKeys = []string{
 	"ami",
@@ -48,6 +48,7 @@ var restartKeys = []string{
 	"response.admin_socket",
 	"notify",
 	"secrets",
+	"crowdsec",
 }
 
 // liveKeys are the keys (or tables) a reload applies at once: the mode

@@ -72,6 +72,7 @@ type responder struct {
 	// its reload may take on top of the AMI actions.
 	store     secret.Store
 	storeTime time.Duration
+	banned    func(bans.Ban) // told every ban recorded (pushed to CrowdSec); never blocks
 
 	mu      sync.Mutex
 	secrets map[string]*secret.File    // by path: the writes to one file are serialized
@@ -282,7 +283,11 @@ func (r *responder) ban(ctx context.Context, rs *response, d *policy.Decision, r
 			return
 		}
 	}
-	r.finish(ctx, rs, d, r.block.Ban(ctx, req, c, s).Outcome)
+	res := r.block.Ban(ctx, req, c, s)
+	if res.Ban.Prefix.IsValid() && r.banned != nil {
+		r.banned(res.Ban)
+	}
+	r.finish(ctx, rs, d, res.Outcome)
 }
 
 // blockSettings are the block settings of cfg.

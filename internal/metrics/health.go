@@ -35,6 +35,28 @@ type Health struct {
 	// Notifications are the notifier's counts (absent: no sender is
 	// configured). They never make the guard unhealthy.
 	Notifications *NotifyHealth `json:"notifications,omitempty"`
+	// CrowdSec is the state of each part ("push", "pull") of the link to
+	// CrowdSec, when it is on. Its failing never makes the guard
+	// unhealthy: the guard protects the PBX without it.
+	CrowdSec map[string]Upstream `json:"crowdsec,omitempty"`
+}
+
+// Upstream is the state of a link to a service the guard does without
+// when it fails (CrowdSec), as /healthz shows it.
+type Upstream struct {
+	// State is "connecting" (nothing answered yet), "up" or "down".
+	State string `json:"state"`
+	// Problem and Detail say why it is down: "unreachable",
+	// "unauthorized", "rejected", "server_error", "oversized" or
+	// "malformed", and the cause.
+	Problem string `json:"problem,omitempty"`
+	Detail  string `json:"detail,omitempty"`
+	// Since is when State or Problem last changed.
+	Since time.Time `json:"since"`
+	// Failures counts the failed attempts since it last worked.
+	Failures uint64 `json:"failures"`
+	// LastSuccess is when it last worked (absent: never).
+	LastSuccess *time.Time `json:"last_success,omitempty"`
 }
 
 // Link is the state of an AMI session's link, as /healthz shows it.
@@ -113,6 +135,10 @@ func (m *Metrics) Health() Health {
 	if m.opts.Notify != nil {
 		h.Notifications = notifyHealth(m.opts.Notify())
 	}
+	if m.opts.CrowdSec != nil {
+		h.CrowdSec = m.opts.CrowdSec()
+	}
+
 	if len(h.Reasons) > 0 {
 		h.Status = "unhealthy"
 	}

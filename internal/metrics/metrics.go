@@ -107,6 +107,8 @@ type Options struct {
 	// Notify, when set, reads the notifier's counts: exported as
 	// astguard_notifications_total and shown in /healthz.
 	Notify func() NotifyStats
+	// CrowdSec, when set, says how the link to CrowdSec does (/healthz).
+	CrowdSec func() map[string]Upstream
 }
 
 // Metrics is the guard's registry and the state behind its health check.

@@ -69,6 +69,8 @@ var packages = map[string]string{
 	"prometheus-alertmanager": "prometheus-alertmanager",
 	"mariadbd":                "mariadb-server",
 	"mariadb-install-db":      "mariadb-server",
+	"crowdsec":                "crowdsec",
+	"cscli":                   "crowdsec",
 }
 
 // RequireCommand skips t (fails it when strict) unless every one of names

@@ -32,8 +32,14 @@ import (
 	"github.com/astguard/astguard/internal/action/firewall"
 )
 
-// OriginAstguard is the Origin of a ban this guard decided.
-const OriginAstguard = "astguard"
+// The origins of a ban (Ban.Origin).
+const (
+	// OriginAstguard is the Origin of a ban this guard decided.
+	OriginAstguard = "astguard"
+	// OriginCrowdSec is the Origin of a ban applied from a CrowdSec
+	// decision (package crowdsec).
+	OriginCrowdSec = "crowdsec"
+)
 
 // Ban is one ban: traffic from Prefix is dropped from Since until Until.
 // It is also the ban's record in the state file (version 2).
@@ -57,7 +63,8 @@ type Ban struct {
 	// from version 1 without proof that it was applied): it is listed and
 	// expires, and a real firewall never applies it.
 	DryRun bool `json:"dry_run"`
-	// Origin says who decided the ban: OriginAstguard, this guard.
+	// Origin says who decided the ban: OriginAstguard, this guard, or
+	// OriginCrowdSec, a CrowdSec decision.
 	Origin string `json:"origin"`
 	// Incident names the incident that owns the ban (Request.Incident,
 	// e.g. "inc-3f9a0c12"); empty when the request named none.
@@ -90,6 +97,11 @@ func (b Ban) comment() string {
 // Request is a ban to record: Ban's argument.
 type Request struct {
 	Addr netip.Addr
+	// Prefix, when valid, is banned instead of Addr: a network (a range
+	// decision of CrowdSec) or one address.
+	Prefix netip.Prefix
+	// Origin is who decides the ban; "" is OriginAstguard.
+	Origin string
 	// TTL is how long the ban lasts; 0 is permanent.
 	TTL       time.Duration
 	Reason    string
@@ -627,7 +639,8 @@ func (m *Manager) poke() {
 	}
 }
 
-// Ban bans req.Addr for req.TTL and returns the ban as recorded. With a
+// Ban bans req.Addr (or req.Prefix) for req.TTL and returns the ban as
+// recorded. With a
 // dry-run firewall the ban is recorded as a dry-run ban (the firewall only
 // logs it); a real ban of the address then stays as it is and is returned:
 // a dry run changes nothing real. With a real firewall a dry-run ban of the
@@ -638,7 +651,10 @@ func (m *Manager) poke() {
 // file first, then applied to the firewall, so a crash in between
 // re-applies it at the next Start. Re-banning a banned address extends
 // Until (never shortens it) and keeps Since; Reason (and Rule and
-// Extension, when given) become the new ones.
+// Extension, when given) become the new ones. A ban of this guard's own
+// (OriginAstguard) stays its own: a request of another origin only extends
+// its Until, and a request of this guard's takes over a ban of another
+// origin.
 //
 // If the firewall fails the ban stays recorded, Run keeps re-applying it
 // (with backoff) and the error is returned. If the state file cannot be
@@ -647,14 +663,27 @@ func (m *Manager) poke() {
 // error wrapping firewall.ErrConntrack is logged and not returned: the
 // address is blocked, only its established flows may linger.
 func (m *Manager) Ban(ctx context.Context, req Request) (Ban, error) {
-	a, err := normalizeAddr(req.Addr)
-	if err != nil {
-		return Ban{}, err
+	var p netip.Prefix
+	if req.Prefix.IsValid() {
+		var err error
+		if p, err = normalizeBanPrefix(req.Prefix); err != nil {
+			return Ban{}, err
+		}
+	} else {
+		a, err := normalizeAddr(req.Addr)
+		if err != nil {
+			return Ban{}, err
+		}
+		p = single(a)
 	}
+	origin := req.Origin
+	if origin == "" {
+		origin = OriginAstguard
+	}
+	a := Ban{Prefix: p}.Target() // what the messages name
 	if req.TTL < 0 {
 		return Ban{}, fmt.Errorf("bans: negative ttl %v for %s", req.TTL, a)
 	}
-	p := single(a)
 	m.fwMu.Lock()
 	defer m.fwMu.Unlock()
 
@@ -669,20 +698,27 @@ func (m *Manager) Ban(ctx context.Context, req Request) (Ban, error) {
 	}
 	if n, ok := m.protectedLocked(p); ok {
 		m.mu.Unlock()
-		m.log.Warn().Str("ip", a.String()).Str("never", n.String()).Str("reason", req.Reason).Msg("ban refused: address is protected")
+		m.log.Warn().Str("ip", a).Str("never", n.String()).Str("reason", req.Reason).Str("origin", origin).Msg("ban refused: address is protected")
 		return Ban{}, fmt.Errorf("bans: %w: %s is in %s", ErrProtected, a, n)
 	}
 	now := m.clock().Round(0).UTC()
 	b, exists := m.bans[p]
 	if exists && !b.expired(now) && !b.DryRun && !m.real {
 		m.mu.Unlock()
-		m.log.Info().Str("ip", a.String()).Str("reason", req.Reason).Time("until", b.Until).
+		m.log.Info().Str("ip", a).Str("reason", req.Reason).Time("until", b.Until).
 			Msg("dry-run ban not recorded: the address has a real ban, which a dry run does not change")
 		return b, nil
 	}
 	if !exists || b.expired(now) || b.DryRun == m.real {
 		exists = false
-		b = Ban{Prefix: p, Since: now, Until: now.Add(req.TTL), DryRun: !m.real, Origin: OriginAstguard}
+		b = Ban{Prefix: p, Since: now, Until: now.Add(req.TTL), DryRun: !m.real, Origin: origin}
+	}
+	// A ban this guard decided stays its own when a CrowdSec decision
+	// bans the same address: only its Until may grow, so that the
+	// decision's deletion upstream never lifts it (UnbanOrigin).
+	keep := exists && b.Origin == OriginAstguard && origin != OriginAstguard
+	if origin == OriginAstguard {
+		b.Origin = OriginAstguard
 	}
 	switch {
 	case req.TTL == 0:
@@ -691,15 +727,17 @@ func (m *Manager) Ban(ctx context.Context, req Request) (Ban, error) {
 	case now.Add(req.TTL).After(b.Until):
 		b.Until = now.Add(req.TTL)
 	}
-	b.Reason = req.Reason
-	if req.Rule != "" {
-		b.Rule = req.Rule
-	}
-	if req.Extension != "" {
-		b.Extension = req.Extension
-	}
-	if req.Incident != "" {
-		b.Incident = req.Incident
+	if !keep {
+		b.Reason = req.Reason
+		if req.Rule != "" {
+			b.Rule = req.Rule
+		}
+		if req.Extension != "" {
+			b.Extension = req.Extension
+		}
+		if req.Incident != "" {
+			b.Incident = req.Incident
+		}
 	}
 	m.bans[p] = b
 	saveErr := m.saveLocked()
@@ -707,13 +745,17 @@ func (m *Manager) Ban(ctx context.Context, req Request) (Ban, error) {
 	m.poke()
 
 	fwErr := m.apply(ctx, b)
+	if !b.Prefix.IsSingleIP() {
+		m.log.Warn().Str("ip", a).Str("origin", b.Origin).
+			Msg("ban of a range recorded but not applied: the firewall applies bans of single addresses")
+	}
 	ev := m.log.Warn()
 	msg := "address banned"
 	if b.DryRun {
 		ev, msg = m.log.Info(), "dry-run ban recorded: the firewall only logs it"
 	}
-	ev = ev.Str("ip", a.String()).Str("reason", b.Reason).Str("rule", b.Rule).Str("ext", b.Extension).
-		Time("until", b.Until).Bool("extended", exists).Bool("dry_run", b.DryRun)
+	ev = ev.Str("ip", a).Str("reason", b.Reason).Str("rule", b.Rule).Str("ext", b.Extension).
+		Time("until", b.Until).Bool("extended", exists).Bool("dry_run", b.DryRun).Str("origin", b.Origin)
 	if fwErr != nil {
 		ev = ev.AnErr("firewall_error", fwErr)
 	}
@@ -753,6 +795,50 @@ func (m *Manager) apply(ctx context.Context, b Ban) error {
 	m.mu.Unlock()
 	m.poke()
 	return err
+}
+
+// UnbanOrigin lifts the ban of p if its Origin is origin: a CrowdSec
+// decision deleted upstream lifts the ban it made, never one this guard
+// decided itself. It returns ErrNotBanned, changing nothing, when p has no
+// ban of that origin. The firewall rule of a single address is removed
+// after the state file is written, as by Unban.
+func (m *Manager) UnbanOrigin(ctx context.Context, p netip.Prefix, origin string) error {
+	p, err := normalizeBanPrefix(p)
+	if err != nil {
+		return err
+	}
+	m.fwMu.Lock()
+	defer m.fwMu.Unlock()
+	m.mu.Lock()
+	if err := m.checkOpenLocked(); err != nil {
+		m.mu.Unlock()
+		return err
+	}
+	b, had := m.bans[p]
+	if !had || b.Origin != origin {
+		m.mu.Unlock()
+		return fmt.Errorf("bans: %w: %s (origin %s)", ErrNotBanned, Ban{Prefix: p}.Target(), origin)
+	}
+	delete(m.bans, p)
+	saveErr := m.saveLocked()
+	m.mu.Unlock()
+	m.poke()
+
+	var errs []error
+	if m.applies(b) {
+		if err := m.fw.Unblock(ctx, p.Addr()); err != nil {
+			m.mu.Lock()
+			m.retrySoon = true
+			m.mu.Unlock()
+			m.poke()
+			errs = append(errs, fmt.Errorf("bans: unblock %s: %w", b.Target(), err))
+		}
+	}
+	if saveErr != nil {
+		errs = append(errs, fmt.Errorf("bans: %s lifted but not saved yet: %w", b.Target(), saveErr))
+	}
+	m.log.Info().Str("ip", b.Target()).Str("origin", origin).Str("reason", b.Reason).Bool("dry_run", b.DryRun).Msg("ban lifted: its decision was deleted")
+	return errors.Join(errs...)
 }
 
 // Unban lifts the ban of addr: the state file first, then the firewall. It
