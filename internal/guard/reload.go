@@ -41,8 +41,10 @@ var restartKeys = []string{
 	"ami",
 	"metrics.listen",
 	"response.firewall",
+	"response.firewall_match",
 	"response.chain",
 	"response.ipv6",
+	"response.ipv6_prefix",
 	"response.state_file",
 	"response.admin_socket",
 }

@@ -167,7 +167,7 @@ func TestObserveKeepsAppliedBans(t *testing.T) {
 		if len(e.log.lines("observe mode: the bans already applied stay in the firewall; nothing is applied, re-applied, expired or lifted until the guard enforces again (guard unblock still lifts a ban)")) != 1 {
 			t.Fatal("no log line saying the applied bans stay")
 		}
-		e.fw.set(func(f *fakeFW) { f.rules[other] = "stray" })
+		e.fw.put(other, "stray")
 		calls := e.fw.countCalls("")
 		time.Sleep(time.Hour) // the bubble's fake clock: an hour passes at once
 		synctest.Wait()

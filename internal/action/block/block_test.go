@@ -148,12 +148,12 @@ type testFirewall struct {
 
 func (f *testFirewall) Real() bool { return f.real }
 
-func (f *testFirewall) Block(ctx context.Context, a netip.Addr, c string) error {
-	f.blocks.Add(1)
+func (f *testFirewall) Block(ctx context.Context, entries ...firewall.Entry) error {
+	f.blocks.Add(int32(len(entries)))
 	if f.fail != nil {
 		return f.fail
 	}
-	return f.DryRun.Block(ctx, a, c)
+	return f.DryRun.Block(ctx, entries...)
 }
 
 // manager starts a real ban manager over fw, with never as its protected

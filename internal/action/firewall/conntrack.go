@@ -16,10 +16,11 @@ type netlinkConntrack struct{}
 // maxDeleteErrors bounds the errors DeleteFlows collects.
 const maxDeleteErrors = 3
 
-// DeleteFlows dumps the conntrack table and deletes each entry whose
-// original source or reply destination (after NAT) is addr. Entries that
-// vanish between the dump and the delete are not errors.
-func (netlinkConntrack) DeleteFlows(ctx context.Context, addr netip.Addr) (int, error) {
+// DeleteFlows dumps the conntrack table once and deletes each entry whose
+// original source or reply destination (after NAT) is in one of prefixes.
+// Entries that vanish between the dump and the delete are not errors.
+func (netlinkConntrack) DeleteFlows(ctx context.Context, prefixes []netip.Prefix) (int, error) {
+	match := newPrefixMatcher(prefixes)
 	c, err := conntrack.Dial(nil)
 	if err != nil {
 		return 0, fmt.Errorf("open ctnetlink socket: %w", err)
@@ -32,7 +33,7 @@ func (netlinkConntrack) DeleteFlows(ctx context.Context, addr netip.Addr) (int, 
 	deleted := 0
 	var errs []error
 	for _, fl := range flows {
-		if !flowMatches(fl, addr) {
+		if !match.contains(fl.TupleOrig.IP.SourceAddress.Unmap()) && !match.contains(fl.TupleReply.IP.DestinationAddress.Unmap()) {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
@@ -53,7 +54,34 @@ func (netlinkConntrack) DeleteFlows(ctx context.Context, addr netip.Addr) (int, 
 	return deleted, errors.Join(errs...)
 }
 
-func flowMatches(fl conntrack.Flow, addr netip.Addr) bool {
-	return fl.TupleOrig.IP.SourceAddress.Unmap() == addr ||
-		fl.TupleReply.IP.DestinationAddress.Unmap() == addr
+// prefixMatcher tells whether an address is in one of a set of prefixes:
+// single addresses by a map lookup, networks one by one (a ban list holds
+// few).
+type prefixMatcher struct {
+	addrs map[netip.Addr]bool
+	nets  []netip.Prefix
+}
+
+func newPrefixMatcher(ps []netip.Prefix) prefixMatcher {
+	m := prefixMatcher{addrs: make(map[netip.Addr]bool, len(ps))}
+	for _, p := range ps {
+		if p.IsSingleIP() {
+			m.addrs[p.Addr()] = true
+		} else {
+			m.nets = append(m.nets, p)
+		}
+	}
+	return m
+}
+
+func (m prefixMatcher) contains(a netip.Addr) bool {
+	if m.addrs[a] {
+		return true
+	}
+	for _, p := range m.nets {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
