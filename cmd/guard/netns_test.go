@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/ti-mo/conntrack"
 
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/ami/amitest"
@@ -131,6 +132,11 @@ admin_socket = %q
 	if banned := testenv.Banned(t, chain); match == config.MatchIPSet && !strings.Contains(banned, "127.0.0.2 timeout") {
 		t.Fatalf("firewall_match = ipset: the ban is not in a set with a timeout:\n%s", banned)
 	}
+	// The firewall deletes the thief's conntrack entries right after the
+	// block, in the background.
+	testenv.WaitFor(t, "the conntrack entries of 127.0.0.2 deleted", 10*time.Second, func() bool {
+		return !tracked(t, netip.MustParseAddr("127.0.0.2"))
+	})
 	expectDropped(t, ln, flow, chain, "the thief's established flow after the block")
 	thief := dialUDP(t, "127.0.0.2:0", ln.LocalAddr().String())
 	expectDropped(t, ln, thief, chain, "a new datagram from 127.0.0.2 after the block")
@@ -142,6 +148,22 @@ admin_socket = %q
 		t.Fatalf("guard unblock: exit %d: %s", code, stderr.String())
 	}
 	expectDelivered(t, ln, thief, "a datagram from 127.0.0.2 after guard unblock")
+}
+
+// tracked reports whether conntrack has an entry whose original source is
+// a.
+func tracked(t *testing.T, a netip.Addr) bool {
+	t.Helper()
+	c, err := conntrack.Dial(nil)
+	if err != nil {
+		t.Fatalf("conntrack netlink socket: %v", err)
+	}
+	defer c.Close()
+	flows, err := c.Dump(nil)
+	if err != nil {
+		t.Fatalf("conntrack dump: %v", err)
+	}
+	return slices.ContainsFunc(flows, func(f conntrack.Flow) bool { return f.TupleOrig.IP.SourceAddress.Unmap() == a })
 }
 
 func sh(t *testing.T, name string, args ...string) {

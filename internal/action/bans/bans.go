@@ -213,13 +213,13 @@ const recoveredReason = "kept from the firewall rule found at start: the state f
 
 // Manager owns the bans. Its methods are safe for concurrent use.
 //
-// Locking: wMu is held by whoever writes the pending changes (the group
-// commit's leader); fwMu by whoever applies written changes to the
+// Locking: wTurn is held by whoever writes the pending changes (the group
+// commit's leader); fwTurn by whoever applies written changes to the
 // firewall, in the order they were written, or re-checks the firewall. A
 // slow or stuck firewall never holds up a write (an incident saved before
 // its hang-up), and a slow disk never a firewall check. mu guards the
 // fields and is never held across a write or a firewall call, so List
-// and new bans go on meanwhile. Whoever holds both took fwMu first.
+// and new bans go on meanwhile. Whoever holds both took fwTurn first.
 type Manager struct {
 	fw         firewall.Firewall
 	real       bool // fw.Real(): bans recorded now are real
@@ -231,9 +231,9 @@ type Manager struct {
 	teardown   bool
 	v6bits     int
 
-	wMu     sync.Mutex
-	journal *journal // written with wMu held
-	fwMu    sync.Mutex
+	wTurn   turn     // the writer's
+	journal *journal // written with wTurn held
+	fwTurn  turn     // the firewall's
 
 	mu        sync.Mutex
 	never     []netip.Prefix
@@ -265,6 +265,11 @@ type Manager struct {
 	// queue holds the rounds written and not yet applied to the firewall,
 	// oldest first.
 	queue []*round
+	// soonest is the earliest Until of the bans (zero: none) unless stale,
+	// when a change may have moved it: Run's timer, kept without a scan of
+	// every ban at each change.
+	soonest      time.Time
+	soonestStale bool
 
 	wake chan struct{} // tells Run that deadlines or the mode changed
 	stop chan struct{} // closed by Close
@@ -326,6 +331,8 @@ func New(opts Options) (*Manager, error) {
 		teardown:   opts.TeardownOnClose,
 		v6bits:     opts.IPv6Prefix,
 		journal:    newJournal(opts.StatePath),
+		wTurn:      newTurn(),
+		fwTurn:     newTurn(),
 		never:      never,
 		observing:  opts.Observe,
 		bans:       make(map[netip.Prefix]Ban),
@@ -422,8 +429,8 @@ func (m *Manager) Real() bool { return m.real }
 // never costs the entries still in the kernel. Failing to re-apply a ban
 // is logged and left to Run. A failed Start can be retried.
 func (m *Manager) Start(ctx context.Context) error {
-	m.fwMu.Lock()
-	defer m.fwMu.Unlock()
+	m.fwTurn.lock()
+	defer m.fwTurn.unlock()
 	m.mu.Lock()
 	switch {
 	case m.closed:
@@ -462,9 +469,9 @@ func (m *Manager) Start(ctx context.Context) error {
 			Msg("version 1 bans state migrated: version 1 did not record whether a ban was real; a ban counts as real only when the guard's chain holds its DROP rule, the others are kept as dry-run bans and never applied")
 	}
 
-	m.wMu.Lock()
+	m.wTurn.lock()
 	m.journal.sizes()
-	m.wMu.Unlock()
+	m.wTurn.unlock()
 	m.mu.Lock()
 	m.loadLocked(st.Bans)
 	m.incidents = st.Incidents
@@ -523,20 +530,34 @@ func (m *Manager) loadLocked(loaded []Ban) {
 		}
 		m.bans[p] = b
 	}
+	m.soonestStale = true
 }
 
 // setLocked records b (its prefix's ban from now on) for the next commit.
 // m.mu must be held.
 func (m *Manager) setLocked(b Ban) {
+	m.forgetLocked(b.Prefix)
 	m.bans[b.Prefix] = b
 	m.pending[b.Prefix] = struct{}{}
+	if !b.Permanent() && !m.soonestStale && (m.soonest.IsZero() || b.Until.Before(m.soonest)) {
+		m.soonest = b.Until
+	}
 }
 
 // dropLocked records that p is no longer banned, for the next commit.
 // m.mu must be held.
 func (m *Manager) dropLocked(p netip.Prefix) {
+	m.forgetLocked(p)
 	delete(m.bans, p)
 	m.pending[p] = struct{}{}
+}
+
+// forgetLocked marks soonest stale when p's ban, about to change, ends
+// then. m.mu must be held.
+func (m *Manager) forgetLocked(p netip.Prefix) {
+	if old, ok := m.bans[p]; ok && !old.Permanent() && old.Until.Equal(m.soonest) {
+		m.soonestStale = true
+	}
 }
 
 // pruneLocked drops the bans that expired while the guard was stopped or
@@ -590,7 +611,7 @@ func (m *Manager) countLocked() (real, dry int) {
 // activateLocked leaves observe mode: it drops expired and protected bans,
 // writes the state (the whole state file when it differs from what was
 // read, moving a corrupt file aside first), sets the firewall up and
-// applies the bans. m.fwMu must be held (not m.wMu).
+// applies the bans. m.fwTurn must be held (not m.wTurn).
 func (m *Manager) activateLocked(ctx context.Context) error {
 	m.mu.Lock()
 	m.observing = false
@@ -602,9 +623,9 @@ func (m *Manager) activateLocked(ctx context.Context) error {
 	m.mu.Unlock()
 	// The lifts of pruned bans are written here; their entries go with
 	// the sync below, after Setup.
-	m.wMu.Lock()
+	m.wTurn.lock()
 	m.writeLocked(false)
-	m.wMu.Unlock()
+	m.wTurn.unlock()
 
 	// A firewall that cannot be set up (iptables missing or refused) must
 	// not stop the guard: the bans are kept and Run keeps re-applying them,
@@ -629,8 +650,8 @@ func (m *Manager) activateLocked(ctx context.Context) error {
 // mode, and Run resumes expiring and re-applying. Nothing happens when the
 // manager already enforces. Errors are those of Start's firewall part.
 func (m *Manager) Enforce(ctx context.Context) error {
-	m.fwMu.Lock()
-	defer m.fwMu.Unlock()
+	m.fwTurn.lock()
+	defer m.fwTurn.unlock()
 	m.mu.Lock()
 	if err := m.checkOpenLocked(); err != nil {
 		m.mu.Unlock()
@@ -676,14 +697,17 @@ func (m *Manager) openRoundLocked() *round {
 	return m.round
 }
 
-// commit returns once r is written and applied. The caller that gets wMu
-// first writes every pending change, its own and those made meanwhile;
-// the callers after it find their round written and go on to the
-// firewall, where the first to get fwMu applies every written round.
+// commit returns once r is written and applied. The caller that gets the
+// writer's turn first writes every pending change, its own and those made
+// meanwhile; the callers waiting for the turn see their round written and
+// go on to the firewall, where the first to get the turn applies every
+// written round.
 func (m *Manager) commit(ctx context.Context, r *round) {
 	m.commitWrite(r)
-	m.fwMu.Lock()
-	defer m.fwMu.Unlock()
+	if !m.fwTurn.lockOr(r.applied) {
+		return
+	}
+	defer m.fwTurn.unlock()
 	select {
 	case <-r.applied:
 	default:
@@ -693,12 +717,36 @@ func (m *Manager) commit(ctx context.Context, r *round) {
 
 // commitWrite returns once r is written (or its write failed).
 func (m *Manager) commitWrite(r *round) {
-	m.wMu.Lock()
-	defer m.wMu.Unlock()
+	if !m.wTurn.lockOr(r.written) {
+		return
+	}
+	defer m.wTurn.unlock()
 	select {
 	case <-r.written:
 	default:
 		m.writeLocked(true)
+	}
+}
+
+// turn is a lock a waiter stops waiting for once the holder did its work
+// for it: a channel holding one token. A thousand bans waiting for one
+// write are woken at once when their round is written, instead of taking
+// a mutex one after the other only to see that.
+type turn chan struct{}
+
+func newTurn() turn { return make(turn, 1) }
+
+func (t turn) lock()   { t <- struct{}{} }
+func (t turn) unlock() { <-t }
+
+// lockOr takes the turn and reports true, or reports false once done is
+// closed.
+func (t turn) lockOr(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return false
+	case t <- struct{}{}:
+		return true
 	}
 }
 
@@ -710,7 +758,7 @@ func (m *Manager) commitWrite(r *round) {
 // again); the firewall is asked all the same, since blocking an attack
 // comes first. In observe mode the firewall is only asked to remove what
 // an administrator lifted (Unban). Without ops the round asks the firewall
-// nothing (the caller syncs it next). m.wMu must be held.
+// nothing (the caller syncs it next). m.wTurn must be held.
 func (m *Manager) writeLocked(ops bool) {
 	m.mu.Lock()
 	r := m.round
@@ -784,8 +832,7 @@ func (m *Manager) writeLocked(ops bool) {
 
 // applyLocked asks the firewall to do what the rounds written so far say,
 // in one batch: for each prefix what its latest round says. A failure is
-// every round's and has Run re-apply (a conntrack-only failure is logged:
-// the entries hold). m.fwMu must be held.
+// every round's and has Run re-apply. m.fwTurn must be held.
 func (m *Manager) applyLocked(ctx context.Context) {
 	m.mu.Lock()
 	queue := m.queue
@@ -816,11 +863,7 @@ func (m *Manager) applyLocked(ctx context.Context) {
 	if len(adds) > 0 {
 		es := slices.SortedFunc(maps.Values(adds), func(a, b firewall.Entry) int { return firewall.ComparePrefix(a.Prefix, b.Prefix) })
 		if err := m.fw.Block(ctx, es...); err != nil {
-			if errors.Is(err, firewall.ErrConntrack) {
-				m.log.Warn().Err(err).Int("count", len(es)).Msg("address blocked, established flows not cut")
-			} else {
-				errs = append(errs, err)
-			}
+			errs = append(errs, err)
 		}
 	}
 	fwErr := errors.Join(errs...)
@@ -854,7 +897,7 @@ func (m *Manager) busyLocked() map[netip.Prefix]struct{} {
 // write makes recs durable: appended to the journal, or, with snapshot,
 // the whole state (snap and incidents) written to the state file, the
 // journal emptied. A corrupt state file still in place is moved aside
-// first (never overwritten). m.wMu must be held.
+// first (never overwritten). m.wTurn must be held.
 func (m *Manager) write(recs []record, snapshot bool, snap []Ban, incidents json.RawMessage) error {
 	m.mu.Lock()
 	corrupt := m.corrupt
@@ -940,9 +983,7 @@ func (m *Manager) poke() {
 // re-applying it (with backoff) and the error says "recorded but not
 // applied yet". If the write fails the ban is applied anyway, kept in
 // memory, Run retries the write and the error says "applied but not saved
-// yet": blocking an attack comes first. A firewall error wrapping
-// firewall.ErrConntrack is logged and not returned: the address is
-// blocked, only its established flows may linger.
+// yet": blocking an attack comes first.
 func (m *Manager) Ban(ctx context.Context, req Request) (Ban, error) {
 	res := m.banMany(ctx, []Request{req}, true)
 	return res[0].Ban, res[0].Err
@@ -1442,14 +1483,19 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 }
 
+// nextExpiryLocked returns the earliest Until of the bans, scanning them
+// only when a change made the one known stale. m.mu must be held.
 func (m *Manager) nextExpiryLocked() (time.Time, bool) {
-	var next time.Time
-	for _, b := range m.bans {
-		if !b.Permanent() && (next.IsZero() || b.Until.Before(next)) {
-			next = b.Until
+	if m.soonestStale {
+		var next time.Time
+		for _, b := range m.bans {
+			if !b.Permanent() && (next.IsZero() || b.Until.Before(next)) {
+				next = b.Until
+			}
 		}
+		m.soonest, m.soonestStale = next, false
 	}
-	return next, !next.IsZero()
+	return m.soonest, !m.soonest.IsZero()
 }
 
 // expire lifts the bans whose Until has come (not in observe mode).
@@ -1492,8 +1538,8 @@ func (m *Manager) expire(ctx context.Context) {
 // pending state write. It reports whether everything is in order. In
 // observe mode it does nothing.
 func (m *Manager) sync(ctx context.Context) bool {
-	m.fwMu.Lock()
-	defer m.fwMu.Unlock()
+	m.fwTurn.lock()
+	defer m.fwTurn.unlock()
 	m.mu.Lock()
 	observing := m.observing
 	m.mu.Unlock()
@@ -1503,12 +1549,12 @@ func (m *Manager) sync(ctx context.Context) bool {
 	return m.syncLocked(ctx, false)
 }
 
-// syncLocked is sync with m.fwMu held (not m.wMu). atStart: re-applying
+// syncLocked is sync with m.fwTurn held (not m.wTurn). atStart: re-applying
 // is expected (the entries of a new boot are gone), not news.
 func (m *Manager) syncLocked(ctx context.Context, atStart bool) bool {
-	m.wMu.Lock()
+	m.wTurn.lock()
 	m.writeLocked(true) // what is pending, a failed write included
-	m.wMu.Unlock()
+	m.wTurn.unlock()
 	m.applyLocked(ctx)
 	m.mu.Lock()
 	dirty := m.dirty
@@ -1575,7 +1621,7 @@ func (m *Manager) syncLocked(ctx context.Context, atStart bool) bool {
 	var reapplied, removed []netip.Prefix
 	if add := append(missing, renewed...); len(add) > 0 {
 		slices.SortFunc(add, func(a, b firewall.Entry) int { return firewall.ComparePrefix(a.Prefix, b.Prefix) })
-		if err := m.fw.Block(ctx, add...); err != nil && !errors.Is(err, firewall.ErrConntrack) {
+		if err := m.fw.Block(ctx, add...); err != nil {
 			problems = append(problems, fmt.Sprintf("re-apply %d bans: %v", len(add), err))
 		} else {
 			for _, e := range missing {
@@ -1629,9 +1675,9 @@ func (m *Manager) adoptRules(ctx context.Context, found []netip.Prefix) {
 	if len(adopted) == 0 {
 		return
 	}
-	m.wMu.Lock()
+	m.wTurn.lock()
 	m.writeLocked(true)
-	m.wMu.Unlock()
+	m.wTurn.unlock()
 	m.applyLocked(ctx)
 	m.log.Warn().Int("count", len(adopted)).Strs("ips", prefixStrings(adopted)).Dur("for", m.recoverFor).
 		Msg("the state file was corrupt: the DROP rules found in the chain are kept as bans")
@@ -1706,11 +1752,11 @@ func (m *Manager) Close(ctx context.Context) error {
 	}
 	// Wait for a commit in flight (bounded by the firewall's own
 	// timeouts); later operations fail with ErrClosed.
-	m.fwMu.Lock()
-	defer m.fwMu.Unlock()
+	m.fwTurn.lock()
+	defer m.fwTurn.unlock()
 
 	var errs []error
-	m.wMu.Lock()
+	m.wTurn.lock()
 	m.mu.Lock()
 	observing := m.observing
 	// A clean stop folds the journal into the state file: it then holds
@@ -1722,7 +1768,7 @@ func (m *Manager) Close(ctx context.Context) error {
 	if !observing {
 		m.writeLocked(true)
 	}
-	m.wMu.Unlock()
+	m.wTurn.unlock()
 	if !observing {
 		m.applyLocked(ctx)
 	}
@@ -1737,9 +1783,9 @@ func (m *Manager) Close(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("bans: firewall teardown: %w", err))
 		}
 	}
-	m.wMu.Lock()
+	m.wTurn.lock()
 	m.journal.close()
-	m.wMu.Unlock()
+	m.wTurn.unlock()
 	m.mu.Lock()
 	m.lock.release()
 	m.lock = nil

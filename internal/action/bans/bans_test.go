@@ -251,20 +251,6 @@ func TestPersistBeforeApply(t *testing.T) {
 	}
 }
 
-func TestConntrackErrorCountsAsApplied(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	m := e.start(e.opts())
-	cterr := &firewall.Error{Op: "block", Err: firewall.ErrConntrack}
-	e.fw.set(func(f *fakeFW) { f.blockErr = cterr })
-	if _, err := ban(m, attack, time.Hour, "x", ""); err != nil {
-		t.Fatalf("Ban = %v, want nil: the block holds", err)
-	}
-	if e.log.count("address blocked, established flows not cut") != 1 {
-		t.Fatalf("conntrack failure not logged: %s", e.log)
-	}
-}
-
 func TestRebanExtends(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)

@@ -121,7 +121,7 @@ func replay(data []byte, st *State) error {
 
 // journal appends records to the journal of a state file and rewrites
 // the state file when the journal has grown. Not safe for concurrent use:
-// the Manager calls it with fwMu held.
+// the Manager calls it with its writer's turn.
 type journal struct {
 	path  string   // the state file
 	f     *os.File // the journal, open for appending; nil until the first append
@@ -187,15 +187,12 @@ func (j *journal) append(recs []record) error {
 	if err := j.open(); err != nil {
 		return err
 	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
+	buf := make([]byte, 0, 256*len(recs))
 	for i := range recs {
-		if err := enc.Encode(&recs[i]); err != nil { // Encode ends each with a newline
-			return fmt.Errorf("encode bans journal record: %w", err)
-		}
+		buf = appendRecord(buf, &recs[i])
 	}
 	name := JournalName(j.path)
-	if _, err := j.f.Write(buf.Bytes()); err != nil {
+	if _, err := j.f.Write(buf); err != nil {
 		_ = j.f.Truncate(j.size)
 		return fmt.Errorf("append to bans journal %s: %w", name, err)
 	}
@@ -203,7 +200,7 @@ func (j *journal) append(recs []record) error {
 		_ = j.f.Truncate(j.size)
 		return fmt.Errorf("sync bans journal %s: %w", name, err)
 	}
-	j.size += int64(buf.Len())
+	j.size += int64(len(buf))
 	return nil
 }
 

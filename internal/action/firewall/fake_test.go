@@ -323,17 +323,37 @@ func quoteArgs(args []string) string {
 type fakeFlows struct {
 	mu      sync.Mutex
 	deleted []netip.Prefix
+	dumps   int
 	err     error
+	gate    chan struct{} // when set, a dump waits for it to close
+	entered chan struct{} // when set, a dump sends on it first
 }
 
 func (f *fakeFlows) DeleteFlows(ctx context.Context, prefixes []netip.Prefix) (int, error) {
 	f.mu.Lock()
+	gate, entered := f.gate, f.entered
+	f.mu.Unlock()
+	if entered != nil {
+		entered <- struct{}{}
+	}
+	if gate != nil {
+		<-gate
+	}
+	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.dumps++
 	if f.err != nil {
 		return 0, f.err
 	}
 	f.deleted = append(f.deleted, prefixes...)
 	return len(prefixes), nil
+}
+
+// sorted returns the prefixes deleted, sorted.
+func (f *fakeFlows) sorted() []netip.Prefix {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.SortedFunc(slices.Values(f.deleted), ComparePrefix)
 }
 
 // pfx is the prefix of the single address a.

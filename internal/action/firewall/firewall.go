@@ -66,10 +66,11 @@ type Firewall interface {
 	// Idempotent.
 	Setup(ctx context.Context) error
 	// Block drops all traffic from each entry's prefix, unless it is
-	// dropped already (then a set entry's timeout is renewed), then
-	// deletes the conntrack entries of those prefixes so established flows
-	// stop as well. A batch is applied at once: all or none, or, for sets,
-	// entry by entry with the first failure returned.
+	// dropped already (then a set entry's timeout is renewed), and has the
+	// conntrack entries of those prefixes deleted right after, in the
+	// background, so established flows stop as well. A batch is applied
+	// at once: all or none, or, for sets, entry by entry with the first
+	// failure returned.
 	Block(ctx context.Context, entries ...Entry) error
 	// Unblock stops dropping each prefix (exactly that prefix: an address
 	// inside a blocked network stays blocked). A prefix, set or chain that
@@ -120,11 +121,11 @@ var (
 	// ErrSetsUnavailable: the kernel (or this network namespace) has no
 	// ipset; New falls back to IPTables with MatchAuto.
 	ErrSetsUnavailable = errors.New("kernel address sets (ipset) unavailable")
-	// ErrConntrack: Block put the DROP rule or set entry in place but could
-	// not delete the conntrack entries of the address, so flows that were already
-	// established may go on until they time out. The block itself holds;
-	// callers should log this and may retry Block (it is idempotent and
-	// deletes the entries again).
+	// ErrConntrack: the DROP rule or set entry is in place but the
+	// conntrack entries of the address could not be deleted, so flows that
+	// were already established may go on until they time out. The block
+	// itself holds. Logged (with the cause) by the firewall, which deletes
+	// them in the background.
 	ErrConntrack = errors.New("drop rule in place but conntrack entries not deleted")
 )
 

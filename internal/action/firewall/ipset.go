@@ -37,9 +37,10 @@ func (s Sets) all() []string { return []string{s.Addr4, s.Net4, s.Addr6, s.Net6}
 // with the entries, not with this bound.
 const maxSetElements = 1 << 20
 
-// setTable lists the netlink calls IPSet makes (a *netlink.Handle on the
-// netfilter protocol fits; IPSet calls it through safeSets), so tests can
-// fake them and fail them on purpose.
+// setTable lists the netlink calls IPSet makes (netlinkSets, a
+// *netlink.Handle on the netfilter protocol with batches of adds; IPSet
+// calls it through safeSets), so tests can fake them and fail them on
+// purpose.
 type setTable interface {
 	IpsetProtocol() (uint8, uint8, error)
 	IpsetCreate(name, typename string, opts netlink.IpsetCreateOptions) error
@@ -48,9 +49,12 @@ type setTable interface {
 	IpsetList(name string) (*netlink.IPSetResult, error)
 	IpsetAdd(name string, e *netlink.IPSetEntry) error
 	IpsetDel(name string, e *netlink.IPSetEntry) error
+	// IpsetAddMany adds entries as IpsetAdd with Replace does, many at a
+	// time; the first failure is returned.
+	IpsetAddMany(name string, entries []netlink.IPSetEntry) error
 }
 
-var _ setTable = (*netlink.Handle)(nil)
+var _ setTable = (*netlinkSets)(nil)
 
 // safeSets turns a panic of the netlink library into an error. Its ipset
 // calls assert that every error of a request is a syscall.Errno, and panic
@@ -99,6 +103,11 @@ func (s safeSets) IpsetDel(name string, e *netlink.IPSetEntry) (err error) {
 	return s.t.IpsetDel(name, e)
 }
 
+func (s safeSets) IpsetAddMany(name string, entries []netlink.IPSetEntry) (err error) {
+	defer recovered(&err)
+	return s.t.IpsetAddMany(name, entries)
+}
+
 // IPSet is the Firewall on kernel address sets: per family a hash:ip set
 // of single addresses and a hash:net set of networks, created and changed
 // over netlink, and in our chain (iptables or ip6tables, either backend)
@@ -114,7 +123,7 @@ type IPSet struct {
 	sets Sets
 	t    setTable
 	keep bool
-	ct   flowTable
+	cut  *flowCutter
 
 	mu sync.Mutex
 	// checked: the chain, its jump, the sets and their rules were found
@@ -148,7 +157,7 @@ func openSets() (setTable, error) {
 	if err != nil {
 		return nil, &Error{Op: "init", Step: "open a netlink socket", Err: fmt.Errorf("%w: %w", ErrSetsUnavailable, err)}
 	}
-	return h, nil
+	return &netlinkSets{Handle: h}, nil
 }
 
 func newIPSet(opts Options, ipt *IPTables, t setTable) (*IPSet, error) {
@@ -162,7 +171,7 @@ func newIPSet(opts Options, ipt *IPTables, t setTable) (*IPSet, error) {
 		sets: SetNames(ipt.chain),
 		t:    t,
 		keep: opts.KeepRulesOnSetup,
-		ct:   ipt.ct,
+		cut:  ipt.cut,
 	}
 	s.log.Debug().Strs("sets", s.familySets(true)).Msg("address sets ready")
 	return s, nil
@@ -338,34 +347,53 @@ func (s *IPSet) moveRulesIntoSets(ctx context.Context, fam *family) error {
 }
 
 // add puts entries into their sets, renewing the timeout of those there
-// already. A missing set is created (someone destroyed it) and the add
-// tried again.
+// already: one entry with IpsetAdd, more in batches (IpsetAddMany). A
+// missing set is created (someone destroyed it) and the add tried again.
 func (s *IPSet) add(ctx context.Context, op string, entries []Entry) error {
-	var e netlink.IPSetEntry
-	for i, en := range entries {
-		if i%1024 == 0 {
-			if err := ctx.Err(); err != nil {
-				return newError(op, netip.Prefix{}, "", err)
-			}
-		}
+	if err := ctx.Err(); err != nil {
+		return newError(op, netip.Prefix{}, "", err)
+	}
+	bySet := map[string][]netlink.IPSetEntry{}
+	var order []string
+	var one netip.Prefix
+	if len(entries) == 1 {
+		one = entries[0].Prefix
+	}
+	for _, en := range entries {
 		set := s.setFor(en.Prefix)
 		secs := setTimeout(en.Timeout)
-		e = netlink.IPSetEntry{IP: net.IP(en.Prefix.Addr().AsSlice()), Timeout: &secs, Replace: true}
+		e := netlink.IPSetEntry{IP: net.IP(en.Prefix.Addr().AsSlice()), Timeout: &secs, Replace: true}
 		if !en.Prefix.IsSingleIP() {
 			e.CIDR = uint8(en.Prefix.Bits())
 		}
-		err := s.t.IpsetAdd(set, &e)
+		if _, ok := bySet[set]; !ok {
+			order = append(order, set)
+		}
+		bySet[set] = append(bySet[set], e)
+	}
+	for _, set := range order {
+		es := bySet[set]
+		put := func() error {
+			if len(es) == 1 {
+				return s.t.IpsetAdd(set, &es[0])
+			}
+			return s.t.IpsetAddMany(set, es)
+		}
+		err := put()
 		if isNoSet(err) {
-			fam := s.ipt.familyOf(en.Prefix)
+			fam := s.ipt.v4
+			if set == s.sets.Addr6 || set == s.sets.Net6 {
+				fam = s.ipt.v6
+			}
 			if err := s.ensureSet(ctx, op, fam, set); err != nil {
-				return withPrefix(err, en.Prefix)
+				return withPrefix(err, one)
 			}
 			s.checked = false // its rule may be gone too
 			s.log.Warn().Str("set", set).Msg("address set was missing, created again")
-			err = s.t.IpsetAdd(set, &e)
+			err = put()
 		}
 		if err != nil {
-			return setError(op, en.Prefix, "add to set "+set, err)
+			return setError(op, one, "add to set "+set, err)
 		}
 	}
 	return nil
@@ -384,8 +412,8 @@ func setTimeout(d time.Duration) uint32 {
 // hash:ip set, a network to its hash:net set) with its timeout, renewing
 // the timeout of an entry there already; then, if a piece was found
 // missing since (Blocked), it repairs the chain, its jump and the rules
-// matching the sets; then it deletes the conntrack entries of all the
-// prefixes (a failure there wraps ErrConntrack, as for IPTables).
+// matching the sets. Right after, in the background, the conntrack
+// entries of all the prefixes are deleted (see flowCutter).
 func (s *IPSet) Block(ctx context.Context, entries ...Entry) error {
 	v4, v6, err := s.ipt.checkEntries(entries)
 	if err != nil {
@@ -406,7 +434,8 @@ func (s *IPSet) Block(ctx context.Context, entries ...Entry) error {
 	} else {
 		s.log.Info().Int("count", len(all)).Msg("addresses blocked")
 	}
-	return deleteFlows(ctx, s.ct, s.log, all)
+	s.cut.cut(all)
+	return nil
 }
 
 // repair makes sure our chain, its jump and the rules matching the sets

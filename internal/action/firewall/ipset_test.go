@@ -15,6 +15,8 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
+
+	"github.com/astguard/astguard/internal/testenv"
 )
 
 // fakeSet is a set of fakeSets.
@@ -167,6 +169,16 @@ func (f *fakeSets) IpsetAdd(name string, e *netlink.IPSetEntry) error {
 	return nil
 }
 
+func (f *fakeSets) IpsetAddMany(name string, entries []netlink.IPSetEntry) error {
+	var first error
+	for i := range entries {
+		if err := f.IpsetAdd(name, &entries[i]); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
 func (f *fakeSets) IpsetDel(name string, e *netlink.IPSetEntry) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -289,8 +301,9 @@ func TestIPSetBlockUnblock(t *testing.T) {
 			t.Errorf("%s = %q, want %q", set, got, want)
 		}
 	}
-	if want := []netip.Prefix{pfx(addr2), pfx(addr3), netip.MustParsePrefix("203.0.113.0/24"), net6, pfx(addr6)}; !slices.Equal(r.flows.deleted, want) {
-		t.Fatalf("conntrack deletions = %v, want %v", r.flows.deleted, want)
+	r.fw.cut.wait()
+	if want := []netip.Prefix{pfx(addr2), pfx(addr3), netip.MustParsePrefix("203.0.113.0/24"), pfx(addr6), net6}; !slices.Equal(r.flows.sorted(), want) {
+		t.Fatalf("conntrack deletions = %v, want %v", r.flows.sorted(), want)
 	}
 	mustNil(t, "renew", r.fw.Block(ctx, Entry{Prefix: pfx(addr2), Timeout: time.Hour}))
 	if got := r.sets.entries("ASTGUARD-a4"); got[0] != "192.0.2.2/32=3600s" {
@@ -512,5 +525,53 @@ func TestSetTimeout(t *testing.T) {
 		if got := setTimeout(d); got != want {
 			t.Errorf("setTimeout(%v) = %d, want %d", d, got, want)
 		}
+	}
+}
+
+// The kernel's batch of adds: more than a chunk of entries in a real set,
+// in a private network namespace; one the kernel refuses (an IPv6 address
+// in an IPv4 set) is named in the error and the others are added.
+func TestNetnsIpsetAddMany(t *testing.T) {
+	testenv.RequireCommand(t, "ipset")
+	if !testenv.InNetns(t) {
+		return
+	}
+	h, err := openSets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sets := safeSets{h}
+	timeout := uint32(3600)
+	if err := sets.IpsetCreate("AGTBATCH-a4", "hash:ip", netlink.IpsetCreateOptions{Family: syscall.AF_INET, Timeout: &timeout, MaxElements: maxSetElements}); err != nil {
+		t.Fatal(err)
+	}
+	var entries []netlink.IPSetEntry
+	for i := range 3*batchChunk + 7 {
+		a := netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)})
+		entries = append(entries, netlink.IPSetEntry{IP: net.IP(a.AsSlice()), Timeout: &timeout, Replace: true})
+	}
+	bad := len(entries) / 2
+	entries[bad].IP = net.ParseIP("2001:db8::1")
+	err = sets.IpsetAddMany("AGTBATCH-a4", entries)
+	if err == nil || !strings.Contains(err.Error(), "2001:db8::1") {
+		t.Fatalf("IpsetAddMany with an IPv6 address in an IPv4 set = %v, want an error naming it", err)
+	}
+	res, err := sets.IpsetList("AGTBATCH-a4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Entries) != len(entries)-1 {
+		t.Fatalf("%d entries in the set, want %d", len(res.Entries), len(entries)-1)
+	}
+	// Again: renewed, no error, and the socket still in step.
+	entries[bad].IP = net.IP(netip.MustParseAddr("100.64.255.255").AsSlice())
+	if err := sets.IpsetAddMany("AGTBATCH-a4", entries); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := sets.IpsetList("AGTBATCH-a4"); len(res.Entries) != len(entries) {
+		t.Fatalf("%d entries after the second batch, want %d", len(res.Entries), len(entries))
+	}
+	if err := sets.IpsetAddMany("AGTNOSUCH-a4", entries[:3]); !isNoSet(err) {
+		t.Fatalf("IpsetAddMany to a missing set = %v, want ENOENT", err)
 	}
 }

@@ -91,7 +91,7 @@ type IPTables struct {
 	keep  bool
 	v4    *family
 	v6    *family // nil when IPv6 is not managed
-	ct    flowTable
+	cut   *flowCutter
 	// restore applies a batch; sets are the names of IPSet's sets, whose
 	// rules Setup removes (they are IPSet's, not ours).
 	restore restoreFunc
@@ -148,9 +148,10 @@ func newIPTables(opts Options, open tableFactory, ct flowTable) (*IPTables, erro
 		keep:  opts.KeepRulesOnSetup,
 		sets:  SetNames(opts.Chain).all(),
 	}
-	if !opts.DisableConntrack {
-		f.ct = ct
+	if opts.DisableConntrack {
+		ct = nil
 	}
+	f.cut = newFlowCutter(ct, f.log)
 
 	v4, err := openFamily(open, false, opts.LockWait)
 	if err != nil {
@@ -165,7 +166,7 @@ func newIPTables(opts Options, open tableFactory, ct flowTable) (*IPTables, erro
 			f.v6 = v6
 		}
 	}
-	f.log.Debug().Str("chain", f.chain).Bool("ipv6", f.v6 != nil).Bool("conntrack", f.ct != nil).
+	f.log.Debug().Str("chain", f.chain).Bool("ipv6", f.v6 != nil).Bool("conntrack", ct != nil).
 		Msg("firewall ready")
 	return f, nil
 }
@@ -400,12 +401,9 @@ func (f *IPTables) checkEntries(entries []Entry) (v4, v6 []Entry, err error) {
 // our chain and its jump exist (someone may have deleted them), lists the
 // chain once and adds a DROP rule for each prefix that has none: one
 // `iptables -A` for a single rule, one `iptables-restore --noflush` for
-// more. Then it deletes the conntrack entries of all the prefixes. Entry
-// timeouts are not used: a rule stays until Unblock.
-//
-// If only the conntrack step fails the rules stay in place and the error
-// wraps ErrConntrack (and ErrTemporary): callers should log it, not treat the
-// block as failed. Block is idempotent, so retrying repeats the deletion.
+// more. Entry timeouts are not used: a rule stays until Unblock. Right
+// after, in the background, the conntrack entries of all the prefixes are
+// deleted (see flowCutter).
 func (f *IPTables) Block(ctx context.Context, entries ...Entry) error {
 	v4, v6, err := f.checkEntries(entries)
 	if err != nil {
@@ -419,39 +417,7 @@ func (f *IPTables) Block(ctx context.Context, entries ...Entry) error {
 			return err
 		}
 	}
-	return deleteFlows(ctx, f.ct, f.log, append(v4, v6...))
-}
-
-// deleteFlows deletes the conntrack entries of what entries block (ct nil:
-// disabled). A failure wraps ErrConntrack.
-func deleteFlows(ctx context.Context, ct flowTable, log zerolog.Logger, entries []Entry) error {
-	if ct == nil || len(entries) == 0 {
-		return nil
-	}
-	var one netip.Prefix
-	if len(entries) == 1 {
-		one = entries[0].Prefix
-	}
-	if err := ctx.Err(); err != nil {
-		return &Error{Op: "block", Prefix: one, Step: "delete conntrack entries", Err: fmt.Errorf("%w: %w", ErrConntrack, err)}
-	}
-	ps := make([]netip.Prefix, len(entries))
-	for i, e := range entries {
-		ps[i] = e.Prefix
-	}
-	n, err := ct.DeleteFlows(ctx, ps)
-	if err != nil {
-		return &Error{Op: "block", Prefix: one, Step: "delete conntrack entries", Err: fmt.Errorf("%w: %w", ErrConntrack, err), temporary: true}
-	}
-	if n > 0 {
-		ev := log.Info().Int("flows", n)
-		if one.IsValid() {
-			ev = ev.Str("ip", PrefixString(one))
-		} else {
-			ev = ev.Int("blocked", len(entries))
-		}
-		ev.Msg("conntrack entries deleted")
-	}
+	f.cut.cut(append(v4, v6...))
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/netip"
@@ -145,7 +146,8 @@ func TestBlockUnblock(t *testing.T) {
 	if want := []netip.Addr{addr2, addr3, addr6}; !slices.Equal(addrsIn(got), want) {
 		t.Fatalf("Blocked = %v, want %v", got, want)
 	}
-	if want := pfxs(addr2, addr2, addr3, addr6); !slices.Equal(r.flows.deleted, want) {
+	r.fw.cut.wait()
+	if want := pfxs(addr2, addr2, addr3, addr6); !slices.Equal(r.flows.sorted(), want) {
 		t.Fatalf("conntrack deletions = %v, want %v", r.flows.deleted, want)
 	}
 
@@ -431,16 +433,47 @@ func TestFailureAtAppendNamesTheStep(t *testing.T) {
 	}
 }
 
+// The conntrack entries are deleted after Block returned, one dump for
+// the prefixes blocked meanwhile; a failure there is logged and leaves the
+// block in place.
 func TestConntrackFailureKeepsTheBlock(t *testing.T) {
+	var logs bytes.Buffer
 	r := newRig(t, Options{})
+	r.fw.cut.log = zerolog.New(&logs)
 	mustNil(t, "setup", r.fw.Setup(ctx))
+	r.flows.mu.Lock()
 	r.flows.err = errors.New("netlink: permission denied")
-	err := r.fw.Block(ctx, entry(addr2, "x"))
-	if !errors.Is(err, ErrConntrack) || !IsTemporary(err) {
-		t.Fatalf("err = %v, want temporary ErrConntrack", err)
+	r.flows.mu.Unlock()
+	mustNil(t, "block", r.fw.Block(ctx, entry(addr2, "x")))
+	r.fw.cut.wait()
+	if !strings.Contains(logs.String(), `"message":"address blocked, established flows not cut"`) ||
+		!strings.Contains(logs.String(), "netlink: permission denied") || !strings.Contains(logs.String(), `"ip":"192.0.2.2"`) {
+		t.Fatalf("conntrack failure not logged with its cause: %s", logs.String())
 	}
 	if got, _ := r.fw.Blocked(ctx); !slices.Equal(addrsIn(got), []netip.Addr{addr2}) {
 		t.Fatalf("block undone by conntrack failure: Blocked = %v", got)
+	}
+}
+
+// Blocks made while a dump runs wait for the next: one dump for them all.
+func TestConntrackOneDumpForABurst(t *testing.T) {
+	r := newRig(t, Options{})
+	mustNil(t, "setup", r.fw.Setup(ctx))
+	gate, entered := make(chan struct{}), make(chan struct{}, 2)
+	r.flows.mu.Lock()
+	r.flows.gate, r.flows.entered = gate, entered
+	r.flows.mu.Unlock()
+	mustNil(t, "block", r.fw.Block(ctx, entry(addr2, "x")))
+	<-entered // its dump runs, held at the gate
+	for _, a := range []netip.Addr{addr3, addr6, netip.MustParseAddr("192.0.2.4")} {
+		mustNil(t, "block", r.fw.Block(ctx, entry(a, "x")))
+	}
+	close(gate)
+	r.fw.cut.wait()
+	r.flows.mu.Lock()
+	defer r.flows.mu.Unlock()
+	if r.flows.dumps != 2 || len(r.flows.deleted) != 4 {
+		t.Fatalf("%d dumps deleting %v, want 2 for the 4 prefixes", r.flows.dumps, r.flows.deleted)
 	}
 }
 
@@ -448,6 +481,7 @@ func TestConntrackDisabled(t *testing.T) {
 	r := newRig(t, Options{DisableConntrack: true})
 	mustNil(t, "setup", r.fw.Setup(ctx))
 	mustNil(t, "block", r.fw.Block(ctx, entry(addr2, "x")))
+	r.fw.cut.wait()
 	if len(r.flows.deleted) != 0 {
 		t.Fatal("conntrack used although disabled")
 	}

@@ -351,9 +351,9 @@ func testConntrack(t *testing.T, fw, noCT firewall.Firewall, f ipt, chain string
 	if err := fw.Block(bg, entry(f.blocked, "astguard test: conntrack "+f.name)); err != nil {
 		t.Fatalf("Block: %v", err)
 	}
-	if fl := flowsFrom(t, f.blocked); len(fl) != 0 {
-		t.Fatalf("conntrack entries of %s left after Block: %d", f.blocked, len(fl))
-	}
+	testenv.WaitFor(t, "the conntrack entries of "+f.blocked.String()+" deleted after Block", 10*time.Second, func() bool {
+		return len(flowsFrom(t, f.blocked)) == 0
+	})
 	l.dropped(t, f, chain, "after-block", func() { send("after-block") })
 	t.Logf("Block with conntrack deletion: entry deleted, next datagram of the flow dropped")
 
