@@ -129,6 +129,9 @@ func TestObserveChangesNothingUntilEnforce(t *testing.T) {
 	if after, _ := os.Stat(e.path); !after.ModTime().Equal(before.ModTime()) || after.Size() != before.Size() {
 		t.Fatal("observe mode wrote the state file")
 	}
+	if _, err := os.Stat(JournalName(e.path)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("observe mode wrote a journal: %v", err)
+	}
 	if got := e.log.lines("address is protected but its ban stays: observe mode lifts nothing; it is lifted when the guard enforces, or now with guard unblock"); len(got) != 1 {
 		t.Fatalf("%d warnings that a protected address stays banned, want 1", len(got))
 	}
