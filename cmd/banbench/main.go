@@ -18,7 +18,9 @@
 //
 //   - the cost for every packet: iperf3 UDP of small datagrams over a veth
 //     pair from a second namespace, received packets per second with no
-//     firewall, with the sets empty and full, and with the per-rule chain.
+//     guard chain, with the sets full, and with the per-rule chain at a
+//     tenth of its size and full; the cases take turns, round after round,
+//     each compared with the run without a chain of its round.
 //
 //     go build -o /tmp/banbench ./cmd/banbench && sudo /tmp/banbench
 //     sudo /tmp/banbench --bans 100000 --rules 10000 --seconds 5 --repeat 3
@@ -73,7 +75,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.rules, "rules", 10000, "bans as one iptables rule each (slow beyond some 10,000)")
 	fs.IntVar(&o.single, "single", 1000, "single bans timed one after the other")
 	fs.IntVar(&o.seconds, "seconds", 3, "seconds of each iperf3 run")
-	fs.IntVar(&o.repeat, "repeat", 3, "iperf3 runs per case (the median is reported)")
+	fs.IntVar(&o.repeat, "repeat", 5, "rounds of iperf3 runs, one run of each case a round (medians are reported)")
 	fs.IntVar(&o.length, "length", 64, "UDP payload bytes of iperf3")
 	fs.BoolVar(&o.packets, "packets", true, "measure the packet cost with iperf3")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the timing cases to this file")
@@ -156,9 +158,15 @@ func (b *bench) all() error {
 	if err := b.scale("rules", rules, b.o.rules); err != nil {
 		return err
 	}
+	if err := sets.Teardown(context.Background()); err != nil {
+		return err
+	}
+	if err := rules.Teardown(context.Background()); err != nil {
+		return err
+	}
 	if b.o.packets {
 		b.printf("\n")
-		return b.packets(sets, rules)
+		return b.packets()
 	}
 	return nil
 }
@@ -168,7 +176,8 @@ func (b *bench) fwOptions() firewall.Options {
 }
 
 // manager starts a bans manager over fw with a state file of its own
-// (fresh: a new file).
+// (fresh: a new file), and runs it (expiry, the periodic check, folding
+// the journal in) until it is closed.
 func (b *bench) manager(fw firewall.Firewall, name string, fresh bool) (*bans.Manager, error) {
 	path := filepath.Join(b.dir, name, "bans.json")
 	if fresh {
@@ -178,7 +187,11 @@ func (b *bench) manager(fw firewall.Firewall, name string, fresh bool) (*bans.Ma
 	if err != nil {
 		return nil, err
 	}
-	return m, m.Start(context.Background())
+	if err := m.Start(context.Background()); err != nil {
+		return nil, err
+	}
+	go func() { _ = m.Run(context.Background()) }() // as the guard runs it; Close stops it
+	return m, nil
 }
 
 // addr is the i-th banned address: 100.64.0.0/10 onwards, never the
@@ -351,15 +364,67 @@ func check(fw firewall.Firewall, n int) error {
 }
 
 // packets measures received UDP packets per second over a veth pair from
-// a second namespace, for each firewall state.
-func (b *bench) packets(sets, rules firewall.Firewall) error {
+// a second namespace. The firewalls are filled once, each in a chain of
+// its own, and a run hooks one chain into INPUT (or none): the cases take
+// turns, round after round, and each is compared with the run without a
+// chain of the same round, so that a machine busy with other work skews
+// the ratios less than the rates.
+func (b *bench) packets() error {
 	ctx := context.Background()
+	type fwCase struct {
+		name  string
+		chain string // "": no chain hooked
+		fw    firewall.Firewall
+		bans  int
+	}
+	opts := func(chain string) firewall.Options {
+		return firewall.Options{Chain: chain, KeepRulesOnSetup: true, DisableConntrack: true, Logger: b.log}
+	}
+	sets, err := firewall.NewIPSet(opts("BBSETS"))
+	if err != nil {
+		return err
+	}
+	small, err := firewall.NewIPTables(opts("BBRSMALL"))
+	if err != nil {
+		return err
+	}
+	rules, err := firewall.NewIPTables(opts("BBRULES"))
+	if err != nil {
+		return err
+	}
+	cases := []fwCase{
+		{name: "no guard chain"},
+		{name: "sets", chain: "BBSETS", fw: sets, bans: b.o.bans},
+		{name: "rules", chain: "BBRSMALL", fw: small, bans: b.o.rules / 10},
+		{name: "rules", chain: "BBRULES", fw: rules, bans: b.o.rules},
+	}
+	for _, c := range cases[1:] {
+		if err := c.fw.Setup(ctx); err != nil {
+			return err
+		}
+		entries := make([]firewall.Entry, c.bans)
+		for i := range entries {
+			entries[i] = firewall.Entry{Prefix: netip.PrefixFrom(addr(i), 32), Timeout: time.Hour, Comment: "banbench"}
+		}
+		if err := c.fw.Block(ctx, entries...); err != nil {
+			return err
+		}
+		if err := check(c.fw, c.bans); err != nil {
+			return err
+		}
+		if err := sh("iptables", "-D", "INPUT", "-j", c.chain); err != nil {
+			return err
+		}
+		defer c.fw.Teardown(ctx)
+	}
+
 	peer, stop, err := veth()
 	if err != nil {
 		return err
 	}
 	defer stop()
 	server := exec.Command("iperf3", "-s", "-B", "10.99.0.1")
+	server.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := server.Start(); err != nil {
 		return fmt.Errorf("iperf3 -s: %w", err)
 	}
@@ -368,63 +433,59 @@ func (b *bench) packets(sets, rules firewall.Firewall) error {
 		return err
 	}
 
-	type state struct {
-		name string
-		set  func() error
-	}
-	apply := func(fw firewall.Firewall, name string, n int) func() error {
-		return func() error {
-			if err := sets.Teardown(ctx); err != nil {
-				return err
-			}
-			if err := rules.Teardown(ctx); err != nil {
-				return err
-			}
-			if n < 0 {
-				return nil // no chain at all
-			}
-			m, err := b.manager(fw, name+"-packets", true)
-			if err != nil {
-				return err
-			}
-			for _, r := range m.BanMany(ctx, requests(0, n)) {
-				if r.Err != nil {
-					return r.Err
+	pressure := cpuPressure()
+	pps := make([][]float64, len(cases))
+	lost := make([][]float64, len(cases))
+	ratio := make([][]float64, len(cases))
+	for r := range b.o.repeat {
+		round := make([]float64, len(cases))
+		for k := range cases {
+			i := (k + r) % len(cases) // each case first in turn
+			c := cases[i]
+			if c.chain != "" {
+				if err := sh("iptables", "-I", "INPUT", "1", "-j", c.chain); err != nil {
+					return err
 				}
 			}
-			return m.Close(ctx)
-		}
-	}
-	states := []state{
-		{"no guard chain", apply(nil, "", -1)},
-		{fmt.Sprintf("sets, 0 bans"), apply(sets, "sets", 0)},
-		{fmt.Sprintf("sets, %d bans", b.o.bans), apply(sets, "sets", b.o.bans)},
-		{"no guard chain (again)", apply(nil, "", -1)},
-		{fmt.Sprintf("rules, %d bans", b.o.rules/10), apply(rules, "rules", b.o.rules/10)},
-		{fmt.Sprintf("rules, %d bans", b.o.rules), apply(rules, "rules", b.o.rules)},
-		{"no guard chain (again)", apply(nil, "", -1)},
-	}
-	b.printf("iperf3 UDP, %d-byte datagrams, unlimited rate, %d s per run, median of %d runs\n\n", b.o.length, b.o.seconds, b.o.repeat)
-	b.printf("| firewall | received packets/s | lost | runs (packets/s) |\n|---|---|---|---|\n")
-	for _, s := range states {
-		if err := s.set(); err != nil {
-			return fmt.Errorf("%s: %w", s.name, err)
-		}
-		var pps, lost []float64
-		for range b.o.repeat {
 			p, l, err := iperf(peer, b.o.seconds, b.o.length)
-			if err != nil {
-				return fmt.Errorf("%s: %w", s.name, err)
+			if c.chain != "" {
+				if err := sh("iptables", "-D", "INPUT", "-j", c.chain); err != nil {
+					return err
+				}
 			}
-			pps, lost = append(pps, p), append(lost, l)
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			round[i] = p
+			pps[i], lost[i] = append(pps[i], p), append(lost[i], l)
 		}
-		runs := make([]string, len(pps))
-		for i, p := range pps {
-			runs[i] = fmt.Sprintf("%.0f", p)
+		for i := range cases {
+			ratio[i] = append(ratio[i], round[i]/round[0])
 		}
-		b.printf("| %s | %.0f | %.1f %% | %s |\n", s.name, median(pps), median(lost), strings.Join(runs, ", "))
+	}
+	b.printf("iperf3 UDP, %d-byte datagrams, unlimited rate, %d s per run, %d rounds; CPU pressure of the machine (some, avg60) %s at the start, %s at the end\n\n",
+		b.o.length, b.o.seconds, b.o.repeat, pressure, cpuPressure())
+	b.printf("| firewall | bans | received packets/s (median) | to no chain, same round (median, min to max) | lost (median) |\n|---|---|---|---|---|\n")
+	for i, c := range cases {
+		b.printf("| %s | %d | %.0f | %.2f (%.2f to %.2f) | %.1f %% |\n", c.name, c.bans, median(pps[i]), median(ratio[i]),
+			slices.Min(ratio[i]), slices.Max(ratio[i]), median(lost[i]))
 	}
 	return nil
+}
+
+// cpuPressure is the share of the last minute some runnable task of the
+// machine waited for a CPU (/proc/pressure/cpu), or "unknown".
+func cpuPressure() string {
+	data, err := os.ReadFile("/proc/pressure/cpu")
+	if err != nil {
+		return "unknown"
+	}
+	for _, f := range strings.Fields(string(data)) {
+		if v, ok := strings.CutPrefix(f, "avg60="); ok {
+			return v + " %"
+		}
+	}
+	return "unknown"
 }
 
 func median(v []float64) float64 {
@@ -438,6 +499,7 @@ func median(v []float64) float64 {
 // (for nsenter) and a function that removes all of it.
 func veth() (int, func(), error) {
 	child := exec.Command("unshare", "-n", "--", "sleep", "3600")
+	child.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := child.Start(); err != nil {
 		return 0, nil, fmt.Errorf("unshare -n sleep: %w", err)
 	}

@@ -798,6 +798,8 @@ func (m *Manager) writeLocked(ops bool) {
 	if incDirty {
 		recs = append(recs, record{Incidents: m.incidents})
 	}
+	// The whole state file when it must be, or when the journal has grown
+	// enough (Run folds it in soon after it grew: see fold).
 	var snap []Ban
 	snapshot := m.unsaved || m.corrupt != "" || m.journal.due()
 	if snapshot {
@@ -813,6 +815,9 @@ func (m *Manager) writeLocked(ops bool) {
 		sortBans(snap)
 	}
 	saveErr := m.write(recs, snapshot, snap, incidents)
+	if saveErr == nil && m.journal.due() {
+		m.poke() // Run folds the journal in, before the next ban has to
+	}
 	if saveErr != nil {
 		// Written again by the next commit (Run's retry, the next ban).
 		m.mu.Lock()
@@ -1454,6 +1459,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			expC = expT.C
 		}
 
+		m.fold(ctx)
 		select {
 		case <-ctx.Done():
 		case <-m.stop:
@@ -1481,6 +1487,23 @@ func (m *Manager) Run(ctx context.Context) error {
 		default:
 		}
 	}
+}
+
+// fold writes the state file whole and empties the journal when the
+// journal has grown past it (a flood of bans): done here, in Run, rather
+// than by the next ban's write. Bans made meanwhile wait for it (some
+// 0.3 s at 100,000 bans), and are written with it.
+func (m *Manager) fold(ctx context.Context) {
+	m.wTurn.lock()
+	if !m.journal.due() {
+		m.wTurn.unlock()
+		return
+	}
+	m.writeLocked(true)
+	m.wTurn.unlock()
+	m.fwTurn.lock()
+	m.applyLocked(ctx)
+	m.fwTurn.unlock()
 }
 
 // nextExpiryLocked returns the earliest Until of the bans, scanning them

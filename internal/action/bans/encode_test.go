@@ -74,3 +74,108 @@ func BenchmarkEncodingJSONBan(b *testing.B) {
 		_ = enc.Encode(&ban)
 	}
 }
+
+// decodeBans, when it succeeds, decodes as encoding/json does (strictly),
+// on what appendBan writes and on anything the fuzzer makes of it.
+func FuzzDecodeBans(f *testing.F) {
+	var doc []byte
+	doc = append(doc, '[')
+	for i := range encodeCases {
+		if i > 0 {
+			doc = append(doc, ",\n"...)
+		}
+		doc = appendBan(doc, &encodeCases[i])
+	}
+	doc = append(doc, ']')
+	f.Add(doc)
+	f.Add([]byte(`[]`))
+	f.Add([]byte(` [ {"prefix":"203.0.113.7/32", "since":"2026-03-01T12:00:00Z","reason":"a\tb\"c","dry_run":true,"origin":"x"} ] `))
+	f.Add([]byte(`[{"Prefix":"203.0.113.7/32"}]`))
+	f.Add([]byte(`[{"prefix":"203.0.113.7/32","prefix":"203.0.113.8/32"}]`))
+	f.Add([]byte(`[{"prefix":"203.0.113.7/32",}]`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, err := decodeBans(data)
+		if err != nil {
+			return // encoding/json decides
+		}
+		var want []Ban
+		if err := strictDecode(data, &want); err != nil {
+			t.Fatalf("decodeBans accepted %q, encoding/json refuses it: %v", data, err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("decodeBans %d bans, encoding/json %d", len(got), len(want))
+		}
+		for i := range got {
+			g, w := got[i], want[i]
+			if g.Prefix != w.Prefix || !g.Since.Equal(w.Since) || !g.Until.Equal(w.Until) || g.Since.IsZero() != w.Since.IsZero() ||
+				g.Reason != w.Reason || g.Rule != w.Rule || g.Extension != w.Extension || g.DryRun != w.DryRun ||
+				g.Origin != w.Origin || g.Incident != w.Incident {
+				t.Fatalf("ban %d of %q: decodeBans %+v, encoding/json %+v", i, data, g, w)
+			}
+		}
+	})
+}
+
+func BenchmarkDecodeBans(b *testing.B) {
+	doc := []byte{'['}
+	for i := range 1000 {
+		if i > 0 {
+			doc = append(doc, ",\n"...)
+		}
+		doc = appendBan(doc, &encodeCases[i%2]) // the third has escapes the fast decoder leaves to encoding/json
+	}
+	doc = append(doc, ']')
+	b.Run("fast", func(b *testing.B) {
+		for range b.N {
+			if _, err := decodeBans(doc); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("encoding/json", func(b *testing.B) {
+		for range b.N {
+			var bs []Ban
+			if err := strictDecode(doc, &bs); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// decodeRecord, when it succeeds, decodes a journal line as encoding/json
+// does.
+func FuzzDecodeRecord(f *testing.F) {
+	p := netip.MustParsePrefix("2001:db8:1:2::/64")
+	for _, r := range []record{{Ban: &encodeCases[0]}, {Lift: &p}, {Incidents: json.RawMessage(`[]`)}} {
+		f.Add(bytes.TrimSuffix(appendRecord(nil, &r), []byte("\n")))
+	}
+	f.Add([]byte(`{"lift":""}`))
+	f.Add([]byte(`{"ban":{"prefix":"203.0.113.7/32"},"lift":"203.0.113.7/32"}`))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		got, ok := decodeRecord(line)
+		if !ok {
+			return
+		}
+		var want record
+		if err := strictDecode(line, &want); err != nil {
+			t.Fatalf("decodeRecord accepted %q, encoding/json refuses it: %v", line, err)
+		}
+		switch {
+		case got.Lift != nil:
+			if want.Lift == nil || *got.Lift != *want.Lift || want.Ban != nil || want.Incidents != nil {
+				t.Fatalf("%q: decodeRecord lift %v, encoding/json %+v", line, *got.Lift, want)
+			}
+		case got.Ban != nil:
+			if want.Ban == nil || want.Lift != nil || want.Incidents != nil {
+				t.Fatalf("%q: decodeRecord ban, encoding/json %+v", line, want)
+			}
+			g, w := *got.Ban, *want.Ban
+			if g.Prefix != w.Prefix || !g.Since.Equal(w.Since) || !g.Until.Equal(w.Until) || g.Reason != w.Reason || g.Rule != w.Rule ||
+				g.Extension != w.Extension || g.DryRun != w.DryRun || g.Origin != w.Origin || g.Incident != w.Incident {
+				t.Fatalf("%q: decodeRecord %+v, encoding/json %+v", line, g, w)
+			}
+		default:
+			t.Fatalf("%q: decodeRecord returned an empty record", line)
+		}
+	})
+}

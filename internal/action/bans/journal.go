@@ -93,9 +93,11 @@ func replay(data []byte, st *State) error {
 		}
 		line := data[:i]
 		data = data[i+1:]
-		var r record
-		if err := strictDecode(line, &r); err != nil {
-			return fmt.Errorf("record %d: %w", n, err)
+		r, ok := decodeRecord(line)
+		if !ok {
+			if err := strictDecode(line, &r); err != nil {
+				return fmt.Errorf("record %d: %w", n, err)
+			}
 		}
 		switch {
 		case r.Ban != nil && r.Lift == nil && r.Incidents == nil:

@@ -149,12 +149,15 @@ func TestRequestPrefixAndOrigin(t *testing.T) {
 	}
 }
 
-// countAppends counts the journal appends until the test ends.
-func countAppends(t *testing.T) *atomic.Int32 {
+// countWrites counts the writes of the state (journal appends and state
+// files) until the test ends.
+func countWrites(t *testing.T) *atomic.Int32 {
 	var n atomic.Int32
 	hook := func() error { n.Add(1); return nil }
+	rename := func(string) error { n.Add(1); return nil }
 	testHookBeforeAppend.Store(&hook)
-	t.Cleanup(func() { testHookBeforeAppend.Store(nil) })
+	testHookBeforeRename.Store(&rename)
+	t.Cleanup(func() { testHookBeforeAppend.Store(nil); testHookBeforeRename.Store(nil) })
 	return &n
 }
 
@@ -165,7 +168,7 @@ func TestBanManyOneWriteOneBatch(t *testing.T) {
 	o := e.opts()
 	o.Never = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
 	m := e.start(o)
-	appends := countAppends(t)
+	writes := countWrites(t)
 	reqs := make([]Request, 1000)
 	for i := range reqs {
 		reqs[i] = Request{Addr: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), TTL: time.Hour, Reason: "flood"}
@@ -183,8 +186,8 @@ func TestBanManyOneWriteOneBatch(t *testing.T) {
 			t.Fatalf("request %d: %+v", i, r)
 		}
 	}
-	if n := appends.Load(); n != 1 {
-		t.Fatalf("%d journal appends for one BanMany, want 1", n)
+	if n := writes.Load(); n != 1 {
+		t.Fatalf("%d writes for one BanMany, want 1", n)
 	}
 	if !slices.Equal(e.fw.batches, []int{999}) {
 		t.Fatalf("firewall batches %v, want one of 999", e.fw.batches)
@@ -334,34 +337,39 @@ func TestJournal(t *testing.T) {
 		})
 	}
 
-	// Growth: 5,000 bans make a journal over 1 MiB; the next write folds
-	// it into the state file.
+	// Growth: the journal grows past 1 MiB; the next write folds it into
+	// the state file.
 	if err := os.Remove(j); err != nil {
 		t.Fatal(err)
 	}
 	m = e.start(e.opts())
-	reqs := make([]Request, 5000)
+	reqs := make([]Request, 6000)
 	for i := range reqs {
 		reqs[i] = Request{Addr: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), TTL: time.Hour, Reason: strings.Repeat("r", 100)}
 	}
-	m.BanMany(ctx, reqs)
-	fi, err := os.Stat(j)
-	if err != nil || fi.Size() < compactAt {
-		t.Fatalf("journal after 5,000 bans: %v, %v", fi, err)
+	var sizes []int64
+	const round = 999
+	for c := range slices.Chunk(reqs, round) {
+		m.BanMany(ctx, c)
+		fi, err := os.Stat(j)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes = append(sizes, fi.Size())
 	}
-	if _, err := ban(m, other, time.Hour, "one more", ""); err != nil {
-		t.Fatal(err)
+	grown := slices.IndexFunc(sizes, func(n int64) bool { return n >= compactAt })
+	if grown < 0 || grown+1 >= len(sizes) || sizes[grown+1] != 0 {
+		t.Fatalf("journal sizes after each round: %v; want one past %d, then empty", sizes, compactAt)
 	}
-	if fi, err := os.Stat(j); err != nil || fi.Size() != 0 {
-		t.Fatalf("journal after the fold: %v, %v; want empty", fi, err)
-	}
-	snap, err := readSnapshot(e.path)
-	if err != nil || len(snap.Bans) != 5002 {
-		t.Fatalf("state file after the fold: %d bans, %v; want 5002", len(snap.Bans), err)
+	if snap, err := readSnapshot(e.path); err != nil || len(snap.Bans) != 1+(grown+2)*round {
+		t.Fatalf("state file after the fold: %d bans, %v; want %d (and the ban of %s)", len(snap.Bans), err, 1+(grown+2)*round, attack)
 	}
 	// A crash between the fold's rename and the journal's emptying leaves
 	// the whole journal next to the new state file: replayed over it, it
 	// gives that state again.
+	if err := m.Close(ctx); err != nil { // everything in the state file
+		t.Fatal(err)
+	}
 	before := mustState(t, e.path)
 	mustWrite(t, j, good, 0o600) // the ban of attack, an hour from t0, as journaled before
 	if got := mustState(t, e.path); len(got) != len(before) || !slices.Equal(addrsOf(got), addrsOf(before)) {

@@ -133,7 +133,9 @@ func decodeState(data []byte) (State, error) {
 		return st, nil
 	case StateVersion:
 		st := State{Version: StateVersion}
-		if err := strictDecode(doc.Bans, &st.Bans); err != nil {
+		if bs, err := decodeBans(doc.Bans); err == nil {
+			st.Bans = bs
+		} else if err := strictDecode(doc.Bans, &st.Bans); err != nil {
 			return State{}, err
 		}
 		if doc.Incidents != nil && string(doc.Incidents) != "null" {
