@@ -18,8 +18,8 @@
 //
 //   - the cost for every packet: iperf3 UDP of small datagrams over a veth
 //     pair from a second namespace, received packets per second with no
-//     guard chain, with the sets full, and with the per-rule chain at a
-//     tenth of its size and full; the cases take turns, round after round,
+//     guard chain, with the sets empty and full, and with the per-rule
+//     chain at a tenth of its size and full; the cases take turns, round after round,
 //     each compared with the run without a chain of its round.
 //
 //     go build -o /tmp/banbench ./cmd/banbench && sudo /tmp/banbench
@@ -63,7 +63,7 @@ type options struct {
 	bans, rules, single int
 	seconds, repeat     int
 	length              int
-	packets             bool
+	timings, packets    bool
 	cpuprofile          string
 }
 
@@ -77,6 +77,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.seconds, "seconds", 3, "seconds of each iperf3 run")
 	fs.IntVar(&o.repeat, "repeat", 5, "rounds of iperf3 runs, one run of each case a round (medians are reported)")
 	fs.IntVar(&o.length, "length", 64, "UDP payload bytes of iperf3")
+	fs.BoolVar(&o.timings, "timings", true, "measure the time of bans")
 	fs.BoolVar(&o.packets, "packets", true, "measure the packet cost with iperf3")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the timing cases to this file")
 	if err := fs.Parse(args); err != nil {
@@ -151,12 +152,14 @@ func (b *bench) all() error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	b.printf("| firewall | bans | what | time |\n|---|---|---|---|\n")
-	if err := b.scale("sets", sets, b.o.bans); err != nil {
-		return err
-	}
-	if err := b.scale("rules", rules, b.o.rules); err != nil {
-		return err
+	if b.o.timings {
+		b.printf("| firewall | bans | what | time |\n|---|---|---|---|\n")
+		if err := b.scale("sets", sets, b.o.bans); err != nil {
+			return err
+		}
+		if err := b.scale("rules", rules, b.o.rules); err != nil {
+			return err
+		}
 	}
 	if err := sets.Teardown(context.Background()); err != nil {
 		return err
@@ -380,6 +383,10 @@ func (b *bench) packets() error {
 	opts := func(chain string) firewall.Options {
 		return firewall.Options{Chain: chain, KeepRulesOnSetup: true, DisableConntrack: true, Logger: b.log}
 	}
+	empty, err := firewall.NewIPSet(opts("BBEMPTY"))
+	if err != nil {
+		return err
+	}
 	sets, err := firewall.NewIPSet(opts("BBSETS"))
 	if err != nil {
 		return err
@@ -394,6 +401,7 @@ func (b *bench) packets() error {
 	}
 	cases := []fwCase{
 		{name: "no guard chain"},
+		{name: "sets", chain: "BBEMPTY", fw: empty},
 		{name: "sets", chain: "BBSETS", fw: sets, bans: b.o.bans},
 		{name: "rules", chain: "BBRSMALL", fw: small, bans: b.o.rules / 10},
 		{name: "rules", chain: "BBRULES", fw: rules, bans: b.o.rules},

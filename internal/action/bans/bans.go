@@ -1703,7 +1703,7 @@ func (m *Manager) adoptRules(ctx context.Context, found []netip.Prefix) {
 	m.wTurn.unlock()
 	m.applyLocked(ctx)
 	m.log.Warn().Int("count", len(adopted)).Strs("ips", prefixStrings(adopted)).Dur("for", m.recoverFor).
-		Msg("the state file was corrupt: the DROP rules found in the chain are kept as bans")
+		Msg("the state file was corrupt: the entries found in the firewall (DROP rules, set entries) are kept as bans")
 }
 
 // report logs the outcome of a sync: every repair (each one is a change:
