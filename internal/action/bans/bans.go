@@ -32,6 +32,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -231,9 +232,10 @@ type Manager struct {
 	teardown   bool
 	v6bits     int
 
-	wTurn   turn     // the writer's
-	journal *journal // written with wTurn held
-	fwTurn  turn     // the firewall's
+	wTurn      turn        // the writer's
+	journal    *journal    // written with wTurn held
+	foldWanted atomic.Bool // the journal has grown past the state file: Run folds it in
+	fwTurn     turn        // the firewall's
 
 	mu        sync.Mutex
 	never     []netip.Prefix
@@ -816,6 +818,7 @@ func (m *Manager) writeLocked(ops bool) {
 	}
 	saveErr := m.write(recs, snapshot, snap, incidents)
 	if saveErr == nil && m.journal.due() {
+		m.foldWanted.Store(true)
 		m.poke() // Run folds the journal in, before the next ban has to
 	}
 	if saveErr != nil {
@@ -1494,11 +1497,17 @@ func (m *Manager) Run(ctx context.Context) error {
 // than by the next ban's write. Bans made meanwhile wait for it (some
 // 0.3 s at 100,000 bans), and are written with it.
 func (m *Manager) fold(ctx context.Context) {
+	if !m.foldWanted.CompareAndSwap(true, false) {
+		return
+	}
 	m.wTurn.lock()
 	if !m.journal.due() {
 		m.wTurn.unlock()
 		return
 	}
+	m.mu.Lock()
+	m.unsaved = true // the whole state file, pending changes or not
+	m.mu.Unlock()
 	m.writeLocked(true)
 	m.wTurn.unlock()
 	m.fwTurn.lock()

@@ -431,3 +431,25 @@ func TestUnbanOfflineLiftsNetwork(t *testing.T) {
 		t.Fatalf("state = %v", got)
 	}
 }
+
+// Run folds a journal grown past the state file into it soon after the
+// write that grew it, without waiting for the next ban.
+func TestRunFoldsTheJournal(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	m := e.start(e.opts())
+	stop := runInBackground(t, m)
+	defer stop()
+	reqs := make([]Request, 5000)
+	for i := range reqs {
+		reqs[i] = Request{Addr: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), TTL: time.Hour, Reason: strings.Repeat("r", 200)}
+	}
+	m.BanMany(ctx, reqs) // over 1 MiB of journal
+	testenv.WaitFor(t, "Run to fold the journal into the state file", 10*time.Second, func() bool {
+		fi, err := os.Stat(JournalName(e.path))
+		return err == nil && fi.Size() == 0
+	})
+	if snap, err := readSnapshot(e.path); err != nil || len(snap.Bans) != len(reqs) {
+		t.Fatalf("state file after the fold: %d bans, %v", len(snap.Bans), err)
+	}
+}
