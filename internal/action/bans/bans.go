@@ -40,8 +40,14 @@ import (
 	"github.com/astguard/astguard/internal/action/firewall"
 )
 
-// OriginAstguard is the Origin of a ban this guard decided.
-const OriginAstguard = "astguard"
+// The origins of a ban (Ban.Origin).
+const (
+	// OriginAstguard is the Origin of a ban this guard decided.
+	OriginAstguard = "astguard"
+	// OriginCrowdSec is the Origin of a ban applied from a CrowdSec
+	// decision.
+	OriginCrowdSec = "crowdsec"
+)
 
 // Ban is one ban: traffic from Prefix is dropped from Since until Until.
 // It is also the ban's record in the state file (version 2).
@@ -104,10 +110,12 @@ func (b Ban) entry(now time.Time) firewall.Entry {
 
 // Request is a ban to record: Ban's argument.
 type Request struct {
-	// Addr is the address to ban. An IPv6 address is banned with its
-	// network of Options.IPv6Prefix bits (its /64 by default in the guard),
-	// unless that network holds a never-blocked address: then the address
-	// alone, and a log line says why.
+	// Addr is the address to ban. An IPv6 address of this guard's own
+	// (Origin empty or OriginAstguard) is banned with its network of
+	// Options.IPv6Prefix bits (its /64 by default in the guard), unless
+	// that network holds a never-blocked address: then the address alone,
+	// and a log line says why. Another source's address is banned as it
+	// is: the source decided what to ban.
 	Addr netip.Addr
 	// Prefix, when valid, is banned as it is instead of Addr (which is then
 	// ignored): a single address (a /32 or /128, never widened) or a
@@ -122,10 +130,11 @@ type Request struct {
 	// Incident is the incident that decided the ban; a re-ban by another
 	// incident takes its name.
 	Incident string
-	// Origin says who decided the ban; empty is OriginAstguard. A re-ban
-	// takes the new origin, except that a ban of this guard's stays
-	// OriginAstguard: a local decision is never handed to another source
-	// (whose withdrawal would lift it).
+	// Origin says who decided the ban; empty is OriginAstguard. A ban of
+	// this guard's stays its own when another source bans the same
+	// prefix: only its Until may grow (its reason and the rest stay), so
+	// that the other source's withdrawal (UnbanOrigin) never lifts it; a
+	// ban of this guard's takes over another source's.
 	Origin string
 }
 
@@ -1097,17 +1106,17 @@ func (m *Manager) banLocked(p netip.Prefix, req Request, now time.Time) (banned,
 		m.log.Warn().Str("ip", firewall.PrefixString(p)).Str("never", n.String()).Str("reason", req.Reason).Msg("ban refused: address is protected")
 		return w, fmt.Errorf("bans: %w: %s is in %s", ErrProtected, firewall.PrefixString(p), n)
 	}
-	if !req.Prefix.IsValid() && p.Addr().Is6() && m.v6bits < 128 {
+	origin := req.Origin
+	if origin == "" {
+		origin = OriginAstguard
+	}
+	if !req.Prefix.IsValid() && origin == OriginAstguard && p.Addr().Is6() && m.v6bits < 128 {
 		wide := netip.PrefixFrom(p.Addr(), m.v6bits).Masked()
 		if n, ok := m.protectedLocked(wide); ok {
 			w.narrowed, w.never = wide, n
 		} else {
 			p = wide
 		}
-	}
-	origin := req.Origin
-	if origin == "" {
-		origin = OriginAstguard
 	}
 	b, exists := m.bans[p]
 	if exists && !b.expired(now) && !b.DryRun && !m.real {
@@ -1127,18 +1136,20 @@ func (m *Manager) banLocked(p netip.Prefix, req Request, now time.Time) (banned,
 	case now.Add(req.TTL).After(b.Until):
 		b.Until = now.Add(req.TTL)
 	}
-	b.Reason = req.Reason
-	if req.Rule != "" {
-		b.Rule = req.Rule
-	}
-	if req.Extension != "" {
-		b.Extension = req.Extension
-	}
-	if req.Incident != "" {
-		b.Incident = req.Incident
-	}
-	if b.Origin != OriginAstguard {
+	// This guard's own ban stays its own under another source's ban of
+	// it: only its Until grows.
+	if !exists || b.Origin != OriginAstguard || origin == OriginAstguard {
 		b.Origin = origin
+		b.Reason = req.Reason
+		if req.Rule != "" {
+			b.Rule = req.Rule
+		}
+		if req.Extension != "" {
+			b.Extension = req.Extension
+		}
+		if req.Incident != "" {
+			b.Incident = req.Incident
+		}
 	}
 	m.setLocked(b)
 	w.b, w.extended, w.changed = b, exists, true
@@ -1245,29 +1256,40 @@ func (m *Manager) Lift(ctx context.Context, addr netip.Addr) ([]Ban, error) {
 	return gone, m.liftOutcome(a.String(), gone, r)
 }
 
-// UnbanPrefix lifts the ban of exactly p (a network or a single address;
-// a network's ban does not cover a wider one's) and returns it, like Lift.
-// It returns ErrNotBanned when p had none.
-func (m *Manager) UnbanPrefix(ctx context.Context, p netip.Prefix) (Ban, error) {
+// UnbanOrigin lifts the ban of exactly p (a network or a single address:
+// a network's ban is not an address's in it) if its Origin is origin: a
+// decision of another source deleted upstream lifts the ban it made, never
+// one this guard decided itself. It returns ErrNotBanned, changing
+// nothing, when p has no ban of that origin. The state is written first,
+// then the entry removed from the firewall, as by Lift.
+func (m *Manager) UnbanOrigin(ctx context.Context, p netip.Prefix, origin string) error {
 	n, err := normalizeBanPrefix(p)
 	if err != nil {
-		return Ban{}, err
+		return err
 	}
 	m.mu.Lock()
 	if err := m.checkOpenLocked(); err != nil {
 		m.mu.Unlock()
-		return Ban{}, err
+		return err
 	}
 	b, had := m.bans[n]
-	m.liftLocked(n)
+	if !had || b.Origin != origin {
+		m.mu.Unlock()
+		return fmt.Errorf("bans: %w: %s (origin %s)", ErrNotBanned, firewall.PrefixString(n), origin)
+	}
+	m.dropLocked(n)
 	r := m.openRoundLocked()
 	m.mu.Unlock()
 	m.commit(ctx, r)
-	var gone []Ban
-	if had {
-		gone = []Ban{b}
+	var errs []error
+	if r.fwErr != nil && m.applies(b) {
+		errs = append(errs, fmt.Errorf("bans: unblock %s: %w", b.Target(), r.fwErr))
 	}
-	return b, m.liftOutcome(firewall.PrefixString(n), gone, r)
+	if r.saveErr != nil {
+		errs = append(errs, fmt.Errorf("bans: %s lifted but not saved yet: %w", b.Target(), r.saveErr))
+	}
+	m.log.Info().Str("ip", b.Target()).Str("origin", origin).Str("reason", b.Reason).Bool("dry_run", b.DryRun).Msg("ban lifted: its decision was deleted")
+	return errors.Join(errs...)
 }
 
 // liftLocked drops p's ban (if any) and has its entry removed even in

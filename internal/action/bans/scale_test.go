@@ -101,8 +101,8 @@ func TestRequestPrefixAndOrigin(t *testing.T) {
 	o.Never = []netip.Prefix{netip.MustParsePrefix("192.0.2.10/32")}
 	m := e.start(o)
 	range4 := netip.MustParsePrefix("198.51.100.0/24")
-	b, err := m.Ban(ctx, Request{Prefix: range4, TTL: time.Hour, Reason: "crowdsec decision", Origin: "crowdsec"})
-	if err != nil || b.Prefix != range4 || b.Origin != "crowdsec" || b.Target() != "198.51.100.0/24" {
+	b, err := m.Ban(ctx, Request{Prefix: range4, TTL: time.Hour, Reason: "crowdsec decision", Origin: OriginCrowdSec})
+	if err != nil || b.Prefix != range4 || b.Origin != OriginCrowdSec || b.Target() != "198.51.100.0/24" {
 		t.Fatalf("Ban of a range = %+v, %v", b, err)
 	}
 	if b, err := m.Ban(ctx, Request{Prefix: single(third), TTL: time.Hour, Origin: "crowdsec"}); err != nil || b.Prefix != single(third) {
@@ -116,36 +116,54 @@ func TestRequestPrefixAndOrigin(t *testing.T) {
 	if _, err := m.Ban(ctx, Request{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Origin: "crowdsec"}); !errors.Is(err, ErrProtected) {
 		t.Errorf("a range holding a never-blocked address: %v, want ErrProtected", err)
 	}
-	// Origins: this guard's ban stays this guard's; another's becomes this
-	// guard's when this guard bans it too.
-	if _, err := ban(m, attack, time.Hour, "guard", ""); err != nil {
+	// Origins: this guard's ban stays this guard's (only its Until grows)
+	// when another source bans it, and takes over another source's ban.
+	own, err := ban(m, attack, time.Hour, "guard", "")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := m.Ban(ctx, Request{Addr: attack, TTL: time.Hour, Origin: "crowdsec"}); b.Origin != OriginAstguard {
-		t.Fatalf("re-ban by crowdsec of the guard's ban: origin %q", b.Origin)
+	if b, _ := m.Ban(ctx, Request{Addr: attack, TTL: 2 * time.Hour, Reason: "decision", Origin: OriginCrowdSec}); b.Origin != OriginAstguard ||
+		b.Reason != own.Reason || !b.Until.Equal(t0.Add(2*time.Hour)) {
+		t.Fatalf("re-ban by crowdsec of the guard's ban: %+v", b)
 	}
-	if b, _ := m.Ban(ctx, Request{Prefix: range4, TTL: time.Hour, Reason: "guard"}); b.Origin != OriginAstguard {
-		t.Fatalf("re-ban by the guard of crowdsec's ban: origin %q", b.Origin)
+	if err := m.UnbanOrigin(ctx, single(attack), OriginCrowdSec); !errors.Is(err, ErrNotBanned) {
+		t.Fatalf("UnbanOrigin(crowdsec) of the guard's ban = %v, want ErrNotBanned", err)
 	}
-	if got := e.fw.prefixes(); !slices.Equal(got, []netip.Prefix{range4, single(attack), single(third)}) {
+	if b, _ := m.Ban(ctx, Request{Prefix: range4, TTL: time.Hour, Reason: "guard"}); b.Origin != OriginAstguard || b.Reason != "guard" {
+		t.Fatalf("re-ban by the guard of crowdsec's ban: %+v", b)
+	}
+	if err := m.UnbanOrigin(ctx, range4, OriginCrowdSec); !errors.Is(err, ErrNotBanned) {
+		t.Fatalf("UnbanOrigin(crowdsec) after the guard took the ban over = %v, want ErrNotBanned", err)
+	}
+	// Another source's IPv6 address is banned as it is, not widened.
+	v6 := netip.MustParseAddr("2001:db8:7::5")
+	if b, err := m.Ban(ctx, Request{Addr: v6, TTL: time.Hour, Origin: OriginCrowdSec}); err != nil || b.Prefix != single(v6) {
+		t.Fatalf("crowdsec's IPv6 address: %+v, %v; want it alone", b, err)
+	}
+	if got := e.fw.prefixes(); !slices.Equal(got, []netip.Prefix{range4, single(attack), single(third), single(v6)}) {
 		t.Fatalf("firewall = %v", got)
 	}
-	if b, err := m.UnbanPrefix(ctx, range4); err != nil || b.Prefix != range4 {
-		t.Fatalf("UnbanPrefix = %+v, %v", b, err)
+	if err := m.UnbanOrigin(ctx, single(v6), OriginCrowdSec); err != nil {
+		t.Fatalf("UnbanOrigin = %v", err)
 	}
-	if _, err := m.UnbanPrefix(ctx, range4); !errors.Is(err, ErrNotBanned) {
-		t.Fatalf("UnbanPrefix again = %v, want ErrNotBanned", err)
-	}
-	// An address inside a range is not the range: UnbanPrefix of it lifts
-	// nothing.
-	if _, err := m.Ban(ctx, Request{Prefix: range4, TTL: time.Hour}); err != nil {
+	if _, err := m.Ban(ctx, Request{Prefix: range4, TTL: time.Hour, Origin: OriginCrowdSec}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.UnbanPrefix(ctx, single(netip.MustParseAddr("198.51.100.9"))); !errors.Is(err, ErrNotBanned) {
-		t.Fatalf("UnbanPrefix of an address in a range = %v, want ErrNotBanned", err)
+	if err := m.Unban(ctx, netip.MustParseAddr("198.51.100.1")); err != nil { // lifts the range holding it
+		t.Fatal(err)
 	}
-	if got := e.fw.prefixes(); !slices.Contains(got, range4) {
-		t.Fatalf("the range's entry left the firewall: %v", got)
+	if _, err := m.Ban(ctx, Request{Prefix: range4, TTL: time.Hour, Origin: OriginCrowdSec}); err != nil {
+		t.Fatal(err)
+	}
+	// An address inside a range is not the range.
+	if err := m.UnbanOrigin(ctx, single(netip.MustParseAddr("198.51.100.9")), OriginCrowdSec); !errors.Is(err, ErrNotBanned) {
+		t.Fatalf("UnbanOrigin of an address in a range = %v, want ErrNotBanned", err)
+	}
+	if err := m.UnbanOrigin(ctx, range4, OriginCrowdSec); err != nil {
+		t.Fatalf("UnbanOrigin of the range = %v", err)
+	}
+	if got := e.fw.prefixes(); slices.Contains(got, range4) {
+		t.Fatalf("the range's entry stayed: %v", got)
 	}
 }
 
