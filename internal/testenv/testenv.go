@@ -65,8 +65,6 @@ var packages = map[string]string{
 	"ip6tables-legacy": "iptables",
 	"ip":               "iproute2",
 	"ipset":            "ipset",
-	"iperf3":           "iperf3",
-	"nsenter":          "util-linux",
 	"unshare":          "util-linux",
 	"systemd-analyze":  "systemd",
 }

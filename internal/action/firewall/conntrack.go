@@ -32,8 +32,6 @@ type flowCutter struct {
 	queue   []netip.Prefix
 	running bool
 	idle    *sync.Cond // signalled when a run ends with nothing queued
-	// done, when set by a test, is called after each dump.
-	done func(deleted int, err error)
 }
 
 // cutTimeout bounds one dump and its deletions; cutEvery is the least time
@@ -103,9 +101,6 @@ func (c *flowCutter) run() {
 				ev = ev.Str("ip", one)
 			}
 			ev.Msg("conntrack entries deleted")
-		}
-		if c.done != nil {
-			c.done(n, err)
 		}
 	}
 }
