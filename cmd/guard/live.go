@@ -263,23 +263,26 @@ func cmdUnblock(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err = guard.NewAdminClient(cfg.Response.AdminSocket).Unblock(ctx, addr)
+	how := ""
+	lifted, err := guard.NewAdminClient(cfg.Response.AdminSocket).Unblock(ctx, addr)
 	if errors.Is(err, guard.ErrNoDaemon) {
 		fw, ferr := guard.NewFirewall(cfg, newLogger(stderr, cfg.Log.Level))
 		if ferr != nil {
 			fmt.Fprintf(stderr, "unblock: %v\n", ferr)
 			return 1
 		}
-		err = bans.UnbanOffline(ctx, cfg.Response.StateFile, fw, addr)
-		if err == nil {
-			fmt.Fprintf(stdout, "%s unblocked (no guard running: state file and firewall updated)\n", addr)
-			return 0
-		}
+		lifted, err = bans.UnbanOffline(ctx, cfg.Response.StateFile, fw, addr)
+		how = " (no guard running: state file and firewall updated)"
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "unblock: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s unblocked\n", addr)
+	fmt.Fprintf(stdout, "%s unblocked%s\n", addr, how)
+	for _, b := range lifted {
+		if b.Target() != addr.String() {
+			fmt.Fprintf(stdout, "  the ban of %s, the network holding it, is lifted: every address in it passes again\n", b.Target())
+		}
+	}
 	return 0
 }

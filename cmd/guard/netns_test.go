@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/ti-mo/conntrack"
 
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/ami/amitest"
@@ -30,22 +31,29 @@ import (
 const chainEnv = "ASTGUARD_TEST_CHAIN"
 
 // TestNetnsGuardBlocksAndUnblocks runs the whole guard with real iptables in
-// a private network namespace (never the host's tables): after the attack
-// a datagram from the thief's 127.0.0.2 to a listener on 127.0.0.1 is dropped
-// while one from 127.0.0.3 (the legitimate user) arrives; a UDP flow of the
-// thief established before the block, let through by an ESTABLISHED accept
-// rule above the guard's jump, stops too (its conntrack entry is deleted);
+// a private network namespace (never the host's tables), with kernel
+// address sets and with one rule per ban: after the attack a datagram from
+// the thief's 127.0.0.2 to a listener on 127.0.0.1 is dropped while one
+// from 127.0.0.3 (the legitimate user) arrives; a UDP flow of the thief
+// established before the block, let through by an ESTABLISHED accept rule
+// above the guard's jump, stops too (its conntrack entry is deleted);
 // after `guard unblock 127.0.0.2` datagrams arrive again.
 func TestNetnsGuardBlocksAndUnblocks(t *testing.T) {
-	t.Parallel()
-	testenv.RequireCommand(t, "iptables", "ip6tables")
-	chain := testenv.RandomChain()
-	if !testenv.InNetns(t, chainEnv+"="+chain) {
-		testenv.NoChainOnHost(t, chain)
-		return
+	for _, match := range []string{config.MatchIPSet, config.MatchRules} {
+		t.Run(match, func(t *testing.T) {
+			t.Parallel()
+			testenv.RequireCommand(t, "iptables", "ip6tables", "ipset")
+			chain := testenv.RandomChain()
+			if !testenv.InNetns(t, chainEnv+"="+chain) {
+				testenv.NoChainOnHost(t, chain)
+				return
+			}
+			netnsBlocksAndUnblocks(t, match, os.Getenv(chainEnv))
+		})
 	}
-	chain = os.Getenv(chainEnv)
+}
 
+func netnsBlocksAndUnblocks(t *testing.T, match, chain string) {
 	data, err := os.ReadFile(fixtures + "attack-mixed.ami")
 	if err != nil {
 		t.Fatal(err)
@@ -64,11 +72,12 @@ address = %q
 secret = "guardpass"
 reconnect_interval = "10m"
 [response]
+firewall_match = %q
 chain = %q
 state_file = %q
 secrets_file = %q
 admin_socket = %q
-`, srv.Addr(), chain, filepath.Join(dir, "bans.json"), filepath.Join(dir, "secrets.jsonl"), filepath.Join(dir, "admin.sock"))
+`, srv.Addr(), match, chain, filepath.Join(dir, "bans.json"), filepath.Join(dir, "secrets.jsonl"), filepath.Join(dir, "admin.sock"))
 	if err := os.WriteFile(cfgPath, []byte(toml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +129,14 @@ admin_socket = %q
 			})
 	})
 
+	if banned := testenv.Banned(t, chain); match == config.MatchIPSet && !strings.Contains(banned, "127.0.0.2 timeout") {
+		t.Fatalf("firewall_match = ipset: the ban is not in a set with a timeout:\n%s", banned)
+	}
+	// The firewall deletes the thief's conntrack entries right after the
+	// block, in the background.
+	testenv.WaitFor(t, "the conntrack entries of 127.0.0.2 deleted", 10*time.Second, func() bool {
+		return !tracked(t, netip.MustParseAddr("127.0.0.2"))
+	})
 	expectDropped(t, ln, flow, chain, "the thief's established flow after the block")
 	thief := dialUDP(t, "127.0.0.2:0", ln.LocalAddr().String())
 	expectDropped(t, ln, thief, chain, "a new datagram from 127.0.0.2 after the block")
@@ -131,6 +148,22 @@ admin_socket = %q
 		t.Fatalf("guard unblock: exit %d: %s", code, stderr.String())
 	}
 	expectDelivered(t, ln, thief, "a datagram from 127.0.0.2 after guard unblock")
+}
+
+// tracked reports whether conntrack has an entry whose original source is
+// a.
+func tracked(t *testing.T, a netip.Addr) bool {
+	t.Helper()
+	c, err := conntrack.Dial(nil)
+	if err != nil {
+		t.Fatalf("conntrack netlink socket: %v", err)
+	}
+	defer c.Close()
+	flows, err := c.Dump(nil)
+	if err != nil {
+		t.Fatalf("conntrack dump: %v", err)
+	}
+	return slices.ContainsFunc(flows, func(f conntrack.Flow) bool { return f.TupleOrig.IP.SourceAddress.Unmap() == a })
 }
 
 func sh(t *testing.T, name string, args ...string) {
@@ -185,9 +218,9 @@ func expectDelivered(t *testing.T, ln net.PacketConn, c *net.UDPConn, what strin
 }
 
 // expectDropped sends one datagram from c and waits until the DROP rule
-// of chain for c's address has counted it; it must not reach ln
-// meanwhile. The rule's counter, not a quiet while, says the firewall
-// dropped it.
+// of chain for c's address (or for the set holding it) has counted it; it
+// must not reach ln meanwhile. The rule's counter, not a quiet while, says
+// the firewall dropped it.
 func expectDropped(t *testing.T, ln net.PacketConn, c *net.UDPConn, chain, what string) {
 	t.Helper()
 	src := c.LocalAddr().(*net.UDPAddr).IP.String() + "/32"

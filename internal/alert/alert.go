@@ -26,6 +26,7 @@ type Record struct {
 	Tech      string   `json:"tech,omitempty"`
 	Extension string   `json:"extension,omitempty"`
 	IP        string   `json:"ip,omitempty"`
+	Net       string   `json:"net,omitempty"` // the IPv6 network counted, when wider than IP
 	Sources   []string `json:"sources"`
 	Contacts  []string `json:"contacts,omitempty"`
 	Accounts  []string `json:"accounts,omitempty"`
@@ -65,6 +66,10 @@ func FromAlert(a *detector.Alert, file string) Record {
 	} else {
 		r.IP = a.IP.String()
 		who = "address " + r.IP
+		if a.Net.IsValid() && !a.Net.IsSingleIP() {
+			r.Net = a.Net.String()
+			who = "network " + r.Net + " (last address " + r.IP + ")"
+		}
 	}
 	switch {
 	case a.Rule == detector.RuleNewSource:
@@ -91,6 +96,9 @@ func Log(l *zerolog.Logger, a *detector.Alert) {
 	}
 	if r.IP != "" {
 		ev = ev.Str("ip", r.IP)
+	}
+	if r.Net != "" {
+		ev = ev.Str("net", r.Net)
 	}
 	ev = ev.Strs("sources", r.Sources)
 	if len(r.Contacts) > 0 {

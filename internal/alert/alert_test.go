@@ -36,6 +36,13 @@ func TestRecordJSON(t *testing.T) {
 		}, `{"time":"2026-11-25T12:46:59.534813Z","file":"x.ami","seq":93,"rule":"auth_failures","severity":"warning",` +
 			`"ip":"2001:db8::4","sources":[],"accounts":["200","admin"],"count":3,"window":"1m0s",` +
 			`"reason":"address 2001:db8::4: 3 failed authentications in 1m0s"}`},
+		{"IPv6 network", detector.Alert{
+			Time: at, Seq: 93, Rule: detector.RuleAuthFailures, Severity: detector.Critical,
+			IP: netip.MustParseAddr("2001:db8:1:2::5"), Net: netip.MustParsePrefix("2001:db8:1:2::/64"), Accounts: []string{"200"},
+			Count: 5, Window: time.Minute, Reason: "failed authentications",
+		}, `{"time":"2026-11-25T12:46:59.534813Z","file":"x.ami","seq":93,"rule":"auth_failures","severity":"critical",` +
+			`"ip":"2001:db8:1:2::5","net":"2001:db8:1:2::/64","sources":[],"accounts":["200"],"count":5,"window":"1m0s",` +
+			`"reason":"network 2001:db8:1:2::/64 (last address 2001:db8:1:2::5): 5 failed authentications in 1m0s"}`},
 		{"contact only", detector.Alert{
 			Time: at, Seq: 434, Rule: detector.RuleCallRate, Severity: detector.Critical,
 			Tech: ami.TechSIP, Extension: "200", Contacts: []netip.Addr{netip.MustParseAddr("198.51.100.20"), netip.MustParseAddr("2001:db8::20")},

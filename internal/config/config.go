@@ -242,8 +242,14 @@ type Response struct {
 	// incident is open.
 	IncidentQuiet Duration `toml:"incident_quiet"`
 	Firewall      string   `toml:"firewall"` // FirewallIPTables or FirewallDryRun
-	Chain         string   `toml:"chain"`    // the guard's own iptables chain
-	IPv6          bool     `toml:"ipv6"`     // also manage ip6tables
+	// FirewallMatch says how the chain matches banned addresses:
+	// MatchAuto, MatchIPSet or MatchRules.
+	FirewallMatch string `toml:"firewall_match"`
+	Chain         string `toml:"chain"` // the guard's own iptables chain
+	IPv6          bool   `toml:"ipv6"`  // also manage ip6tables
+	// IPv6Prefix is the network an IPv6 address is counted (auth_failures,
+	// failed_probes) and banned by: 64 is its /64.
+	IPv6Prefix int `toml:"ipv6_prefix"`
 	// StateFile, SecretsFile and AdminSocket are absolute paths.
 	StateFile   string `toml:"state_file"`   // the bans, kept across restarts
 	SecretsFile string `toml:"secrets_file"` // new SIP secrets, one JSON line each
@@ -263,6 +269,13 @@ type Response struct {
 const (
 	FirewallIPTables = "iptables" // iptables (and ip6tables when IPv6 is set)
 	FirewallDryRun   = "dry-run"  // log the rules, change nothing
+)
+
+// The values of Response.FirewallMatch.
+const (
+	MatchAuto  = "auto"  // kernel address sets where the kernel has them, else rules
+	MatchIPSet = "ipset" // kernel address sets (ipset) matched by one rule each
+	MatchRules = "rules" // one iptables rule per ban
 )
 
 // Policy is the [policy] table: for each rule, the actions taken on its
@@ -373,8 +386,10 @@ func Default() *Config {
 			BanDuration:            Duration(24 * time.Hour),
 			IncidentQuiet:          Duration(15 * time.Minute),
 			Firewall:               FirewallIPTables,
+			FirewallMatch:          MatchAuto,
 			Chain:                  "ASTGUARD",
 			IPv6:                   true,
+			IPv6Prefix:             64,
 			StateFile:              "/var/lib/astguard/bans.json",
 			SecretsFile:            "/var/lib/astguard/secrets.jsonl",
 			AdminSocket:            "/run/astguard/admin.sock",

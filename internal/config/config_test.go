@@ -253,6 +253,8 @@ enabled = false
 extensions = ["carrier", "SIP/trunk1"]
 networks = ["192.0.2.0/24", "2001:db8::1", "198.51.100.7", "10.0.0.0/8", "::ffff:203.0.113.9", "::ffff:203.0.113.0/120"]
 destinations = ["112", "+4930"]
+[response]
+ipv6_prefix = 56
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -271,6 +273,7 @@ destinations = ["112", "+4930"]
 		HighRiskCountries: []string{"53", "882"},
 		FailedProbes:      th(3*time.Minute, 7, 8),
 		AuthFailures:      th(4*time.Minute, 0, 0),
+		IPv6Prefix:        56,
 		NewSource:         false,
 		Cooldown:          2 * time.Minute,
 		MaxExtensions:     10,

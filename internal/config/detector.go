@@ -31,6 +31,7 @@ func (c *Config) Detector() detector.Config {
 
 		FailedProbes: threshold(d.FailedProbes.Window, d.FailedProbes.Warning, d.FailedProbes.Critical),
 		AuthFailures: threshold(d.AuthFailures.Window, d.AuthFailures.Warning, d.AuthFailures.Critical),
+		IPv6Prefix:   c.Response.IPv6Prefix,
 		NewSource:    d.NewSource.Enabled,
 
 		Cooldown:      time.Duration(d.Cooldown),

@@ -218,6 +218,10 @@ const maxChain = 28
 // own chain, must never take for its own).
 var reservedChains = []string{"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING", "ACCEPT", "DROP", "QUEUE", "RETURN"}
 
+// minIPv6Prefix is the shortest response.ipv6_prefix: a /32 is a whole
+// provider's block already.
+const minIPv6Prefix = 32
+
 // maxSocketPath is the longest path of a Unix socket on Linux: sun_path
 // holds 108 bytes including the terminating NUL.
 const maxSocketPath = 107
@@ -231,6 +235,14 @@ func (r *Response) validate(p *problems, allow *Allow) {
 	case FirewallIPTables, FirewallDryRun:
 	default:
 		p.add("response.firewall: %q is not one of %s, %s", r.Firewall, FirewallIPTables, FirewallDryRun)
+	}
+	switch r.FirewallMatch {
+	case MatchAuto, MatchIPSet, MatchRules:
+	default:
+		p.add("response.firewall_match: %q is not one of %s, %s, %s", r.FirewallMatch, MatchAuto, MatchIPSet, MatchRules)
+	}
+	if r.IPv6Prefix < minIPv6Prefix || r.IPv6Prefix > 128 {
+		p.add("response.ipv6_prefix must be between %d and 128", minIPv6Prefix)
 	}
 	switch {
 	case !validChain(r.Chain):

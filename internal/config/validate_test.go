@@ -241,6 +241,9 @@ var badConfigs = []struct {
 		`response.never_block[1]: "128.0.0.0/1" is wider than /8 (allow.widest_ipv4), so no address in it would ever be blocked; if you mean it, add "128.0.0.0/1" to confirm_wide in [allow]`},
 	{"never_block wide IPv6", `response.never_block = ["::/0"]`,
 		`response.never_block[0]: "::/0" is wider than /32 (allow.widest_ipv6), so no address in it would ever be blocked; if you mean it, add "::/0" to confirm_wide in [allow]`},
+	{"firewall_match", `response.firewall_match = "nft"`, `response.firewall_match: "nft" is not one of auto, ipset, rules`},
+	{"ipv6_prefix too short", `response.ipv6_prefix = 31`, `response.ipv6_prefix must be between 32 and 128`},
+	{"ipv6_prefix too long", `response.ipv6_prefix = 129`, `response.ipv6_prefix must be between 32 and 128`},
 	{"protect_previous_sources negative", `response.protect_previous_sources = "-1s"`,
 		`response.protect_previous_sources must be >= 0`},
 	{"hangup_cause negative", `response.hangup_cause = -1`, `response.hangup_cause must be between 0 and 127`},
@@ -518,6 +521,10 @@ func TestGoodValues(t *testing.T) {
 		`response.chain = "input"`,                        // only the built-in spelling is reserved
 		`response.chain = "guard-2"`,
 		`response.ipv6 = false`,
+		`response.firewall_match = "ipset"`,
+		`response.firewall_match = "rules"`,
+		`response.ipv6_prefix = 32`,
+		`response.ipv6_prefix = 128`,
 		`response.state_file = "/bans.json"`,
 		`response.admin_socket = "/run/` + strings.Repeat("a", 102) + `"`, // 107 bytes
 		`response.never_block = ["192.0.2.0/24", "2001:db8::1", "10.0.0.0/8", "::ffff:203.0.113.9"]`,

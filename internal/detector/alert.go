@@ -60,8 +60,11 @@ type Alert struct {
 	// Extension rules: the extension (Tech + bare name).
 	Tech      ami.Tech
 	Extension string
-	// Address rules: the source address.
-	IP netip.Addr
+	// Address rules: the source address (the last one seen) and the
+	// network counted (Net: the address alone, a /32 or /128, or its IPv6
+	// network of Config.IPv6Prefix bits).
+	IP  netip.Addr
+	Net netip.Prefix
 	// Sources are the addresses Asterisk received the extension's requests
 	// from (SuccessfulAuth's RemoteAddress), newest first: whom to block.
 	Sources []netip.Addr
@@ -175,6 +178,7 @@ func (d *Detector) checkAddr(a *addrState, r Rule, t Threshold, count int, what 
 		Rule:     r,
 		Severity: sev,
 		IP:       a.addr,
+		Net:      a.net(),
 		Accounts: a.accountList(),
 		Count:    count,
 		Window:   t.Window,

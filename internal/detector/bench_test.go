@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -90,4 +91,29 @@ func BenchmarkReplay(b *testing.B) {
 		msgs += res.Messages
 	}
 	b.ReportMetric(float64(msgs)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkAuthFailuresIPv6 feeds failed authentications from an IPv6
+// botnet: 4096 networks, each address used once (the attacker moves inside
+// its /64 at every attempt), so the per-source state is looked up by
+// network on every event.
+func BenchmarkAuthFailuresIPv6(b *testing.B) {
+	const nets = 4096
+	evs := make([]ami.Event, nets*16)
+	start := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	for i := range evs {
+		a := [16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0, byte(i % nets >> 8), byte(i % nets)}
+		a[15], a[14] = byte(i), byte(i>>8)
+		evs[i] = ami.Event{Kind: ami.KindSecurity, Security: ami.SecInvalidPassword, Service: "SIP",
+			AccountID: "200", RemoteAddr: netip.AddrFrom16(a), RemotePort: 5060}
+	}
+	d := detector.New(detector.Default())
+	out := make([]detector.Alert, 0, 16)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		ev := &evs[i%len(evs)]
+		ev.Time = start.Add(time.Duration(i) * time.Millisecond)
+		out = d.Process(ev, out[:0])
+	}
 }

@@ -38,6 +38,11 @@ type Config struct {
 	FailedProbes Threshold
 	// AuthFailures counts failed authentications per source address, once per request.
 	AuthFailures Threshold
+	// IPv6Prefix is the length of the network an IPv6 source is counted by
+	// (auth_failures, failed_probes): an attacker changes its address
+	// inside its /64 at will, so with 64 the whole /64 is one source. 0 or
+	// 128: each address alone. IPv4 sources are always single addresses.
+	IPv6Prefix int
 	// NewSource warns when an extension authenticates from an address it has
 	// not used before.
 	NewSource bool

@@ -33,6 +33,7 @@ func Default() Config {
 		HighRiskCountries: append([]string(nil), DefaultHighRiskCountries...),
 		FailedProbes:      Threshold{Window: time.Minute, Warning: 3, Critical: 5},
 		AuthFailures:      Threshold{Window: time.Minute, Warning: 3, Critical: 5},
+		IPv6Prefix:        64,
 		NewSource:         true,
 		Cooldown:          5 * time.Minute,
 		MaxExtensions:     100000,

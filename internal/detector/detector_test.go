@@ -447,3 +447,49 @@ func TestNewSourceIgnoresContacts(t *testing.T) {
 		t.Errorf("contacts of the alert = %v, want the newest (198.51.100.19) first", c)
 	}
 }
+
+// An IPv6 attacker changes its address inside its /64 at will: its failed
+// authentications and probes count per /64 (IPv6Prefix), and the alert
+// names the last address and the network. Addresses of other /64s count
+// apart; IPv4 addresses count one by one; IPv6Prefix 128 counts each
+// address alone.
+func TestIPv6CountedPerNetwork(t *testing.T) {
+	f := newFeed(detector.Default())
+	for i := range 5 {
+		f.authFail(time.Duration(i)*time.Second, fmt.Sprintf("2001:db8:1:2::%x", i+1), "200")
+		f.authFail(time.Duration(i)*time.Second, fmt.Sprintf("2001:db8:1:%x::1", i+3), "200") // five /64s
+		f.authFail(time.Duration(i)*time.Second, fmt.Sprintf("203.0.113.%d", i+1), "200")     // five addresses
+	}
+	var crit []detector.Alert
+	for _, a := range f.alerts {
+		if a.Severity == detector.Critical {
+			crit = append(crit, a)
+		}
+	}
+	if len(crit) != 1 || crit[0].Rule != detector.RuleAuthFailures || crit[0].Count != 5 ||
+		crit[0].IP != netip.MustParseAddr("2001:db8:1:2::5") || crit[0].Net != netip.MustParsePrefix("2001:db8:1:2::/64") {
+		t.Fatalf("critical alerts %+v, want one auth_failures of 2001:db8:1:2::/64, last address 2001:db8:1:2::5", crit)
+	}
+	if st := f.d.Stats(); st.Addresses != 1+5+5 {
+		t.Fatalf("%d sources tracked, want 11 (one /64, five /64s, five IPv4 addresses)", st.Addresses)
+	}
+
+	probes := newFeed(detector.Default())
+	for i := range 5 {
+		probes.send(time.Duration(i)*time.Second, ami.Event{Kind: ami.KindSecurity, Security: ami.SecFailedACL, ACLName: "no_extension_match",
+			Service: "SIP", AccountID: "0044207946000" + fmt.Sprint(i), RemoteAddr: netip.MustParseAddr(fmt.Sprintf("2001:db8:9::%x", i+1))})
+	}
+	if n := probes.count(detector.RuleFailedProbes, detector.Critical); n != 1 {
+		t.Fatalf("%d critical failed_probes alerts from five addresses of one /64, want 1", n)
+	}
+
+	cfg := detector.Default()
+	cfg.IPv6Prefix = 128
+	alone := newFeed(cfg)
+	for i := range 5 {
+		alone.authFail(time.Duration(i)*time.Second, fmt.Sprintf("2001:db8:1:2::%x", i+1), "200")
+	}
+	if n := len(alone.alerts); n != 0 {
+		t.Fatalf("IPv6Prefix 128: %d alerts from five addresses with one failure each, want none", n)
+	}
+}

@@ -91,9 +91,12 @@ func (e *extState) numberList() []string {
 	return e.act.numbers.list()
 }
 
+// addrState is the state of a source: one address, or an IPv6 network
+// (Config.IPv6Prefix), keyed by the network's address.
 type addrState struct {
 	link[addrState]
-	addr     netip.Addr
+	addr     netip.Addr // the last address seen in the network
+	bits     uint8      // the network's length, as when the state was made
 	lastSeen int64
 	incident int64
 	alerts   [2][2]uint32 // auth_failures, failed_probes: as alertLog
@@ -127,6 +130,25 @@ func (a *addrState) accountList() []string {
 }
 
 func (a *addrState) lk() *link[addrState] { return &a.link }
+
+// net is the network a counts.
+func (a *addrState) net() netip.Prefix {
+	return netip.PrefixFrom(a.addr, int(a.bits)).Masked()
+}
+
+// key is a's key in Detector.addrs.
+func (a *addrState) key() [16]byte { return a.net().Addr().As16() }
+
+// addrKey returns the key and the network length of source a: an IPv6
+// address counts with its network of Config.IPv6Prefix bits.
+func (d *Detector) addrKey(a netip.Addr) ([16]byte, uint8) {
+	bits := a.BitLen()
+	if a.Is6() && d.cfg.IPv6Prefix > 0 && d.cfg.IPv6Prefix < bits {
+		bits = d.cfg.IPv6Prefix
+		a = netip.PrefixFrom(a, bits).Masked().Addr()
+	}
+	return a.As16(), uint8(bits)
+}
 
 // sample keeps the newest distinct strings, at most maxSample, oldest
 // first, packed in one array without pointers: each string after its
@@ -222,8 +244,13 @@ func (d *Detector) dropExt(e *extState) {
 	delete(d.exts, e.key)
 }
 
+// addr returns the state of the source a (its network for IPv6),
+// creating it (and evicting if at the cap); nil when the cap is full of
+// sources with incidents in progress.
 func (d *Detector) addr(a netip.Addr) *addrState {
-	if s := d.addrs[a.As16()]; s != nil {
+	key, bits := d.addrKey(a)
+	if s := d.addrs[key]; s != nil {
+		s.addr = a
 		s.lastSeen = d.now
 		d.addrQ.touch(s)
 		return s
@@ -235,11 +262,11 @@ func (d *Detector) addr(a netip.Addr) *addrState {
 			return nil
 		}
 		d.addrQ.remove(victim)
-		delete(d.addrs, victim.addr.As16())
+		delete(d.addrs, victim.key())
 		d.stats.Evicted++
 	}
-	s := &addrState{addr: a, lastSeen: d.now}
-	d.addrs[a.As16()] = s
+	s := &addrState{addr: a, bits: bits, lastSeen: d.now}
+	d.addrs[key] = s
 	d.addrPeak = max(d.addrPeak, len(d.addrs))
 	d.addrQ.pushFront(s)
 	return s
@@ -264,7 +291,7 @@ func (d *Detector) sweep() {
 		prev := d.addrQ.prevOf(a)
 		if a.incident <= d.now {
 			d.addrQ.remove(a)
-			delete(d.addrs, a.addr.As16())
+			delete(d.addrs, a.key())
 			d.stats.Expired++
 		}
 		a = prev

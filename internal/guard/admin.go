@@ -99,12 +99,16 @@ func (s *adminServer) unblock(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "addr is not an IP address", http.StatusBadRequest)
 		return
 	}
-	if err := s.g.bans.Unban(r.Context(), addr.Unmap()); err != nil {
+	lifted, err := s.g.bans.Lift(r.Context(), addr.Unmap())
+	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	s.g.log.Warn().Str("component", "admin").Str("ip", addr.String()).Msg("ban lifted by the administrator")
-	w.WriteHeader(http.StatusNoContent)
+	for _, b := range lifted {
+		s.g.log.Warn().Str("component", "admin").Str("ip", addr.String()).Str("ban", b.Target()).Msg("ban lifted by the administrator")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(lifted)
 }
 
 func (s *adminServer) listIncidents(w http.ResponseWriter, _ *http.Request) {
@@ -259,19 +263,21 @@ func (a *AdminClient) Bans(ctx context.Context) ([]bans.Ban, error) {
 	return out, json.NewDecoder(resp.Body).Decode(&out)
 }
 
-// Unblock asks the daemon to lift the ban of addr.
-func (a *AdminClient) Unblock(ctx context.Context, addr netip.Addr) error {
+// Unblock asks the daemon to lift the bans covering addr (its own, and
+// that of a network holding it) and returns them.
+func (a *AdminClient) Unblock(ctx context.Context, addr netip.Addr) ([]bans.Ban, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://guard/unblock?addr="+addr.String(), nil)
 	resp, err := a.c.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
+	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("guard answered %s: %s", resp.Status, b)
+		return nil, fmt.Errorf("guard answered %s: %s", resp.Status, b)
 	}
-	return nil
+	var out []bans.Ban
+	return out, json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&out)
 }
 
 // Incidents lists the daemon's incidents.

@@ -117,22 +117,26 @@ func (s *spyFirewall) Setup(ctx context.Context) error {
 	return s.kernelFirewall.Setup(ctx)
 }
 
-func (s *spyFirewall) Block(ctx context.Context, a netip.Addr, c string) error {
-	s.note("block " + a.String())
-	return s.kernelFirewall.Block(ctx, a, c)
+func (s *spyFirewall) Block(ctx context.Context, entries ...firewall.Entry) error {
+	for _, e := range entries {
+		s.note("block " + firewall.PrefixString(e.Prefix))
+	}
+	return s.kernelFirewall.Block(ctx, entries...)
 }
 
-func (s *spyFirewall) Unblock(ctx context.Context, a netip.Addr) error {
-	s.note("unblock " + a.String())
-	return s.kernelFirewall.Unblock(ctx, a)
+func (s *spyFirewall) Unblock(ctx context.Context, prefixes ...netip.Prefix) error {
+	for _, p := range prefixes {
+		s.note("unblock " + firewall.PrefixString(p))
+	}
+	return s.kernelFirewall.Unblock(ctx, prefixes...)
 }
 
-func (s *spyFirewall) Blocked(ctx context.Context) ([]netip.Addr, error) {
+func (s *spyFirewall) Blocked(ctx context.Context) ([]firewall.Entry, error) {
 	s.note("blocked")
 	return s.kernelFirewall.Blocked(ctx)
 }
 
-func (s *spyFirewall) Rules(ctx context.Context) ([]netip.Addr, error) {
+func (s *spyFirewall) Rules(ctx context.Context) ([]netip.Prefix, error) {
 	s.note("rules")
 	return s.kernelFirewall.Rules(ctx)
 }
@@ -258,7 +262,8 @@ func TestObserveModeLeavesFirewallAlone(t *testing.T) {
 	if len(calls) == 0 || calls[0] != "setup" {
 		t.Fatalf("enforce: firewall calls %v, want Setup first", calls)
 	}
-	applied, _ := fw.Blocked(context.Background())
+	entries, _ := fw.Blocked(context.Background())
+	applied := addrsOf(entries)
 	if !slices.Contains(applied, netip.MustParseAddr("198.51.100.7")) || slices.Contains(applied, netip.MustParseAddr("198.51.100.8")) {
 		t.Fatalf("firewall after the reload to enforce = %v, want the real ban applied and the dry-run one not", applied)
 	}
@@ -272,7 +277,7 @@ func TestObserveModeLeavesFirewallAlone(t *testing.T) {
 	if n := len(fw.callList()); n != before {
 		t.Fatalf("observe mode called the firewall: %v", fw.callList()[before:])
 	}
-	if applied, _ := fw.Blocked(context.Background()); !slices.Contains(applied, netip.MustParseAddr("198.51.100.7")) {
+	if entries, _ := fw.Blocked(context.Background()); !slices.Contains(addrsOf(entries), netip.MustParseAddr("198.51.100.7")) {
 		t.Fatalf("the reload to observe lifted a ban: %v", applied)
 	}
 }

@@ -216,7 +216,17 @@ func confSection(conf, name, key string) (string, bool) {
 
 func blocked(h *harness) []netip.Addr {
 	b, _ := h.fw.Blocked(context.Background())
-	return b
+	return addrsOf(b)
+}
+
+// addrsOf returns the addresses of entries (a network's address for a
+// network).
+func addrsOf(entries []firewall.Entry) []netip.Addr {
+	out := make([]netip.Addr, len(entries))
+	for i, e := range entries {
+		out[i] = e.Prefix.Addr()
+	}
+	return out
 }
 
 // countingFirewall is a kernelFirewall that counts the blocks of each
@@ -231,11 +241,13 @@ func newCountingFirewall() *countingFirewall {
 	return &countingFirewall{kernelFirewall: kernelFirewall{firewall.NewDryRun(zerolog.Nop())}, blocks: make(map[netip.Addr]int)}
 }
 
-func (f *countingFirewall) Block(ctx context.Context, a netip.Addr, c string) error {
+func (f *countingFirewall) Block(ctx context.Context, entries ...firewall.Entry) error {
 	f.mu.Lock()
-	f.blocks[a]++
+	for _, e := range entries {
+		f.blocks[e.Prefix.Addr()]++
+	}
 	f.mu.Unlock()
-	return f.kernelFirewall.Block(ctx, a, c)
+	return f.kernelFirewall.Block(ctx, entries...)
 }
 
 func (f *countingFirewall) counts() map[netip.Addr]int {

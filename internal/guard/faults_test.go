@@ -3,7 +3,6 @@ package guard
 import (
 	"context"
 	"errors"
-	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -60,8 +59,8 @@ type refusingFirewall struct{ firewall.DryRun }
 
 var errRefused = errors.New("iptables: permission denied (you must be root)")
 
-func (*refusingFirewall) Block(context.Context, netip.Addr, string) error { return errRefused }
-func (*refusingFirewall) Setup(context.Context) error                     { return errRefused }
+func (*refusingFirewall) Block(context.Context, ...firewall.Entry) error { return errRefused }
+func (*refusingFirewall) Setup(context.Context) error                    { return errRefused }
 
 // iptables refused: the block fails with an alert, and the other actions are
 // still done.
@@ -84,13 +83,13 @@ type gatedFirewall struct {
 	gate chan struct{}
 }
 
-func (g *gatedFirewall) Block(ctx context.Context, a netip.Addr, c string) error {
+func (g *gatedFirewall) Block(ctx context.Context, entries ...firewall.Entry) error {
 	select {
 	case <-g.gate:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return g.DryRun.Block(ctx, a, c)
+	return g.DryRun.Block(ctx, entries...)
 }
 
 // A later alert of an incident whose block is still running is not lost:

@@ -107,7 +107,7 @@ func TestAdminClientChecksTheSocket(t *testing.T) {
 		if !errors.Is(err, fsafe.ErrUnsafe) || errors.Is(err, ErrNoDaemon) {
 			t.Errorf("%s: Bans err = %v, want fsafe.ErrUnsafe and not ErrNoDaemon (no fallback to offline mode)", name, err)
 		}
-		if err := NewAdminClient(path).Unblock(ctx, netip.MustParseAddr("192.0.2.7")); !errors.Is(err, fsafe.ErrUnsafe) {
+		if _, err := NewAdminClient(path).Unblock(ctx, netip.MustParseAddr("192.0.2.7")); !errors.Is(err, fsafe.ErrUnsafe) {
 			t.Errorf("%s: Unblock err = %v, want fsafe.ErrUnsafe", name, err)
 		}
 	}

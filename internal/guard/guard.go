@@ -177,6 +177,7 @@ func Run(ctx context.Context, opts Options) error {
 		Never:      g.refreshNever(ctx, "start", false),
 		Observe:    cfg.Mode != config.ModeEnforce,
 		RecoverFor: time.Duration(cfg.Response.BanDuration),
+		IPv6Prefix: cfg.Response.IPv6Prefix,
 		Logger:     g.log,
 	})
 	if err != nil {
@@ -367,13 +368,15 @@ func (g *Guard) newCrowdSec(cfg *config.Config) (*crowdsec.Service, error) {
 	return s, nil
 }
 
-// NewFirewall returns the firewall the configuration names: iptables with
-// the guard's chain, or a dry run that only logs.
+// NewFirewall returns the firewall the configuration names: the guard's
+// chain matching kernel address sets or holding one rule per ban
+// (response.firewall_match), or a dry run that only logs.
 func NewFirewall(cfg *config.Config, log zerolog.Logger) (firewall.Firewall, error) {
 	if cfg.Response.Firewall == config.FirewallDryRun {
 		return firewall.NewDryRun(log), nil
 	}
-	return firewall.NewIPTables(firewall.Options{Chain: cfg.Response.Chain, DisableIPv6: !cfg.Response.IPv6, KeepRulesOnSetup: true, Logger: log})
+	return firewall.New(firewall.Options{Match: firewall.Match(cfg.Response.FirewallMatch), Chain: cfg.Response.Chain,
+		DisableIPv6: !cfg.Response.IPv6, KeepRulesOnSetup: true, Logger: log})
 }
 
 // dropped is told the running count of events dropped because the queue

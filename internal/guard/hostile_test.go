@@ -61,7 +61,7 @@ func TestHostileInputReachesNothingUnvalidated(t *testing.T) {
 	}, fw)
 	blocked := func(*harness) []netip.Addr {
 		b, _ := fw.Blocked(context.Background())
-		return b
+		return addrsOf(b)
 	}
 	waitFor(t, "both sessions to log in", 10*time.Second, func() bool { return h.srv.Sessions() == 2 })
 	select {
@@ -247,11 +247,13 @@ type recordingFirewall struct {
 	blocks []blockCall
 }
 
-func (f *recordingFirewall) Block(ctx context.Context, addr netip.Addr, comment string) error {
+func (f *recordingFirewall) Block(ctx context.Context, entries ...firewall.Entry) error {
 	f.mu.Lock()
-	f.blocks = append(f.blocks, blockCall{addr, comment})
+	for _, e := range entries {
+		f.blocks = append(f.blocks, blockCall{e.Prefix.Addr(), e.Comment})
+	}
 	f.mu.Unlock()
-	return f.DryRun.Block(ctx, addr, comment)
+	return f.DryRun.Block(ctx, entries...)
 }
 
 func (f *recordingFirewall) calls() []blockCall {

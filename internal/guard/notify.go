@@ -91,20 +91,20 @@ func (w *watchedFirewall) condition() notify.Condition {
 
 func (w *watchedFirewall) Setup(ctx context.Context) error { return w.note(w.Firewall.Setup(ctx)) }
 
-func (w *watchedFirewall) Block(ctx context.Context, addr netip.Addr, comment string) error {
-	return w.note(w.Firewall.Block(ctx, addr, comment))
+func (w *watchedFirewall) Block(ctx context.Context, entries ...firewall.Entry) error {
+	return w.note(w.Firewall.Block(ctx, entries...))
 }
 
-func (w *watchedFirewall) Unblock(ctx context.Context, addr netip.Addr) error {
-	return w.note(w.Firewall.Unblock(ctx, addr))
+func (w *watchedFirewall) Unblock(ctx context.Context, prefixes ...netip.Prefix) error {
+	return w.note(w.Firewall.Unblock(ctx, prefixes...))
 }
 
-func (w *watchedFirewall) Blocked(ctx context.Context) ([]netip.Addr, error) {
-	addrs, err := w.Firewall.Blocked(ctx)
-	return addrs, w.note(err)
+func (w *watchedFirewall) Blocked(ctx context.Context) ([]firewall.Entry, error) {
+	entries, err := w.Firewall.Blocked(ctx)
+	return entries, w.note(err)
 }
 
-func (w *watchedFirewall) Rules(ctx context.Context) ([]netip.Addr, error) {
-	addrs, err := w.Firewall.Rules(ctx)
-	return addrs, w.note(err)
+func (w *watchedFirewall) Rules(ctx context.Context) ([]netip.Prefix, error) {
+	prefixes, err := w.Firewall.Rules(ctx)
+	return prefixes, w.note(err)
 }

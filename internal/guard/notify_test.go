@@ -268,13 +268,13 @@ type failingFirewall struct {
 
 func (f *failingFirewall) fail(err error) { f.mu.Lock(); f.err = err; f.mu.Unlock() }
 
-func (f *failingFirewall) Block(ctx context.Context, a netip.Addr, c string) error {
+func (f *failingFirewall) Block(ctx context.Context, entries ...firewall.Entry) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil {
 		return f.err
 	}
-	return f.DryRun.Block(ctx, a, c)
+	return f.DryRun.Block(ctx, entries...)
 }
 
 // The firewall's probe: down from its first failure, with the error, up
@@ -282,22 +282,22 @@ func (f *failingFirewall) Block(ctx context.Context, a netip.Addr, c string) err
 func TestWatchedFirewall(t *testing.T) {
 	fw := &failingFirewall{DryRun: firewall.NewDryRun(zerolog.Nop())}
 	w := &watchedFirewall{Firewall: fw}
-	a := netip.MustParseAddr("203.0.113.9")
-	if err := w.Block(t.Context(), a, "x"); err != nil || w.condition().Down {
+	a := firewall.Entry{Prefix: netip.MustParsePrefix("203.0.113.9/32"), Comment: "x"}
+	if err := w.Block(t.Context(), a); err != nil || w.condition().Down {
 		t.Fatalf("working: %v, %+v", err, w.condition())
 	}
 	fw.fail(errors.New("iptables: permission denied"))
-	_ = w.Block(t.Context(), a, "x")
+	_ = w.Block(t.Context(), a)
 	c := w.condition()
 	if !c.Down || c.Detail != "iptables: permission denied" || c.Since.IsZero() {
 		t.Fatalf("failing: %+v", c)
 	}
-	_ = w.Block(t.Context(), a, "x")
+	_ = w.Block(t.Context(), a)
 	if w.condition().Since != c.Since {
 		t.Fatal("a second failure moved the start of the trouble")
 	}
 	fw.fail(&firewall.Error{Op: "conntrack", Err: firewall.ErrConntrack})
-	_ = w.Block(t.Context(), a, "x")
+	_ = w.Block(t.Context(), a)
 	if w.condition().Down {
 		t.Fatalf("a conntrack failure: %+v", w.condition())
 	}

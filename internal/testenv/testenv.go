@@ -71,6 +71,7 @@ var packages = map[string]string{
 	"mariadb-install-db":      "mariadb-server",
 	"crowdsec":                "crowdsec",
 	"cscli":                   "crowdsec",
+	"ipset":                   "ipset",
 }
 
 // RequireCommand skips t (fails it when strict) unless every one of names
@@ -210,8 +211,10 @@ func InNetns(t testing.TB, env ...string) bool {
 
 // Drops returns how many packets the DROP rules of chain for source src
 // (as iptables prints it: "127.0.0.2/32") have counted, with bin
-// (iptables or ip6tables). A test waits for it to grow to know that a
-// datagram it sent was dropped by that rule, rather than waiting for a
+// (iptables or ip6tables): the rules `-s SRC ... -j DROP`, and the rules
+// `-m set --match-set SET src -j DROP` whose set holds src's address
+// (asked with `ipset test`). A test waits for it to grow to know that a
+// datagram it sent was dropped by such a rule, rather than waiting for a
 // while to see that it did not arrive.
 func Drops(t testing.TB, bin, chain, src string) uint64 {
 	t.Helper()
@@ -219,10 +222,18 @@ func Drops(t testing.TB, bin, chain, src string) uint64 {
 	if err != nil {
 		t.Fatalf("%s -v -S %s: %v\n%s", bin, chain, err, out)
 	}
+	addr, _, _ := strings.Cut(src, "/")
 	var n uint64
 	for _, l := range strings.Split(string(out), "\n") {
 		f := strings.Fields(l)
-		if !slices.Contains(f, "DROP") || !strings.Contains(l, " -s "+src+" ") {
+		if !slices.Contains(f, "DROP") {
+			continue
+		}
+		if i := slices.Index(f, "--match-set"); i >= 0 && i+1 < len(f) {
+			if exec.Command("ipset", "test", f[i+1], addr).Run() != nil {
+				continue // not in the set (or no ipset): not this source's rule
+			}
+		} else if !strings.Contains(l, " -s "+src+" ") {
 			continue
 		}
 		if i := slices.Index(f, "-c"); i >= 0 && i+1 < len(f) {
@@ -236,12 +247,73 @@ func Drops(t testing.TB, bin, chain, src string) uint64 {
 	return n
 }
 
+// Banned lists what chain drops, for a test to look for an address in:
+// the sources of its DROP rules (iptables and ip6tables, as `-S` prints
+// them) and the members of the sets its rules match (as `ipset list`
+// prints them), one a line. A missing chain or set contributes nothing.
+func Banned(t testing.TB, chain string) string {
+	t.Helper()
+	var b strings.Builder
+	for _, bin := range []string{"iptables", "ip6tables"} {
+		out, err := exec.Command(bin, "-w", "-S", chain).CombinedOutput()
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			f := strings.Fields(l)
+			if !slices.Contains(f, "DROP") {
+				continue
+			}
+			if i := slices.Index(f, "-s"); i >= 0 && i+1 < len(f) {
+				fmt.Fprintf(&b, "%s rule in %s (%s)\n", f[i+1], chain, bin)
+			}
+			if i := slices.Index(f, "--match-set"); i >= 0 && i+1 < len(f) {
+				members, err := exec.Command("ipset", "list", f[i+1]).CombinedOutput()
+				if err != nil {
+					t.Fatalf("ipset list %s: %v\n%s", f[i+1], err, members)
+				}
+				_, m, _ := strings.Cut(string(members), "Members:\n")
+				for _, e := range strings.Split(strings.TrimSpace(m), "\n") {
+					if e != "" {
+						fmt.Fprintf(&b, "%s in set %s\n", e, f[i+1])
+					}
+				}
+			}
+		}
+	}
+	return b.String()
+}
+
+// Sets returns the names of the ipset sets named after chain (CHAIN-...)
+// that exist; none when ipset is not installed.
+func Sets(t testing.TB, chain string) []string {
+	t.Helper()
+	if _, err := exec.LookPath("ipset"); err != nil {
+		return nil
+	}
+	out, err := exec.Command("ipset", "list", "-n").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ipset list -n: %v\n%s", err, out)
+	}
+	var sets []string
+	for _, n := range strings.Fields(string(out)) {
+		if strings.HasPrefix(n, chain+"-") {
+			sets = append(sets, n)
+		}
+	}
+	return sets
+}
+
 // NoChainOnHost fails t if chain, or a jump to it from INPUT, exists in
-// the host's iptables or ip6tables: a test working in a private network
-// namespace left the host alone. It looks at nothing else of the host's
-// tables, which other programs may change at any time.
+// the host's iptables or ip6tables, or a set named after it in the host's
+// ipset: a test working in a private network namespace left the host
+// alone. It looks at nothing else of the host's tables, which other
+// programs may change at any time.
 func NoChainOnHost(t testing.TB, chain string) {
 	t.Helper()
+	if sets := Sets(t, chain); len(sets) > 0 {
+		t.Errorf("the host has the sets %v", sets)
+	}
 	for _, bin := range []string{"iptables", "ip6tables"} {
 		if out, err := exec.Command(bin, "-w", "-S", chain).CombinedOutput(); err == nil {
 			t.Errorf("the host's %s has chain %s:\n%s", bin, chain, out)

@@ -1,11 +1,18 @@
-// Package bans owns the guard's bans: it records each ban in a state file
-// before it asks the firewall to drop the address, expires bans on time,
-// and keeps the firewall in step with the record (a flushed chain is
-// refilled, a crash loses nothing).
+// Package bans owns the guard's bans: it records each ban durably before
+// it asks the firewall to drop the address or network, expires bans on
+// time, and keeps the firewall in step with the record (a flushed chain or
+// set is refilled, a crash loses nothing).
 //
 // Every ban says whether it is real or was recorded through a dry-run
 // firewall; a real firewall only ever applies real ones. In observe mode
 // the manager reads the state and changes nothing.
+//
+// Bans are written in group commits: the changes made while one write is
+// in flight go out together in the next (one journal append and one
+// fsync, see JournalName), and are then applied to the firewall in one
+// batch. A caller of Ban, BanMany, Unban or SaveIncidents is answered
+// only after its change is written and synced (or with the error that
+// says it is not), and after the firewall was asked.
 //
 // The daemon creates one Manager, calls Start, runs Run until shutdown and
 // then Close; Enforce and Observe follow the configured mode. ReadState,
@@ -25,6 +32,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -37,7 +45,7 @@ const (
 	// OriginAstguard is the Origin of a ban this guard decided.
 	OriginAstguard = "astguard"
 	// OriginCrowdSec is the Origin of a ban applied from a CrowdSec
-	// decision (package crowdsec).
+	// decision.
 	OriginCrowdSec = "crowdsec"
 )
 
@@ -45,7 +53,8 @@ const (
 // It is also the ban's record in the state file (version 2).
 type Ban struct {
 	// Prefix is what is banned; one address is a /32 (IPv4) or a /128
-	// (IPv6). Bans made by this version are always one address.
+	// (IPv6), a network (an IPv6 address's /64 with ipv6_prefix = 64, a
+	// range decided elsewhere) is wider.
 	Prefix netip.Prefix `json:"prefix"`
 	Since  time.Time    `json:"since"`
 	// Until is when the ban ends; zero (left out of the file) is permanent,
@@ -64,7 +73,7 @@ type Ban struct {
 	// expires, and a real firewall never applies it.
 	DryRun bool `json:"dry_run"`
 	// Origin says who decided the ban: OriginAstguard, this guard, or
-	// OriginCrowdSec, a CrowdSec decision.
+	// another source named by Request.Origin (e.g. "crowdsec").
 	Origin string `json:"origin"`
 	// Incident names the incident that owns the ban (Request.Incident,
 	// e.g. "inc-3f9a0c12"); empty when the request named none.
@@ -75,12 +84,7 @@ type Ban struct {
 func (b Ban) Permanent() bool { return b.Until.IsZero() }
 
 // Target is the banned address, or the prefix when it covers more than one.
-func (b Ban) Target() string {
-	if b.Prefix.IsSingleIP() {
-		return b.Prefix.Addr().String()
-	}
-	return b.Prefix.String()
-}
+func (b Ban) Target() string { return firewall.PrefixString(b.Prefix) }
 
 // expired reports whether the ban is over at now.
 func (b Ban) expired(now time.Time) bool { return !b.Until.IsZero() && !b.Until.After(now) }
@@ -94,14 +98,30 @@ func (b Ban) comment() string {
 	return c
 }
 
+// entry is what the firewall gets for b at now: its prefix, for the time
+// it has left (0: permanent).
+func (b Ban) entry(now time.Time) firewall.Entry {
+	e := firewall.Entry{Prefix: b.Prefix, Comment: b.comment()}
+	if !b.Permanent() {
+		e.Timeout = max(b.Until.Sub(now), time.Second)
+	}
+	return e
+}
+
 // Request is a ban to record: Ban's argument.
 type Request struct {
+	// Addr is the address to ban. An IPv6 address of this guard's own
+	// (Origin empty or OriginAstguard) is banned with its network of
+	// Options.IPv6Prefix bits (its /64 by default in the guard), unless
+	// that network holds a never-blocked address: then the address alone,
+	// and a log line says why. Another source's address is banned as it
+	// is: the source decided what to ban.
 	Addr netip.Addr
-	// Prefix, when valid, is banned instead of Addr: a network (a range
-	// decision of CrowdSec) or one address.
+	// Prefix, when valid, is banned as it is instead of Addr (which is then
+	// ignored): a single address (a /32 or /128, never widened) or a
+	// network, such as a range decided elsewhere. A network overlapping a
+	// never-blocked one is refused with ErrProtected.
 	Prefix netip.Prefix
-	// Origin is who decides the ban; "" is OriginAstguard.
-	Origin string
 	// TTL is how long the ban lasts; 0 is permanent.
 	TTL       time.Duration
 	Reason    string
@@ -110,6 +130,20 @@ type Request struct {
 	// Incident is the incident that decided the ban; a re-ban by another
 	// incident takes its name.
 	Incident string
+	// Origin says who decided the ban; empty is OriginAstguard. A ban of
+	// this guard's stays its own when another source bans the same
+	// prefix: only its Until may grow (its reason and the rest stay), so
+	// that the other source's withdrawal (UnbanOrigin) never lifts it; a
+	// ban of this guard's takes over another source's.
+	Origin string
+}
+
+// BanResult is the outcome of one request of BanMany.
+type BanResult struct {
+	// Ban is the ban as recorded (also with an error saying it is not
+	// saved or not applied yet).
+	Ban Ban
+	Err error
 }
 
 // Options configures New.
@@ -144,6 +178,11 @@ type Options struct {
 	// manager set it up). By default Close leaves the rules in place, so a
 	// restarting daemon never opens a window; use it for uninstalling.
 	TeardownOnClose bool
+	// IPv6Prefix is the length of the network an IPv6 address of a Request
+	// is banned with (Request.Addr): 64 bans its /64, since an attacker
+	// changes its address inside its /64 at will. 16 to 128; default 128,
+	// the address alone.
+	IPv6Prefix int
 }
 
 // Errors.
@@ -169,6 +208,13 @@ const (
 	defaultRecoverFor   = 24 * time.Hour
 	firstRetry          = time.Second
 	setNeverTimeout     = 30 * time.Second
+	// renewMargin: a set entry whose kernel timeout runs out more than
+	// this before its ban needs it to (a ban longer than
+	// firewall.MaxSetTimeout, or a permanent one) is added again, renewing
+	// its timeout; about once a day for each such ban.
+	renewMargin = 24 * time.Hour
+	// maxLogged bounds the addresses one log line names.
+	maxLogged = 20
 )
 
 // recoveredReason is the Reason of a ban kept from a rule found in the
@@ -177,10 +223,13 @@ const recoveredReason = "kept from the firewall rule found at start: the state f
 
 // Manager owns the bans. Its methods are safe for concurrent use.
 //
-// Locking: fwMu serializes every change that touches the firewall with the
-// state change it follows, so the firewall is never behind a newer state
-// for long; mu guards the fields and is never held across a firewall call,
-// so List answers while iptables is slow.
+// Locking: wTurn is held by whoever writes the pending changes (the group
+// commit's leader); fwTurn by whoever applies written changes to the
+// firewall, in the order they were written, or re-checks the firewall. A
+// slow or stuck firewall never holds up a write (an incident saved before
+// its hang-up), and a slow disk never a firewall check. mu guards the
+// fields and is never held across a write or a firewall call, so List
+// and new bans go on meanwhile. Whoever holds both took fwTurn first.
 type Manager struct {
 	fw         firewall.Firewall
 	real       bool // fw.Real(): bans recorded now are real
@@ -190,8 +239,12 @@ type Manager struct {
 	every      time.Duration
 	recoverFor time.Duration
 	teardown   bool
+	v6bits     int
 
-	fwMu sync.Mutex
+	wTurn      turn        // the writer's
+	journal    *journal    // written with wTurn held
+	foldWanted atomic.Bool // the journal has grown past the state file: Run folds it in
+	fwTurn     turn        // the firewall's
 
 	mu        sync.Mutex
 	never     []netip.Prefix
@@ -200,7 +253,7 @@ type Manager struct {
 	closed    bool
 	observing bool   // observe mode: nothing applied, re-applied, expired or lifted
 	setUp     bool   // the firewall was set up: Close may tear it down
-	unsaved   bool   // the bans differ from the file since Start (migrated, pruned)
+	unsaved   bool   // the bans differ from the file in ways not journaled (migrated, normalized): write the state file
 	dirty     bool   // a write failed: retry it
 	retrySoon bool   // an operation failed: Run should sync within firstRetry
 	corrupt   string // why the state file is corrupt, until it is moved aside
@@ -212,8 +265,42 @@ type Manager struct {
 	// here: as read at Start, then as SaveIncidents last set it.
 	incidents json.RawMessage
 
+	// The group commit: the prefixes whose ban changed since the last
+	// write (pending), whether the incidents did, the prefixes an
+	// administrator lifted (unblocked even in observe mode), and the round
+	// that will carry them.
+	pending    map[netip.Prefix]struct{}
+	pendingInc bool
+	lifted     map[netip.Prefix]struct{}
+	round      *round
+	// queue holds the rounds written and not yet applied to the firewall,
+	// oldest first.
+	queue []*round
+	// soonest is the earliest Until of the bans (zero: none) unless stale,
+	// when a change may have moved it: Run's timer, kept without a scan of
+	// every ban at each change.
+	soonest      time.Time
+	soonestStale bool
+
 	wake chan struct{} // tells Run that deadlines or the mode changed
 	stop chan struct{} // closed by Close
+}
+
+// round is one group commit: the changes made while it was open, written
+// at once, then applied to the firewall at once.
+type round struct {
+	written chan struct{} // closed when the round is written (or failed to be)
+	applied chan struct{} // closed when the firewall was asked (after written)
+	saveErr error         // the write failed: the changes are kept and written again later
+	fwErr   error         // the firewall refused the batch: Run re-applies it
+	// What the firewall is asked: the prefixes of the round whose ban
+	// applies (added) and those lifted (removed).
+	adds []firewall.Entry
+	dels []netip.Prefix
+}
+
+func newRound() *round {
+	return &round{written: make(chan struct{}), applied: make(chan struct{})}
 }
 
 // New checks opts and returns a Manager. It touches neither the firewall
@@ -228,6 +315,12 @@ func New(opts Options) (*Manager, error) {
 	never, err := normalizePrefixes(opts.Never)
 	if err != nil {
 		return nil, err
+	}
+	switch {
+	case opts.IPv6Prefix == 0:
+		opts.IPv6Prefix = 128
+	case opts.IPv6Prefix < firewall.WidestIPv6 || opts.IPv6Prefix > 128:
+		return nil, fmt.Errorf("bans: Options.IPv6Prefix %d is not between %d and 128", opts.IPv6Prefix, firewall.WidestIPv6)
 	}
 	if opts.Clock == nil {
 		opts.Clock = time.Now
@@ -247,9 +340,15 @@ func New(opts Options) (*Manager, error) {
 		every:      opts.ReapplyEvery,
 		recoverFor: opts.RecoverFor,
 		teardown:   opts.TeardownOnClose,
+		v6bits:     opts.IPv6Prefix,
+		journal:    newJournal(opts.StatePath),
+		wTurn:      newTurn(),
+		fwTurn:     newTurn(),
 		never:      never,
 		observing:  opts.Observe,
 		bans:       make(map[netip.Prefix]Ban),
+		pending:    make(map[netip.Prefix]struct{}),
+		lifted:     make(map[netip.Prefix]struct{}),
 		wake:       make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 	}, nil
@@ -288,21 +387,14 @@ func normalizeAddr(addr netip.Addr) (netip.Addr, error) {
 	return a, nil
 }
 
-// normalizeBanPrefix unmaps an IPv4-mapped prefix; a single address must
-// be one a firewall rule can hold (firewall.NormalizeAddr).
+// normalizeBanPrefix unmaps an IPv4-mapped prefix and checks that a
+// firewall can hold it (firewall.NormalizePrefix).
 func normalizeBanPrefix(p netip.Prefix) (netip.Prefix, error) {
-	a, bits := p.Addr(), p.Bits()
-	if a.Is4In6() && bits >= 96 {
-		a, bits = a.Unmap(), bits-96
+	n, err := firewall.NormalizePrefix(p)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("bans: %w", err)
 	}
-	if bits == a.BitLen() {
-		a, err := normalizeAddr(a)
-		if err != nil {
-			return netip.Prefix{}, err
-		}
-		return netip.PrefixFrom(a, a.BitLen()), nil
-	}
-	return netip.PrefixFrom(a, bits).Masked(), nil
+	return n, nil
 }
 
 func single(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
@@ -318,37 +410,38 @@ func (m *Manager) protectedLocked(p netip.Prefix) (netip.Prefix, bool) {
 
 // applies reports whether b is this manager's firewall's to apply: a real
 // firewall applies real bans only, a dry-run one dry-run bans only (it only
-// logs them), and only bans of one address (the firewall's unit).
+// logs them).
 func (m *Manager) applies(b Ban) bool {
-	return b.DryRun != m.real && b.Prefix.IsSingleIP()
+	return b.DryRun != m.real
 }
 
 // Real reports whether the bans this manager records are real: its
 // firewall drops traffic. False with a dry-run firewall.
 func (m *Manager) Real() bool { return m.real }
 
-// Start takes the state file's lock and loads the state file, then, unless
-// in observe mode, sets the firewall up and makes it hold exactly the bans
-// it applies: missing rules are added, rules without a ban removed.
+// Start takes the state file's lock and loads the state file (and its
+// journal), then, unless in observe mode, sets the firewall up and makes it
+// hold exactly the bans it applies: missing entries are added, entries
+// without a ban removed.
 //
 // A missing file holds no bans. A file whose content is corrupt does not
 // stop the guard: it starts with no bans, says so at error level, and the
-// file is moved aside (to StatePath.corrupt-<UTC time>) when the manager
-// first writes, which in enforce mode is at once; the DROP rules found in
-// the chain then are kept as bans for RecoverFor, since they are the only
-// record left of real bans. A state or lock file that is not a private
-// regular file (a symlink, another owner, open to other users) or cannot be
-// read fails Start: the guard cannot know or keep its bans and must not
-// act on a file someone else controls; a person has to look (the error
-// says what is wrong). A version 1 file is migrated (State.Upgrade) and,
-// in enforce mode, rewritten as version 2.
+// file is moved aside (to StatePath.corrupt-<UTC time>, its journal with
+// it) when the manager first writes, which in enforce mode is at once; the
+// entries found in the firewall then are kept as bans for RecoverFor,
+// since they are the only record left of real bans. A state, journal or
+// lock file that is not a private regular file (a symlink, another owner,
+// open to other users) or cannot be read fails Start: the guard cannot know
+// or keep its bans and must not act on a file someone else controls; a
+// person has to look (the error says what is wrong). A version 1 file is
+// migrated (State.Upgrade) and, in enforce mode, rewritten as version 2.
 //
 // The state is read before the firewall is set up, so an unreadable file
-// never costs the rules still in the kernel. Failing to re-apply a ban is
-// logged and left to Run. A failed Start can be retried.
+// never costs the entries still in the kernel. Failing to re-apply a ban
+// is logged and left to Run. A failed Start can be retried.
 func (m *Manager) Start(ctx context.Context) error {
-	m.fwMu.Lock()
-	defer m.fwMu.Unlock()
+	m.fwTurn.lock()
+	defer m.fwTurn.unlock()
 	m.mu.Lock()
 	switch {
 	case m.closed:
@@ -387,6 +480,9 @@ func (m *Manager) Start(ctx context.Context) error {
 			Msg("version 1 bans state migrated: version 1 did not record whether a ban was real; a ban counts as real only when the guard's chain holds its DROP rule, the others are kept as dry-run bans and never applied")
 	}
 
+	m.wTurn.lock()
+	m.journal.sizes()
+	m.wTurn.unlock()
 	m.mu.Lock()
 	m.loadLocked(st.Bans)
 	m.incidents = st.Incidents
@@ -422,10 +518,10 @@ func (m *Manager) Start(ctx context.Context) error {
 }
 
 // loadLocked puts the bans read from the state file in m.bans: invalid ones
-// are dropped (logged), the same prefix twice (mapped and plain) is kept
-// once, the longer ban winning. m.mu must be held.
+// are dropped (logged, and lifted in the journal), the same prefix twice
+// (mapped and plain) is kept once, the longer ban winning. m.mu must be
+// held.
 func (m *Manager) loadLocked(loaded []Ban) {
-	wide := 0
 	for _, b := range loaded {
 		p, err := normalizeBanPrefix(b.Prefix)
 		if err != nil {
@@ -437,9 +533,6 @@ func (m *Manager) loadLocked(loaded []Ban) {
 			m.unsaved = true
 		}
 		b.Prefix = p
-		if !p.IsSingleIP() {
-			wide++
-		}
 		if old, dup := m.bans[p]; dup {
 			m.unsaved = true
 			if old.DryRun == b.DryRun && (old.Permanent() || (!b.Permanent() && old.Until.After(b.Until))) || !old.DryRun && b.DryRun {
@@ -448,9 +541,33 @@ func (m *Manager) loadLocked(loaded []Ban) {
 		}
 		m.bans[p] = b
 	}
-	if wide > 0 {
-		m.log.Error().Int("count", wide).Str("state", m.path).
-			Msg("bans of whole prefixes in the state file are kept and listed but not applied: this version of the guard applies bans of single addresses")
+	m.soonestStale = true
+}
+
+// setLocked records b (its prefix's ban from now on) for the next commit.
+// m.mu must be held.
+func (m *Manager) setLocked(b Ban) {
+	m.forgetLocked(b.Prefix)
+	m.bans[b.Prefix] = b
+	m.pending[b.Prefix] = struct{}{}
+	if !b.Permanent() && !m.soonestStale && (m.soonest.IsZero() || b.Until.Before(m.soonest)) {
+		m.soonest = b.Until
+	}
+}
+
+// dropLocked records that p is no longer banned, for the next commit.
+// m.mu must be held.
+func (m *Manager) dropLocked(p netip.Prefix) {
+	m.forgetLocked(p)
+	delete(m.bans, p)
+	m.pending[p] = struct{}{}
+}
+
+// forgetLocked marks soonest stale when p's ban, about to change, ends
+// then. m.mu must be held.
+func (m *Manager) forgetLocked(p netip.Prefix) {
+	if old, ok := m.bans[p]; ok && !old.Permanent() && old.Until.Equal(m.soonest) {
+		m.soonestStale = true
 	}
 }
 
@@ -463,21 +580,18 @@ func (m *Manager) pruneLocked(now time.Time, lift bool) bool {
 	for p, b := range m.bans {
 		if b.expired(now) {
 			m.log.Info().Str("ip", b.Target()).Time("until", b.Until).Bool("dry_run", b.DryRun).Msg("ban expired while the guard did not enforce")
-			delete(m.bans, p)
+			m.dropLocked(p)
 			changed = true
 			continue
 		}
 		if n, ok := m.protectedLocked(p); ok && lift {
 			m.log.Warn().Str("ip", b.Target()).Str("never", n.String()).Msg("ban lifted: address is protected")
-			delete(m.bans, p)
+			m.dropLocked(p)
 			changed = true
 		}
 	}
 	if !lift {
 		m.warnProtectedLocked()
-	}
-	if changed {
-		m.unsaved = true
 	}
 	return changed
 }
@@ -506,9 +620,9 @@ func (m *Manager) countLocked() (real, dry int) {
 }
 
 // activateLocked leaves observe mode: it drops expired and protected bans,
-// writes the state if it differs from the file (moving a corrupt file
-// aside first), sets the firewall up and applies the bans. m.fwMu must be
-// held.
+// writes the state (the whole state file when it differs from what was
+// read, moving a corrupt file aside first), sets the firewall up and
+// applies the bans. m.fwTurn must be held (not m.wTurn).
 func (m *Manager) activateLocked(ctx context.Context) error {
 	m.mu.Lock()
 	m.observing = false
@@ -517,10 +631,12 @@ func (m *Manager) activateLocked(ctx context.Context) error {
 		m.adopt = true
 	}
 	m.pruneLocked(m.clock(), true)
-	if m.unsaved {
-		m.saveLocked()
-	}
 	m.mu.Unlock()
+	// The lifts of pruned bans are written here; their entries go with
+	// the sync below, after Setup.
+	m.wTurn.lock()
+	m.writeLocked(false)
+	m.wTurn.unlock()
 
 	// A firewall that cannot be set up (iptables missing or refused) must
 	// not stop the guard: the bans are kept and Run keeps re-applying them,
@@ -545,8 +661,8 @@ func (m *Manager) activateLocked(ctx context.Context) error {
 // mode, and Run resumes expiring and re-applying. Nothing happens when the
 // manager already enforces. Errors are those of Start's firewall part.
 func (m *Manager) Enforce(ctx context.Context) error {
-	m.fwMu.Lock()
-	defer m.fwMu.Unlock()
+	m.fwTurn.lock()
+	defer m.fwTurn.unlock()
 	m.mu.Lock()
 	if err := m.checkOpenLocked(); err != nil {
 		m.mu.Unlock()
@@ -565,9 +681,9 @@ func (m *Manager) Enforce(ctx context.Context) error {
 
 // Observe enters observe mode (a reload to mode = "observe"): from now on
 // nothing is applied, re-applied, expired or lifted, and Ban is refused.
-// The rules already in the firewall stay as they are: observe mode changes
-// nothing, lifting included. Unban (an administrator's request) still
-// works.
+// The entries already in the firewall stay as they are: observe mode
+// changes nothing, lifting included. Unban (an administrator's request)
+// still works.
 func (m *Manager) Observe() {
 	m.mu.Lock()
 	if m.observing || m.closed || !m.started {
@@ -583,42 +699,267 @@ func (m *Manager) Observe() {
 		Msg("observe mode: the bans already applied stay in the firewall; nothing is applied, re-applied, expired or lifted until the guard enforces again (guard unblock still lifts a ban)")
 }
 
-// saveLocked writes the state file; on failure it marks the state dirty so
-// Run retries, and returns the error. A corrupt state file still in place
-// is moved aside first (never overwritten). m.mu must be held.
-func (m *Manager) saveLocked() error {
-	if m.corrupt != "" {
-		dst, err := moveAside(m.path, m.clock())
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			m.log.Warn().Str("state", m.path).Msg("corrupt bans state file is gone: someone moved it")
-		case err != nil:
-			err = fmt.Errorf("move the corrupt bans state file %s aside: %w", m.path, err)
-			if !m.dirty {
-				m.log.Error().Err(err).Msg("bans state not saved, will retry")
-			}
-			m.dirty, m.retrySoon = true, true
-			return err
-		default:
-			m.log.Error().Str("state", m.path).Str("moved_to", dst).Str("problem", m.corrupt).
-				Msg("corrupt bans state file moved aside: the guard goes on without its bans and writes a new one; the old one is kept for you to read")
-		}
-		m.corrupt = ""
+// openRoundLocked returns the round the changes made now are committed
+// in. m.mu must be held.
+func (m *Manager) openRoundLocked() *round {
+	if m.round == nil {
+		m.round = newRound()
 	}
-	bs := slices.Collect(maps.Values(m.bans))
-	sortBans(bs)
-	if err := writeState(m.path, bs, m.incidents); err != nil {
+	return m.round
+}
+
+// commit returns once r is written and applied. The caller that gets the
+// writer's turn first writes every pending change, its own and those made
+// meanwhile; the callers waiting for the turn see their round written and
+// go on to the firewall, where the first to get the turn applies every
+// written round.
+func (m *Manager) commit(ctx context.Context, r *round) {
+	m.commitWrite(r)
+	if !m.fwTurn.lockOr(r.applied) {
+		return
+	}
+	defer m.fwTurn.unlock()
+	select {
+	case <-r.applied:
+	default:
+		m.applyLocked(ctx)
+	}
+}
+
+// commitWrite returns once r is written (or its write failed).
+func (m *Manager) commitWrite(r *round) {
+	if !m.wTurn.lockOr(r.written) {
+		return
+	}
+	defer m.wTurn.unlock()
+	select {
+	case <-r.written:
+	default:
+		m.writeLocked(true)
+	}
+}
+
+// turn is a lock a waiter stops waiting for once the holder did its work
+// for it: a channel holding one token. A thousand bans waiting for one
+// write are woken at once when their round is written, instead of taking
+// a mutex one after the other only to see that.
+type turn chan struct{}
+
+func newTurn() turn { return make(turn, 1) }
+
+func (t turn) lock()   { t <- struct{}{} }
+func (t turn) unlock() { <-t }
+
+// lockOr takes the turn and reports true, or reports false once done is
+// closed.
+func (t turn) lockOr(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return false
+	case t <- struct{}{}:
+		return true
+	}
+}
+
+// writeLocked writes every pending change in one journal append (or, when
+// the state file must be rewritten or the journal has grown, one state
+// file) as one round, and queues what the firewall is to do about them:
+// the bans there now are added (renewing their timeouts), the lifted ones
+// removed. A failed write keeps the changes pending (Run writes them
+// again); the firewall is asked all the same, since blocking an attack
+// comes first. In observe mode the firewall is only asked to remove what
+// an administrator lifted (Unban). Without ops the round asks the firewall
+// nothing (the caller syncs it next). m.wTurn must be held.
+func (m *Manager) writeLocked(ops bool) {
+	m.mu.Lock()
+	r := m.round
+	m.round = nil
+	if r == nil {
+		if len(m.pending) == 0 && !m.pendingInc && !m.unsaved && !m.dirty {
+			m.mu.Unlock()
+			return
+		}
+		r = newRound()
+	}
+	now := m.clock()
+	dirty := m.pending
+	m.pending = make(map[netip.Prefix]struct{})
+	lifted := m.lifted
+	m.lifted = make(map[netip.Prefix]struct{})
+	recs := make([]record, 0, len(dirty)+1)
+	for p := range dirty {
+		b, ok := m.bans[p]
+		if ok {
+			recs = append(recs, record{Ban: &b})
+		} else {
+			recs = append(recs, record{Lift: &p})
+		}
+		_, byAdmin := lifted[p]
+		switch {
+		case !ops:
+		case m.observing && !(byAdmin && !ok):
+		case ok && m.applies(b) && !b.expired(now):
+			r.adds = append(r.adds, b.entry(now))
+		case !ok || !m.applies(b):
+			r.dels = append(r.dels, p)
+		}
+	}
+	incDirty := m.pendingInc
+	m.pendingInc = false
+	if incDirty {
+		recs = append(recs, record{Incidents: m.incidents})
+	}
+	// The whole state file when it must be, or when the journal has grown
+	// enough (Run folds it in soon after it grew: see fold).
+	var snap []Ban
+	snapshot := m.unsaved || m.corrupt != "" || m.journal.due()
+	if snapshot {
+		snap = slices.Collect(maps.Values(m.bans))
+	}
+	incidents := m.incidents
+	if len(r.adds) > 0 || len(r.dels) > 0 {
+		m.queue = append(m.queue, r)
+	}
+	m.mu.Unlock()
+
+	if snapshot {
+		sortBans(snap)
+	}
+	saveErr := m.write(recs, snapshot, snap, incidents)
+	if saveErr == nil && m.journal.due() {
+		m.foldWanted.Store(true)
+		m.poke() // Run folds the journal in, before the next ban has to
+	}
+	if saveErr != nil {
+		// Written again by the next commit (Run's retry, the next ban).
+		m.mu.Lock()
+		for p := range dirty {
+			m.pending[p] = struct{}{}
+		}
+		m.pendingInc = m.pendingInc || incDirty
+		m.mu.Unlock()
+		m.poke()
+	}
+	r.saveErr = saveErr
+	close(r.written)
+	if len(r.adds) == 0 && len(r.dels) == 0 {
+		close(r.applied)
+	}
+}
+
+// applyLocked asks the firewall to do what the rounds written so far say,
+// in one batch: for each prefix what its latest round says. A failure is
+// every round's and has Run re-apply. m.fwTurn must be held.
+func (m *Manager) applyLocked(ctx context.Context) {
+	m.mu.Lock()
+	queue := m.queue
+	m.queue = nil
+	m.mu.Unlock()
+	if len(queue) == 0 {
+		return
+	}
+	adds := map[netip.Prefix]firewall.Entry{}
+	dels := map[netip.Prefix]bool{}
+	for _, r := range queue {
+		for _, e := range r.adds {
+			adds[e.Prefix] = e
+			delete(dels, e.Prefix)
+		}
+		for _, p := range r.dels {
+			dels[p] = true
+			delete(adds, p)
+		}
+	}
+	var errs []error
+	if len(dels) > 0 {
+		ps := slices.SortedFunc(maps.Keys(dels), firewall.ComparePrefix)
+		if err := m.fw.Unblock(ctx, ps...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(adds) > 0 {
+		es := slices.SortedFunc(maps.Values(adds), func(a, b firewall.Entry) int { return firewall.ComparePrefix(a.Prefix, b.Prefix) })
+		if err := m.fw.Block(ctx, es...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	fwErr := errors.Join(errs...)
+	if fwErr != nil {
+		m.mu.Lock()
+		m.retrySoon = true
+		m.mu.Unlock()
+		m.poke()
+	}
+	for _, r := range queue {
+		r.fwErr = fwErr
+		close(r.applied)
+	}
+}
+
+// busyLocked returns the prefixes whose change is not applied yet:
+// pending, or written and queued for the firewall. m.mu must be held.
+func (m *Manager) busyLocked() map[netip.Prefix]struct{} {
+	busy := maps.Clone(m.pending)
+	for _, r := range m.queue {
+		for _, e := range r.adds {
+			busy[e.Prefix] = struct{}{}
+		}
+		for _, p := range r.dels {
+			busy[p] = struct{}{}
+		}
+	}
+	return busy
+}
+
+// write makes recs durable: appended to the journal, or, with snapshot,
+// the whole state (snap and incidents) written to the state file, the
+// journal emptied. A corrupt state file still in place is moved aside
+// first (never overwritten). m.wTurn must be held.
+func (m *Manager) write(recs []record, snapshot bool, snap []Ban, incidents json.RawMessage) error {
+	m.mu.Lock()
+	corrupt := m.corrupt
+	m.mu.Unlock()
+	err := func() error {
+		if corrupt != "" {
+			dst, err := moveAside(m.path, m.clock())
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				m.log.Warn().Str("state", m.path).Msg("corrupt bans state file is gone: someone moved it")
+			case err != nil:
+				return fmt.Errorf("move the corrupt bans state file %s aside: %w", m.path, err)
+			default:
+				m.log.Error().Str("state", m.path).Str("moved_to", dst).Str("problem", corrupt).
+					Msg("corrupt bans state file moved aside: the guard goes on without its bans and writes a new one; the old one is kept for you to read")
+			}
+			m.journal.close()
+			m.mu.Lock()
+			m.corrupt = ""
+			m.mu.Unlock()
+		}
+		if snapshot {
+			return m.journal.snapshot(snap, incidents)
+		}
+		return m.journal.append(recs)
+	}()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
 		if !m.dirty {
 			m.log.Error().Err(err).Msg("bans state not saved, will retry")
 		}
-		m.dirty = true
-		m.retrySoon = true
+		m.dirty, m.retrySoon = true, true
+		if snapshot {
+			m.unsaved = true
+		}
 		return err
 	}
 	if m.dirty {
 		m.log.Info().Str("state", m.path).Msg("bans state saved again")
 	}
-	m.dirty, m.unsaved = false, false
+	m.dirty = false
+	if snapshot {
+		m.unsaved = false
+	}
 	return nil
 }
 
@@ -639,86 +980,154 @@ func (m *Manager) poke() {
 	}
 }
 
-// Ban bans req.Addr (or req.Prefix) for req.TTL and returns the ban as
-// recorded. With a
-// dry-run firewall the ban is recorded as a dry-run ban (the firewall only
-// logs it); a real ban of the address then stays as it is and is returned:
-// a dry run changes nothing real. With a real firewall a dry-run ban of the
-// address is replaced by a real one.
+// Ban bans req (req.Addr, or req.Prefix) for req.TTL and returns the ban
+// as recorded. With a dry-run firewall the ban is recorded as a dry-run
+// ban (the firewall only logs it); a real ban of the prefix then stays as
+// it is and is returned: a dry run changes nothing real. With a real
+// firewall a dry-run ban of the prefix is replaced by a real one.
 //
-// A protected address is refused with ErrProtected, and any ban in observe
-// mode with ErrObserving; nothing changes. The ban is written to the state
-// file first, then applied to the firewall, so a crash in between
-// re-applies it at the next Start. Re-banning a banned address extends
-// Until (never shortens it) and keeps Since; Reason (and Rule and
-// Extension, when given) become the new ones. A ban of this guard's own
-// (OriginAstguard) stays its own: a request of another origin only extends
-// its Until, and a request of this guard's takes over a ban of another
-// origin.
+// An IPv6 req.Addr is banned with its network of Options.IPv6Prefix bits,
+// unless that network holds a never-blocked address: then the address
+// alone, and a warning says so. A protected address (or a req.Prefix
+// overlapping a protected network) is refused with ErrProtected, and any
+// ban in observe mode with ErrObserving; nothing changes. Re-banning a
+// banned prefix extends Until (never shortens it) and keeps Since; Reason
+// (and Rule, Extension and Incident, when given) become the new ones.
 //
-// If the firewall fails the ban stays recorded, Run keeps re-applying it
-// (with backoff) and the error is returned. If the state file cannot be
-// written the ban is applied anyway, kept in memory, Run retries the write
-// and the error is returned: blocking an attack comes first. A firewall
-// error wrapping firewall.ErrConntrack is logged and not returned: the
-// address is blocked, only its established flows may linger.
+// Ban returns once the ban is written and synced to the journal and the
+// firewall was asked to apply it (a group commit, see the package
+// comment). If the firewall fails the ban stays recorded, Run keeps
+// re-applying it (with backoff) and the error says "recorded but not
+// applied yet". If the write fails the ban is applied anyway, kept in
+// memory, Run retries the write and the error says "applied but not saved
+// yet": blocking an attack comes first.
 func (m *Manager) Ban(ctx context.Context, req Request) (Ban, error) {
-	var p netip.Prefix
+	res := m.banMany(ctx, []Request{req}, true)
+	return res[0].Ban, res[0].Err
+}
+
+// BanMany is Ban for many requests at once: one write and one firewall
+// batch for all of them. The result i is that of reqs[i]. One summary line
+// is logged, not a line per ban.
+func (m *Manager) BanMany(ctx context.Context, reqs []Request) []BanResult {
+	return m.banMany(ctx, reqs, len(reqs) == 1)
+}
+
+// banned says what happened to one request of banMany.
+type banned struct {
+	b        Ban
+	extended bool
+	narrowed netip.Prefix // the network not banned whole, when the address alone was
+	never    netip.Prefix // the never-blocked network inside it
+	changed  bool         // the state changed: wait for the commit
+}
+
+func (m *Manager) banMany(ctx context.Context, reqs []Request, logEach bool) []BanResult {
+	out := make([]BanResult, len(reqs))
+	what := make([]banned, len(reqs))
+	targets := make([]netip.Prefix, len(reqs))
+	for i, req := range reqs {
+		targets[i], out[i].Err = m.target(req)
+	}
+
+	m.mu.Lock()
+	if err := m.checkOpenLocked(); err != nil {
+		m.mu.Unlock()
+		for i := range out {
+			out[i].Err = err
+		}
+		return out
+	}
+	now := m.clock().Round(0).UTC()
+	var r *round
+	for i, req := range reqs {
+		if out[i].Err != nil {
+			continue
+		}
+		if m.observing {
+			out[i].Err = fmt.Errorf("bans: %s: %w", firewall.PrefixString(targets[i]), ErrObserving)
+			continue
+		}
+		what[i], out[i].Err = m.banLocked(targets[i], req, now)
+		out[i].Ban = what[i].b
+		if what[i].changed {
+			r = m.openRoundLocked()
+		}
+	}
+	m.mu.Unlock()
+	if r != nil {
+		m.poke()
+		m.commit(ctx, r)
+	}
+
+	for i := range out {
+		w := what[i]
+		if !w.changed {
+			continue
+		}
+		var errs []error
+		if r.saveErr != nil {
+			errs = append(errs, fmt.Errorf("bans: %s applied but not saved yet: %w", w.b.Target(), r.saveErr))
+		}
+		if r.fwErr != nil && m.applies(w.b) {
+			errs = append(errs, fmt.Errorf("bans: %s recorded but not applied yet: %w", w.b.Target(), r.fwErr))
+		}
+		out[i].Err = errors.Join(errs...)
+		if logEach {
+			m.logBan(w, r)
+		}
+	}
+	if !logEach {
+		m.logBatch(out, what, r)
+	}
+	return out
+}
+
+// target is the prefix req asks to ban, before the never-blocked check.
+func (m *Manager) target(req Request) (netip.Prefix, error) {
+	if req.TTL < 0 {
+		return netip.Prefix{}, fmt.Errorf("bans: negative ttl %v", req.TTL)
+	}
 	if req.Prefix.IsValid() {
-		var err error
-		if p, err = normalizeBanPrefix(req.Prefix); err != nil {
-			return Ban{}, err
-		}
-	} else {
-		a, err := normalizeAddr(req.Addr)
-		if err != nil {
-			return Ban{}, err
-		}
-		p = single(a)
+		return normalizeBanPrefix(req.Prefix)
+	}
+	a, err := normalizeAddr(req.Addr)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return single(a), nil
+}
+
+// banLocked records the ban of p (widened for an IPv6 address) for req at
+// now. m.mu must be held.
+func (m *Manager) banLocked(p netip.Prefix, req Request, now time.Time) (banned, error) {
+	var w banned
+	if n, ok := m.protectedLocked(p); ok {
+		m.log.Warn().Str("ip", firewall.PrefixString(p)).Str("never", n.String()).Str("reason", req.Reason).Msg("ban refused: address is protected")
+		return w, fmt.Errorf("bans: %w: %s is in %s", ErrProtected, firewall.PrefixString(p), n)
 	}
 	origin := req.Origin
 	if origin == "" {
 		origin = OriginAstguard
 	}
-	a := Ban{Prefix: p}.Target() // what the messages name
-	if req.TTL < 0 {
-		return Ban{}, fmt.Errorf("bans: negative ttl %v for %s", req.TTL, a)
+	if !req.Prefix.IsValid() && origin == OriginAstguard && p.Addr().Is6() && m.v6bits < 128 {
+		wide := netip.PrefixFrom(p.Addr(), m.v6bits).Masked()
+		if n, ok := m.protectedLocked(wide); ok {
+			w.narrowed, w.never = wide, n
+		} else {
+			p = wide
+		}
 	}
-	m.fwMu.Lock()
-	defer m.fwMu.Unlock()
-
-	m.mu.Lock()
-	if err := m.checkOpenLocked(); err != nil {
-		m.mu.Unlock()
-		return Ban{}, err
-	}
-	if m.observing {
-		m.mu.Unlock()
-		return Ban{}, fmt.Errorf("bans: %s: %w", a, ErrObserving)
-	}
-	if n, ok := m.protectedLocked(p); ok {
-		m.mu.Unlock()
-		m.log.Warn().Str("ip", a).Str("never", n.String()).Str("reason", req.Reason).Str("origin", origin).Msg("ban refused: address is protected")
-		return Ban{}, fmt.Errorf("bans: %w: %s is in %s", ErrProtected, a, n)
-	}
-	now := m.clock().Round(0).UTC()
 	b, exists := m.bans[p]
 	if exists && !b.expired(now) && !b.DryRun && !m.real {
-		m.mu.Unlock()
-		m.log.Info().Str("ip", a).Str("reason", req.Reason).Time("until", b.Until).
+		m.log.Info().Str("ip", b.Target()).Str("reason", req.Reason).Time("until", b.Until).
 			Msg("dry-run ban not recorded: the address has a real ban, which a dry run does not change")
-		return b, nil
+		w.b = b
+		return w, nil
 	}
 	if !exists || b.expired(now) || b.DryRun == m.real {
 		exists = false
 		b = Ban{Prefix: p, Since: now, Until: now.Add(req.TTL), DryRun: !m.real, Origin: origin}
-	}
-	// A ban this guard decided stays its own when a CrowdSec decision
-	// bans the same address: only its Until may grow, so that the
-	// decision's deletion upstream never lifts it (UnbanOrigin).
-	keep := exists && b.Origin == OriginAstguard && origin != OriginAstguard
-	if origin == OriginAstguard {
-		b.Origin = OriginAstguard
 	}
 	switch {
 	case req.TTL == 0:
@@ -727,7 +1136,10 @@ func (m *Manager) Ban(ctx context.Context, req Request) (Ban, error) {
 	case now.Add(req.TTL).After(b.Until):
 		b.Until = now.Add(req.TTL)
 	}
-	if !keep {
+	// This guard's own ban stays its own under another source's ban of
+	// it: only its Until grows.
+	if !exists || b.Origin != OriginAstguard || origin == OriginAstguard {
+		b.Origin = origin
 		b.Reason = req.Reason
 		if req.Rule != "" {
 			b.Rule = req.Rule
@@ -739,149 +1151,174 @@ func (m *Manager) Ban(ctx context.Context, req Request) (Ban, error) {
 			b.Incident = req.Incident
 		}
 	}
-	m.bans[p] = b
-	saveErr := m.saveLocked()
-	m.mu.Unlock()
-	m.poke()
+	m.setLocked(b)
+	w.b, w.extended, w.changed = b, exists, true
+	return w, nil
+}
 
-	fwErr := m.apply(ctx, b)
-	if !b.Prefix.IsSingleIP() {
-		m.log.Warn().Str("ip", a).Str("origin", b.Origin).
-			Msg("ban of a range recorded but not applied: the firewall applies bans of single addresses")
+// logBan logs one ban's outcome: the line an administrator routes.
+func (m *Manager) logBan(w banned, r *round) {
+	b := w.b
+	if w.narrowed.IsValid() {
+		m.log.Warn().Str("ip", b.Target()).Str("prefix", w.narrowed.String()).Str("never", w.never.String()).
+			Msg("prefix not banned whole: it holds a never-blocked address; the address alone is banned")
 	}
 	ev := m.log.Warn()
 	msg := "address banned"
 	if b.DryRun {
 		ev, msg = m.log.Info(), "dry-run ban recorded: the firewall only logs it"
 	}
-	ev = ev.Str("ip", a).Str("reason", b.Reason).Str("rule", b.Rule).Str("ext", b.Extension).
-		Time("until", b.Until).Bool("extended", exists).Bool("dry_run", b.DryRun).Str("origin", b.Origin)
-	if fwErr != nil {
-		ev = ev.AnErr("firewall_error", fwErr)
+	ev = ev.Str("ip", b.Target()).Str("reason", b.Reason).Str("rule", b.Rule).Str("ext", b.Extension).
+		Time("until", b.Until).Bool("extended", w.extended).Bool("dry_run", b.DryRun).Str("origin", b.Origin)
+	if r.fwErr != nil && m.applies(b) {
+		ev = ev.AnErr("firewall_error", r.fwErr)
 	}
-	if saveErr != nil {
-		ev = ev.AnErr("state_error", saveErr)
+	if r.saveErr != nil {
+		ev = ev.AnErr("state_error", r.saveErr)
 	}
 	ev.Msg(msg)
-
-	var errs []error
-	if saveErr != nil {
-		errs = append(errs, fmt.Errorf("bans: %s applied but not saved yet: %w", a, saveErr))
-	}
-	if fwErr != nil {
-		errs = append(errs, fmt.Errorf("bans: %s recorded but not applied yet: %w", a, fwErr))
-	}
-	return b, errors.Join(errs...)
 }
 
-// apply blocks b's address when b is the firewall's to apply. A
-// conntrack-only failure is logged and counts as applied; other failures
-// ask Run for a re-apply. m.fwMu must be held.
-func (m *Manager) apply(ctx context.Context, b Ban) error {
-	if !m.applies(b) {
-		return nil
+// logBatch logs a BanMany of several requests in one line.
+func (m *Manager) logBatch(out []BanResult, what []banned, r *round) {
+	recorded, refused, narrowed := 0, 0, 0
+	var errs []string
+	for i, res := range out {
+		switch {
+		case what[i].changed:
+			recorded++
+		case res.Err != nil:
+			refused++
+			if len(errs) < maxLogged {
+				errs = append(errs, res.Err.Error())
+			}
+		}
+		if what[i].narrowed.IsValid() {
+			narrowed++
+		}
 	}
-	a := b.Prefix.Addr()
-	err := m.fw.Block(ctx, a, b.comment())
-	if err == nil {
-		return nil
+	if recorded+refused == 0 {
+		return
 	}
-	if errors.Is(err, firewall.ErrConntrack) {
-		m.log.Warn().Str("ip", a.String()).Err(err).Msg("address blocked, established flows not cut")
-		return nil
+	ev := m.log.Warn().Int("recorded", recorded).Int("refused", refused).Int("narrowed", narrowed).Bool("dry_run", !m.real)
+	if len(errs) > 0 {
+		ev = ev.Strs("refusals", errs)
 	}
-	m.mu.Lock()
-	m.retrySoon = true
-	m.mu.Unlock()
-	m.poke()
+	if r != nil && r.fwErr != nil {
+		ev = ev.AnErr("firewall_error", r.fwErr)
+	}
+	if r != nil && r.saveErr != nil {
+		ev = ev.AnErr("state_error", r.saveErr)
+	}
+	ev.Msg("bans recorded")
+}
+
+// Unban lifts every ban covering addr: its own and that of any network
+// holding it (an IPv6 address's /64); Lift says which. It returns
+// ErrNotBanned when addr had none (after removing any firewall entry of
+// the address alone, in case one was left behind).
+func (m *Manager) Unban(ctx context.Context, addr netip.Addr) error {
+	_, err := m.Lift(ctx, addr)
 	return err
 }
 
-// UnbanOrigin lifts the ban of p if its Origin is origin: a CrowdSec
-// decision deleted upstream lifts the ban it made, never one this guard
-// decided itself. It returns ErrNotBanned, changing nothing, when p has no
-// ban of that origin. The firewall rule of a single address is removed
-// after the state file is written, as by Unban.
+// Lift lifts every ban covering addr and returns them: the state first
+// (written and synced), then the firewall. If the firewall fails, Run
+// retries removing the entries. It works in observe mode too: it is an
+// administrator's request, not the guard's decision.
+func (m *Manager) Lift(ctx context.Context, addr netip.Addr) ([]Ban, error) {
+	a, err := normalizeAddr(addr)
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	if err := m.checkOpenLocked(); err != nil {
+		m.mu.Unlock()
+		return nil, err
+	}
+	var gone []Ban
+	for bits := a.BitLen(); bits >= 0; bits-- {
+		p := netip.PrefixFrom(a, bits).Masked()
+		if b, ok := m.bans[p]; ok {
+			gone = append(gone, b)
+		}
+	}
+	if len(gone) == 0 {
+		gone = nil
+	}
+	m.liftLocked(single(a))
+	for _, b := range gone {
+		m.liftLocked(b.Prefix)
+	}
+	r := m.openRoundLocked()
+	m.mu.Unlock()
+	m.commit(ctx, r)
+	return gone, m.liftOutcome(a.String(), gone, r)
+}
+
+// UnbanOrigin lifts the ban of exactly p (a network or a single address:
+// a network's ban is not an address's in it) if its Origin is origin: a
+// decision of another source deleted upstream lifts the ban it made, never
+// one this guard decided itself. It returns ErrNotBanned, changing
+// nothing, when p has no ban of that origin. The state is written first,
+// then the entry removed from the firewall, as by Lift.
 func (m *Manager) UnbanOrigin(ctx context.Context, p netip.Prefix, origin string) error {
-	p, err := normalizeBanPrefix(p)
+	n, err := normalizeBanPrefix(p)
 	if err != nil {
 		return err
 	}
-	m.fwMu.Lock()
-	defer m.fwMu.Unlock()
 	m.mu.Lock()
 	if err := m.checkOpenLocked(); err != nil {
 		m.mu.Unlock()
 		return err
 	}
-	b, had := m.bans[p]
+	b, had := m.bans[n]
 	if !had || b.Origin != origin {
 		m.mu.Unlock()
-		return fmt.Errorf("bans: %w: %s (origin %s)", ErrNotBanned, Ban{Prefix: p}.Target(), origin)
+		return fmt.Errorf("bans: %w: %s (origin %s)", ErrNotBanned, firewall.PrefixString(n), origin)
 	}
-	delete(m.bans, p)
-	saveErr := m.saveLocked()
+	m.dropLocked(n)
+	r := m.openRoundLocked()
 	m.mu.Unlock()
-	m.poke()
-
+	m.commit(ctx, r)
 	var errs []error
-	if m.applies(b) {
-		if err := m.fw.Unblock(ctx, p.Addr()); err != nil {
-			m.mu.Lock()
-			m.retrySoon = true
-			m.mu.Unlock()
-			m.poke()
-			errs = append(errs, fmt.Errorf("bans: unblock %s: %w", b.Target(), err))
-		}
+	if r.fwErr != nil && m.applies(b) {
+		errs = append(errs, fmt.Errorf("bans: unblock %s: %w", b.Target(), r.fwErr))
 	}
-	if saveErr != nil {
-		errs = append(errs, fmt.Errorf("bans: %s lifted but not saved yet: %w", b.Target(), saveErr))
+	if r.saveErr != nil {
+		errs = append(errs, fmt.Errorf("bans: %s lifted but not saved yet: %w", b.Target(), r.saveErr))
 	}
 	m.log.Info().Str("ip", b.Target()).Str("origin", origin).Str("reason", b.Reason).Bool("dry_run", b.DryRun).Msg("ban lifted: its decision was deleted")
 	return errors.Join(errs...)
 }
 
-// Unban lifts the ban of addr: the state file first, then the firewall. It
-// returns ErrNotBanned when addr had no ban (after removing any rule left
-// behind). If the firewall fails, Run retries removing the rule. It works
-// in observe mode too: it is an administrator's request, not the guard's
-// decision.
-func (m *Manager) Unban(ctx context.Context, addr netip.Addr) error {
-	a, err := normalizeAddr(addr)
-	if err != nil {
-		return err
-	}
-	p := single(a)
-	m.fwMu.Lock()
-	defer m.fwMu.Unlock()
+// liftLocked drops p's ban (if any) and has its entry removed even in
+// observe mode. m.mu must be held.
+func (m *Manager) liftLocked(p netip.Prefix) {
+	m.dropLocked(p)
+	m.lifted[p] = struct{}{}
+}
 
-	m.mu.Lock()
-	if err := m.checkOpenLocked(); err != nil {
-		m.mu.Unlock()
-		return err
+// liftOutcome logs and reports the outcome of a Lift or UnbanPrefix of
+// what.
+func (m *Manager) liftOutcome(what string, gone []Ban, r *round) error {
+	if r.fwErr != nil {
+		return errors.Join(fmt.Errorf("bans: unblock %s: %w", what, r.fwErr), r.saveErr)
 	}
-	_, had := m.bans[p]
-	var saveErr error
-	if had {
-		delete(m.bans, p)
-		saveErr = m.saveLocked()
+	if len(gone) == 0 {
+		return fmt.Errorf("bans: %w: %s", ErrNotBanned, what)
 	}
-	m.mu.Unlock()
-	m.poke()
-
-	if err := m.fw.Unblock(ctx, a); err != nil {
-		m.mu.Lock()
-		m.retrySoon = true
-		m.mu.Unlock()
-		m.poke()
-		return errors.Join(fmt.Errorf("bans: unblock %s: %w", a, err), saveErr)
+	for _, b := range gone {
+		ev := m.log.Info().Str("ip", b.Target()).Str("origin", b.Origin)
+		if b.Target() != what {
+			ev = ev.Str("asked", what)
+			ev.Msg("ban lifted: the network holding the address")
+			continue
+		}
+		ev.Msg("ban lifted")
 	}
-	if !had {
-		return fmt.Errorf("bans: %w: %s", ErrNotBanned, a)
-	}
-	m.log.Info().Str("ip", a.String()).Msg("ban lifted")
-	if saveErr != nil {
-		return fmt.Errorf("bans: %s unblocked but not saved yet: %w", a, saveErr)
+	if r.saveErr != nil {
+		return fmt.Errorf("bans: %s unblocked but not saved yet: %w", what, r.saveErr)
 	}
 	return nil
 }
@@ -897,10 +1334,10 @@ func (m *Manager) Incidents() json.RawMessage {
 }
 
 // SaveIncidents replaces the incident book's part of the state file with
-// raw, a JSON array this package stores as it is, and writes the file at
-// once (atomically, with the bans) unless raw is what it holds already.
-// It returns when the file is written, so a caller that saves before it
-// acts never acts twice across a restart.
+// raw, a JSON array this package stores as it is, and writes it at once
+// (in the journal, with the bans' changes of the same commit) unless raw
+// is what it holds already. It returns when the write is synced, so a
+// caller that saves before it acts never acts twice across a restart.
 //
 // In observe mode nothing is kept or written and the error wraps
 // ErrObserving: observe mode writes nothing to the state file. raw that is
@@ -912,22 +1349,24 @@ func (m *Manager) SaveIncidents(raw json.RawMessage) error {
 	}
 	raw = compactJSON(raw)
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if err := m.checkOpenLocked(); err != nil {
+		m.mu.Unlock()
 		return err
 	}
 	if m.observing {
+		m.mu.Unlock()
 		return fmt.Errorf("bans: incidents not saved: %w", ErrObserving)
 	}
-	if bytes.Equal(raw, m.incidents) && !m.dirty {
+	if bytes.Equal(raw, m.incidents) && !m.pendingInc && !m.dirty {
+		m.mu.Unlock()
 		return nil
 	}
 	m.incidents = raw
-	if err := m.saveLocked(); err != nil {
-		m.poke()
-		return err
-	}
-	return nil
+	m.pendingInc = true
+	r := m.openRoundLocked()
+	m.mu.Unlock()
+	m.commitWrite(r)
+	return r.saveErr
 }
 
 // List returns the bans, sorted by Since.
@@ -939,8 +1378,8 @@ func (m *Manager) List() []Ban {
 	return bs
 }
 
-// SetNever replaces the never-blocked networks (on config reload). Bans of
-// addresses that are now protected are lifted at once, and logged: a
+// SetNever replaces the never-blocked networks (on config reload). Bans
+// overlapping a protected network are lifted at once, and logged: a
 // protected address must never stay blocked. In observe mode they are not
 // lifted (observe mode changes nothing) and a warning says so; they are
 // lifted when the guard enforces. Invalid prefixes are logged and ignored.
@@ -955,8 +1394,6 @@ func (m *Manager) SetNever(ps []netip.Prefix) {
 	}
 	never, _ := normalizePrefixes(valid)
 
-	m.fwMu.Lock()
-	defer m.fwMu.Unlock()
 	m.mu.Lock()
 	m.never = never
 	var lifted []Ban
@@ -968,30 +1405,26 @@ func (m *Manager) SetNever(ps []netip.Prefix) {
 		for p, b := range m.bans {
 			if _, ok := m.protectedLocked(p); ok {
 				lifted = append(lifted, b)
-				delete(m.bans, p)
+				m.dropLocked(p)
 			}
 		}
-		if len(lifted) > 0 {
-			m.saveLocked()
-		}
 	}
-	m.mu.Unlock()
 	if len(lifted) == 0 {
+		m.mu.Unlock()
 		return
 	}
+	r := m.openRoundLocked()
+	m.mu.Unlock()
 	m.poke()
 
 	ctx, cancel := context.WithTimeout(context.Background(), setNeverTimeout)
 	defer cancel()
+	m.commit(ctx, r)
+	sortBans(lifted)
 	for _, b := range lifted {
 		ev := m.log.Warn().Str("ip", b.Target()).Str("reason", b.Reason).Bool("dry_run", b.DryRun)
-		if b.Prefix.IsSingleIP() {
-			if err := m.fw.Unblock(ctx, b.Prefix.Addr()); err != nil {
-				m.mu.Lock()
-				m.retrySoon = true
-				m.mu.Unlock()
-				ev = ev.AnErr("firewall_error", err)
-			}
+		if r.fwErr != nil {
+			ev = ev.AnErr("firewall_error", r.fwErr)
 		}
 		ev.Msg("ban lifted: address is now protected")
 	}
@@ -999,10 +1432,12 @@ func (m *Manager) SetNever(ps []netip.Prefix) {
 
 // Run expires bans at their Until (a timer set to the next expiry) and
 // every ReapplyEvery makes the firewall hold exactly the bans again,
-// re-applying missing rules (someone flushed the chain) and removing stray
-// ones; after a failure it retries sooner, with backoff from 1s up to
-// ReapplyEvery. Problems are logged once per change. In observe mode it
-// waits and does nothing. It returns nil when ctx ends or Close is called.
+// re-applying missing entries (someone flushed the chain or the set),
+// renewing set timeouts that would run out before their ban ends, and
+// removing stray ones; after a failure it retries sooner, with backoff
+// from 1s up to ReapplyEvery. Problems are logged once per change. In
+// observe mode it waits and does nothing. It returns nil when ctx ends or
+// Close is called.
 func (m *Manager) Run(ctx context.Context) error {
 	m.mu.Lock()
 	if err := m.checkOpenLocked(); err != nil {
@@ -1049,6 +1484,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			expC = expT.C
 		}
 
+		m.fold(ctx)
 		select {
 		case <-ctx.Done():
 		case <-m.stop:
@@ -1078,20 +1514,46 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 }
 
-func (m *Manager) nextExpiryLocked() (time.Time, bool) {
-	var next time.Time
-	for _, b := range m.bans {
-		if !b.Permanent() && (next.IsZero() || b.Until.Before(next)) {
-			next = b.Until
-		}
+// fold writes the state file whole and empties the journal when the
+// journal has grown past it (a flood of bans): done here, in Run, rather
+// than by the next ban's write. Bans made meanwhile wait for it (some
+// 0.3 s at 100,000 bans), and are written with it.
+func (m *Manager) fold(ctx context.Context) {
+	if !m.foldWanted.CompareAndSwap(true, false) {
+		return
 	}
-	return next, !next.IsZero()
+	m.wTurn.lock()
+	if !m.journal.due() {
+		m.wTurn.unlock()
+		return
+	}
+	m.mu.Lock()
+	m.unsaved = true // the whole state file, pending changes or not
+	m.mu.Unlock()
+	m.writeLocked(true)
+	m.wTurn.unlock()
+	m.fwTurn.lock()
+	m.applyLocked(ctx)
+	m.fwTurn.unlock()
+}
+
+// nextExpiryLocked returns the earliest Until of the bans, scanning them
+// only when a change made the one known stale. m.mu must be held.
+func (m *Manager) nextExpiryLocked() (time.Time, bool) {
+	if m.soonestStale {
+		var next time.Time
+		for _, b := range m.bans {
+			if !b.Permanent() && (next.IsZero() || b.Until.Before(next)) {
+				next = b.Until
+			}
+		}
+		m.soonest, m.soonestStale = next, false
+	}
+	return m.soonest, !m.soonest.IsZero()
 }
 
 // expire lifts the bans whose Until has come (not in observe mode).
 func (m *Manager) expire(ctx context.Context) {
-	m.fwMu.Lock()
-	defer m.fwMu.Unlock()
 	m.mu.Lock()
 	if m.observing {
 		m.mu.Unlock()
@@ -1102,23 +1564,25 @@ func (m *Manager) expire(ctx context.Context) {
 	for p, b := range m.bans {
 		if b.expired(now) {
 			gone = append(gone, b)
-			delete(m.bans, p)
+			m.dropLocked(p)
 		}
 	}
-	if len(gone) > 0 {
-		m.saveLocked()
+	if len(gone) == 0 {
+		m.mu.Unlock()
+		return
 	}
+	r := m.openRoundLocked()
 	m.mu.Unlock()
+	m.commit(ctx, r)
 	sortBans(gone)
-	for _, b := range gone {
+	for i, b := range gone {
+		if i == maxLogged {
+			m.log.Info().Int("count", len(gone)-maxLogged).Msg("more bans expired")
+			break
+		}
 		ev := m.log.Info().Str("ip", b.Target()).Time("since", b.Since).Time("until", b.Until).Str("reason", b.Reason).Bool("dry_run", b.DryRun)
-		if m.applies(b) {
-			if err := m.fw.Unblock(ctx, b.Prefix.Addr()); err != nil {
-				m.mu.Lock()
-				m.retrySoon = true
-				m.mu.Unlock()
-				ev = ev.AnErr("firewall_error", err)
-			}
+		if r.fwErr != nil && m.applies(b) {
+			ev = ev.AnErr("firewall_error", r.fwErr)
 		}
 		ev.Msg("ban expired")
 	}
@@ -1128,8 +1592,8 @@ func (m *Manager) expire(ctx context.Context) {
 // pending state write. It reports whether everything is in order. In
 // observe mode it does nothing.
 func (m *Manager) sync(ctx context.Context) bool {
-	m.fwMu.Lock()
-	defer m.fwMu.Unlock()
+	m.fwTurn.lock()
+	defer m.fwTurn.unlock()
 	m.mu.Lock()
 	observing := m.observing
 	m.mu.Unlock()
@@ -1139,13 +1603,14 @@ func (m *Manager) sync(ctx context.Context) bool {
 	return m.syncLocked(ctx, false)
 }
 
-// syncLocked is sync with m.fwMu held. atStart: re-applying is expected
-// (Setup flushed the chain), not news.
+// syncLocked is sync with m.fwTurn held (not m.wTurn). atStart: re-applying
+// is expected (the entries of a new boot are gone), not news.
 func (m *Manager) syncLocked(ctx context.Context, atStart bool) bool {
+	m.wTurn.lock()
+	m.writeLocked(true) // what is pending, a failed write included
+	m.wTurn.unlock()
+	m.applyLocked(ctx)
 	m.mu.Lock()
-	if m.dirty {
-		m.saveLocked()
-	}
 	dirty := m.dirty
 	m.retrySoon = false // this sync is the retry; later failures set it again
 	adopt := m.adopt && m.real
@@ -1159,103 +1624,134 @@ func (m *Manager) syncLocked(ctx context.Context, atStart bool) bool {
 	if adopt {
 		found, err := m.fw.Rules(ctx)
 		if err != nil {
-			problems = append(problems, "list the chain's rules to keep them as bans: "+err.Error())
+			problems = append(problems, "list the firewall's entries to keep them as bans: "+err.Error())
 			m.report(problems, nil, nil, atStart)
 			return false
 		}
-		m.adoptRules(found)
+		m.adoptRules(ctx, found)
 	}
 	blocked, err := m.fw.Blocked(ctx)
 	if err != nil {
-		problems = append(problems, "list firewall rules: "+err.Error())
+		problems = append(problems, "list firewall entries: "+err.Error())
 		m.report(problems, nil, nil, atStart)
 		return false
 	}
 
+	// The bans changed since the write above are their own commit's:
+	// left alone here.
 	m.mu.Lock()
 	now := m.clock()
-	want := make(map[netip.Addr]Ban, len(m.bans))
-	for _, b := range m.bans {
-		if !b.expired(now) && m.applies(b) {
-			want[b.Prefix.Addr()] = b
+	busy := m.busyLocked()
+	want := make(map[netip.Prefix]Ban, len(m.bans))
+	for p, b := range m.bans {
+		if _, changing := busy[p]; !changing && !b.expired(now) && m.applies(b) {
+			want[p] = b
 		}
 	}
 	m.mu.Unlock()
 
-	have := make(map[netip.Addr]bool, len(blocked))
-	for _, a := range blocked {
-		have[a] = true
+	have := make(map[netip.Prefix]time.Duration, len(blocked))
+	for _, e := range blocked {
+		have[e.Prefix] = e.Timeout
 	}
-	var reapplied, removed []netip.Addr
-	for a, b := range want {
-		if have[a] {
-			continue
+	var missing, renewed []firewall.Entry
+	for p, b := range want {
+		left, ok := have[p]
+		switch {
+		case !ok:
+			missing = append(missing, b.entry(now))
+		case left > 0 && left+renewMargin < needed(b, now):
+			renewed = append(renewed, b.entry(now))
 		}
-		if err := m.fw.Block(ctx, a, b.comment()); err != nil && !errors.Is(err, firewall.ErrConntrack) {
-			problems = append(problems, "re-apply "+a.String()+": "+err.Error())
-			continue
-		}
-		reapplied = append(reapplied, a)
 	}
-	for _, a := range blocked {
-		if _, ok := want[a]; ok {
-			continue
+	var strays []netip.Prefix
+	for _, e := range blocked {
+		_, wanted := want[e.Prefix]
+		_, pending := busy[e.Prefix]
+		if !wanted && !pending {
+			strays = append(strays, e.Prefix)
 		}
-		if err := m.fw.Unblock(ctx, a); err != nil {
-			problems = append(problems, "remove stray rule "+a.String()+": "+err.Error())
-			continue
+	}
+	var reapplied, removed []netip.Prefix
+	if add := append(missing, renewed...); len(add) > 0 {
+		slices.SortFunc(add, func(a, b firewall.Entry) int { return firewall.ComparePrefix(a.Prefix, b.Prefix) })
+		if err := m.fw.Block(ctx, add...); err != nil {
+			problems = append(problems, fmt.Sprintf("re-apply %d bans: %v", len(add), err))
+		} else {
+			for _, e := range missing {
+				reapplied = append(reapplied, e.Prefix)
+			}
+			if len(renewed) > 0 {
+				m.log.Info().Int("count", len(renewed)).Msg("kernel timeouts of long bans renewed")
+			}
 		}
-		removed = append(removed, a)
+	}
+	if len(strays) > 0 {
+		if err := m.fw.Unblock(ctx, strays...); err != nil {
+			problems = append(problems, fmt.Sprintf("remove %d stray entries: %v", len(strays), err))
+		} else {
+			removed = strays
+		}
 	}
 	m.report(problems, reapplied, removed, atStart)
 	return len(problems) == 0
 }
 
-// adoptRules keeps, after a corrupt state file, the DROP rules found in
-// the chain (hooked into INPUT or not) as bans for RecoverFor: they are the
-// only record left of real bans, which must not be removed as strays.
-// Addresses with a ban or now protected are left out.
-func (m *Manager) adoptRules(found []netip.Addr) {
+// needed is how long the kernel must keep b's entry from now on: until
+// b ends, at most firewall.MaxSetTimeout.
+func needed(b Ban, now time.Time) time.Duration {
+	if b.Permanent() {
+		return firewall.MaxSetTimeout
+	}
+	return min(b.Until.Sub(now), firewall.MaxSetTimeout)
+}
+
+// adoptRules keeps, after a corrupt state file, the entries found in the
+// firewall (its chain's rules, its sets) as bans for RecoverFor: they are
+// the only record left of real bans, which must not be removed as strays.
+// Prefixes with a ban or now protected are left out.
+func (m *Manager) adoptRules(ctx context.Context, found []netip.Prefix) {
 	m.mu.Lock()
 	m.adopt = false
 	since := m.clock().Round(0).UTC()
-	var adopted []netip.Addr
-	for _, a := range found {
-		p := single(a)
+	var adopted []netip.Prefix
+	for _, p := range found {
 		if _, has := m.bans[p]; has {
 			continue
 		}
 		if _, ok := m.protectedLocked(p); ok {
 			continue
 		}
-		m.bans[p] = Ban{Prefix: p, Since: since, Until: since.Add(m.recoverFor), Reason: recoveredReason, Origin: OriginAstguard}
-		adopted = append(adopted, a)
-	}
-	if len(adopted) > 0 {
-		m.saveLocked()
+		m.setLocked(Ban{Prefix: p, Since: since, Until: since.Add(m.recoverFor), Reason: recoveredReason, Origin: OriginAstguard})
+		adopted = append(adopted, p)
 	}
 	m.mu.Unlock()
-	if len(adopted) > 0 {
-		m.log.Warn().Int("count", len(adopted)).Strs("ips", addrStrings(adopted)).Dur("for", m.recoverFor).
-			Msg("the state file was corrupt: the DROP rules found in the chain are kept as bans")
+	if len(adopted) == 0 {
+		return
 	}
+	m.wTurn.lock()
+	m.writeLocked(true)
+	m.wTurn.unlock()
+	m.applyLocked(ctx)
+	m.log.Warn().Int("count", len(adopted)).Strs("ips", prefixStrings(adopted)).Dur("for", m.recoverFor).
+		Msg("the state file was corrupt: the entries found in the firewall (DROP rules, set entries) are kept as bans")
 }
 
 // report logs the outcome of a sync: every repair (each one is a change:
-// someone flushed the chain), a problem once until it changes, and the
-// recovery.
-func (m *Manager) report(problems []string, reapplied, removed []netip.Addr, atStart bool) {
-	slices.SortFunc(reapplied, func(a, b netip.Addr) int { return a.Compare(b) })
-	slices.SortFunc(removed, func(a, b netip.Addr) int { return a.Compare(b) })
+// someone flushed the chain or the set), a problem once until it changes,
+// and the recovery.
+func (m *Manager) report(problems []string, reapplied, removed []netip.Prefix, atStart bool) {
+	slices.SortFunc(reapplied, firewall.ComparePrefix)
+	slices.SortFunc(removed, firewall.ComparePrefix)
 	switch {
 	case atStart:
 		m.log.Info().Int("applied", len(reapplied)).Int("removed", len(removed)).Bool("firewall_real", m.real).Msg("bans applied to firewall")
 	case len(reapplied) > 0:
-		m.log.Warn().Int("count", len(reapplied)).Strs("ips", addrStrings(reapplied)).
+		m.log.Warn().Int("count", len(reapplied)).Strs("ips", prefixStrings(reapplied)).
 			Msg("firewall rules missing, re-applied")
 	}
 	if len(removed) > 0 && !atStart {
-		m.log.Warn().Int("count", len(removed)).Strs("ips", addrStrings(removed)).
+		m.log.Warn().Int("count", len(removed)).Strs("ips", prefixStrings(removed)).
 			Msg("firewall rules without a ban, removed")
 	}
 	slices.Sort(problems)
@@ -1273,18 +1769,21 @@ func (m *Manager) report(problems []string, reapplied, removed []netip.Addr, atS
 	}
 }
 
-func addrStrings(as []netip.Addr) []string {
-	out := make([]string, len(as))
-	for i, a := range as {
-		out[i] = a.String()
+// prefixStrings names ps as a person writes them, at most maxLogged (the
+// log line's count says how many there are).
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, 0, min(len(ps), maxLogged))
+	for _, p := range ps[:min(len(ps), maxLogged)] {
+		out = append(out, firewall.PrefixString(p))
 	}
 	return out
 }
 
-// Close stops Run, saves a pending state write and releases the state
-// file's lock. The firewall rules stay in place unless TeardownOnClose
-// (and the manager set the firewall up). ctx bounds the wait for Run and
-// in-flight operations.
+// Close stops Run, writes what is pending (the whole state file, folding
+// the journal in, unless in observe mode) and releases the state file's
+// lock. The firewall entries stay in place unless TeardownOnClose (and the
+// manager set the firewall up). ctx bounds the wait for Run and in-flight
+// operations.
 func (m *Manager) Close(ctx context.Context) error {
 	m.mu.Lock()
 	if m.closed {
@@ -1305,17 +1804,31 @@ func (m *Manager) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("bans: close: %w", ctx.Err())
 	}
-	// Wait for an operation in flight (bounded by the firewall's own
-	// timeouts); later ones fail with ErrClosed.
-	m.fwMu.Lock()
-	defer m.fwMu.Unlock()
+	// Wait for a commit in flight (bounded by the firewall's own
+	// timeouts); later operations fail with ErrClosed.
+	m.fwTurn.lock()
+	defer m.fwTurn.unlock()
 
 	var errs []error
+	m.wTurn.lock()
+	m.mu.Lock()
+	observing := m.observing
+	// A clean stop folds the journal into the state file: it then holds
+	// every ban, for a person reading it and for an older guard.
+	if !observing && m.journal.size > 0 {
+		m.unsaved = true
+	}
+	m.mu.Unlock()
+	if !observing {
+		m.writeLocked(true)
+	}
+	m.wTurn.unlock()
+	if !observing {
+		m.applyLocked(ctx)
+	}
 	m.mu.Lock()
 	if m.dirty {
-		if err := m.saveLocked(); err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, errors.New("bans: state not saved at close"))
 	}
 	setUp := m.setUp
 	m.mu.Unlock()
@@ -1324,6 +1837,9 @@ func (m *Manager) Close(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("bans: firewall teardown: %w", err))
 		}
 	}
+	m.wTurn.lock()
+	m.journal.close()
+	m.wTurn.unlock()
 	m.mu.Lock()
 	m.lock.release()
 	m.lock = nil
@@ -1331,56 +1847,82 @@ func (m *Manager) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// UnbanOffline lifts the ban of addr while no daemon runs: it takes the
-// state file's lock (ErrLocked if the daemon holds it), rewrites the file
-// atomically without addr (a version 1 file is migrated first, with fw as
-// the evidence, see State.Upgrade), then deletes the rule with fw.Unblock.
-// Like Unban it returns ErrNotBanned when the file held no ban for addr,
-// after removing any rule anyway. A corrupt file is reported and left in
-// place: the guard moves it aside when it next enforces.
-func UnbanOffline(ctx context.Context, path string, fw firewall.Firewall, addr netip.Addr) error {
+// UnbanOffline lifts the bans covering addr while no daemon runs, as Lift
+// does: it takes the state file's lock (ErrLocked if the daemon holds it),
+// records the lifts in the journal (a version 1 file is migrated and
+// rewritten first, with fw as the evidence, see State.Upgrade), then
+// removes the entries with fw.Unblock, and returns the bans lifted. Like
+// Unban it returns ErrNotBanned when the file held no ban covering addr,
+// after removing any entry of the address anyway. A corrupt file is
+// reported and left in place: the guard moves it aside when it next
+// enforces.
+func UnbanOffline(ctx context.Context, path string, fw firewall.Firewall, addr netip.Addr) ([]Ban, error) {
 	a, err := normalizeAddr(addr)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	lock, err := lockState(path)
 	if err != nil {
-		return fmt.Errorf("bans: %w", err)
+		return nil, fmt.Errorf("bans: %w", err)
 	}
 	defer lock.release()
 	st, err := ReadState(path)
 	if err != nil {
-		return fmt.Errorf("bans: %w", err)
+		return nil, fmt.Errorf("bans: %w", err)
 	}
-	had := slices.ContainsFunc(st.Bans, func(b Ban) bool { return covers(b.Prefix, a) })
-	if had {
-		if _, _, err := st.Upgrade(ctx, fw); err != nil {
-			return fmt.Errorf("bans: %w", err)
-		}
-		kept := slices.DeleteFunc(st.Bans, func(b Ban) bool { return covers(b.Prefix, a) })
-		if err := writeState(path, kept, st.Incidents); err != nil {
-			return fmt.Errorf("bans: %w", err)
+	var gone []Ban
+	for _, b := range st.Bans {
+		if n, err := normalizeBanPrefix(b.Prefix); err == nil && n.Contains(a) {
+			gone = append(gone, b)
 		}
 	}
-	if err := fw.Unblock(ctx, a); err != nil {
-		return fmt.Errorf("bans: unblock %s: %w", a, err)
+	if len(gone) > 0 {
+		if st.Version != StateVersion {
+			if _, _, err := st.Upgrade(ctx, fw); err != nil {
+				return nil, fmt.Errorf("bans: %w", err)
+			}
+			kept := slices.DeleteFunc(st.Bans, func(b Ban) bool { return slices.Contains(gone, b) })
+			if _, err := writeState(path, kept, st.Incidents); err != nil {
+				return nil, fmt.Errorf("bans: %w", err)
+			}
+		} else {
+			j := newJournal(path)
+			recs := make([]record, len(gone))
+			for i := range gone {
+				recs[i] = record{Lift: &gone[i].Prefix}
+			}
+			err := j.append(recs)
+			j.close()
+			if err != nil {
+				return nil, fmt.Errorf("bans: %w", err)
+			}
+		}
 	}
-	if !had {
-		return fmt.Errorf("bans: %w: %s", ErrNotBanned, a)
+	ps := []netip.Prefix{single(a)}
+	for _, b := range gone {
+		if n, err := normalizeBanPrefix(b.Prefix); err == nil && n != single(a) {
+			ps = append(ps, n)
+		}
 	}
-	return nil
+	if err := fw.Unblock(ctx, ps...); err != nil {
+		return gone, fmt.Errorf("bans: unblock %s: %w", a, err)
+	}
+	if len(gone) == 0 {
+		return nil, fmt.Errorf("bans: %w: %s", ErrNotBanned, a)
+	}
+	return gone, nil
 }
 
 // EditIncidentsOffline changes the incident book's part of the state file
 // while no daemon runs (`guard release`): it takes the state file's lock
-// (ErrLocked if the daemon holds it), reads the file, calls edit with its
-// incidents (nil when it has none) and, when edit returns no error,
-// replaces them with what edit returned (a JSON array), atomically, the
-// bans unchanged. An error of edit is returned and nothing is written. A
-// corrupt file is reported and left in place; a version 1 file, which holds
-// no incidents, is never rewritten here (its bans need the firewall's
-// evidence to migrate): edit is called with nil and what it returns is
-// refused.
+// (ErrLocked if the daemon holds it), reads the file and its journal,
+// calls edit with its incidents (nil when it has none) and, when edit
+// returns no error, records what edit returned (a JSON array) in the
+// journal, the bans unchanged. An error of edit is returned and nothing is
+// written. A corrupt file is reported and left in place; a version 1 file,
+// which holds no incidents, is never written here (its bans need the
+// firewall's evidence to migrate): edit is called with nil and what it
+// returns is refused.
 func EditIncidentsOffline(path string, edit func(json.RawMessage) (json.RawMessage, error)) error {
 	lock, err := lockState(path)
 	if err != nil {
@@ -1401,15 +1943,10 @@ func EditIncidentsOffline(path string, edit func(json.RawMessage) (json.RawMessa
 	if st.Version != StateVersion {
 		return fmt.Errorf("bans: %s is a version 1 state file, which holds no incidents: start the guard once to migrate it", path)
 	}
-	if err := writeState(path, st.Bans, compactJSON(raw)); err != nil {
+	j := newJournal(path)
+	defer j.close()
+	if err := j.append([]record{{Incidents: compactJSON(raw)}}); err != nil {
 		return fmt.Errorf("bans: %w", err)
 	}
 	return nil
-}
-
-// covers reports whether the ban prefix p, as read from a file (perhaps an
-// IPv4-mapped address), is the single address a.
-func covers(p netip.Prefix, a netip.Addr) bool {
-	n, err := normalizeBanPrefix(p)
-	return err == nil && n == single(a)
 }

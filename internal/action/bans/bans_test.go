@@ -87,6 +87,18 @@ func crash(m *Manager) {
 	m.mu.Unlock()
 }
 
+// mustMode0600 fails t unless path is a file of mode 0600.
+func mustMode0600(t *testing.T, path string) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("%s: mode %v, want 0600", path, fi.Mode().Perm())
+	}
+}
+
 func mustState(t *testing.T, path string) []Ban {
 	t.Helper()
 	st, err := ReadState(path)
@@ -138,13 +150,10 @@ func TestBanRecordsAndApplies(t *testing.T) {
 	if got := e.fw.addrs(); !slices.Equal(got, []netip.Addr{attack}) {
 		t.Fatalf("firewall = %v", got)
 	}
-	if c := e.fw.rules[attack]; c != "astguard: auth_failures critical: 5 failed authentications in 1m (SIP/200)" {
+	if c := e.fw.comment(attack); c != "astguard: auth_failures critical: 5 failed authentications in 1m (SIP/200)" {
 		t.Fatalf("comment = %q", c)
 	}
-	fi, err := os.Stat(e.path)
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("state file mode = %v, %v; want 0600", fi.Mode().Perm(), err)
-	}
+	mustMode0600(t, JournalName(e.path))
 	if e.log.count("address banned") != 1 {
 		t.Fatalf("no alert line: %s", e.log)
 	}
@@ -239,20 +248,6 @@ func TestPersistBeforeApply(t *testing.T) {
 	e.start(e.opts())
 	if got := e.fw.addrs(); !slices.Equal(got, []netip.Addr{attack}) {
 		t.Fatalf("firewall after restart = %v", got)
-	}
-}
-
-func TestConntrackErrorCountsAsApplied(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	m := e.start(e.opts())
-	cterr := &firewall.Error{Op: "block", Err: firewall.ErrConntrack}
-	e.fw.set(func(f *fakeFW) { f.blockErr = cterr })
-	if _, err := ban(m, attack, time.Hour, "x", ""); err != nil {
-		t.Fatalf("Ban = %v, want nil: the block holds", err)
-	}
-	if e.log.count("address blocked, established flows not cut") != 1 {
-		t.Fatalf("conntrack failure not logged: %s", e.log)
 	}
 }
 
@@ -409,7 +404,7 @@ func TestLockedWhileRunning(t *testing.T) {
 	if err := m2.Start(ctx); !errors.Is(err, ErrLocked) {
 		t.Fatalf("second Start = %v, want ErrLocked", err)
 	}
-	if err := UnbanOffline(ctx, e.path, e.fw, attack); !errors.Is(err, ErrLocked) {
+	if _, err := UnbanOffline(ctx, e.path, e.fw, attack); !errors.Is(err, ErrLocked) {
 		t.Fatalf("UnbanOffline while running = %v, want ErrLocked", err)
 	}
 }
@@ -437,13 +432,13 @@ func TestCorruptStateMovedAside(t *testing.T) {
 		t.Fatal(err)
 	}
 	// UnbanOffline only reports it.
-	if err := UnbanOffline(ctx, e.path, e.fw, attack); !errors.Is(err, ErrCorrupt) {
+	if _, err := UnbanOffline(ctx, e.path, e.fw, attack); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("UnbanOffline on a corrupt file = %v, want ErrCorrupt", err)
 	}
 	if got, _ := os.ReadFile(e.path); string(got) != string(bad) {
 		t.Fatal("UnbanOffline changed the corrupt file")
 	}
-	e.fw.rules[other] = "astguard: left by the run before" // a real ban's rule
+	e.fw.put(other, "astguard: left by the run before") // a real ban's rule
 	o := e.opts()
 	o.RecoverFor = 3 * time.Hour
 	m := e.start(o)
@@ -480,7 +475,7 @@ func TestCorruptStateRulesKeptWhenChainReadableLater(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	mustWrite(t, e.path, []byte(`{"version":2,"bans":[`), 0o600)
-	e.fw.rules[other] = "astguard: left by the run before"
+	e.fw.put(other, "astguard: left by the run before")
 	e.fw.blockedErr = errors.New("xtables lock")
 	m := e.start(e.opts())
 	if len(m.List()) != 0 {
@@ -592,7 +587,7 @@ func TestUnsafeStateRefused(t *testing.T) {
 			if _, err := ban(m, attack, time.Hour, "x", ""); !errors.Is(err, ErrNotStarted) {
 				t.Fatalf("Ban after refused Start = %v", err)
 			}
-			if err := UnbanOffline(ctx, e.path, e.fw, attack); !errors.Is(err, fsafe.ErrUnsafe) {
+			if _, err := UnbanOffline(ctx, e.path, e.fw, attack); !errors.Is(err, fsafe.ErrUnsafe) {
 				t.Fatalf("UnbanOffline = %v, want an error wrapping fsafe.ErrUnsafe", err)
 			}
 			if after, _ := os.Lstat(e.path); before != nil && (after == nil || after.Mode() != before.Mode() || !after.ModTime().Equal(before.ModTime())) {
@@ -622,10 +617,15 @@ func TestStateDirectoryCreatedPrivate(t *testing.T) {
 	if _, err := ban(m, attack, time.Hour, "x", ""); err != nil {
 		t.Fatal(err)
 	}
-	for path, want := range map[string]os.FileMode{dir: os.ModeDir | 0o700, e.path: 0o600, e.path + ".lock": 0o600} {
+	if err := m.Close(ctx); err != nil { // writes the state file
+		t.Fatal(err)
+	}
+	for path, want := range map[string]os.FileMode{dir: os.ModeDir | 0o700, e.path: 0o600, JournalName(e.path): 0o600, e.path + ".lock": 0o600} {
 		fi, err := os.Lstat(path)
-		if err != nil || fi.Mode() != want {
-			t.Errorf("%s: mode %v, %v; want %v", path, fi.Mode(), err, want)
+		if err != nil {
+			t.Errorf("%s: %v", path, err)
+		} else if fi.Mode() != want {
+			t.Errorf("%s: mode %v, want %v", path, fi.Mode(), want)
 		}
 	}
 }
@@ -686,14 +686,12 @@ func TestAtomicWrite(t *testing.T) {
 	if err := <-readerDone; err != nil {
 		t.Fatalf("reader saw a partial file: %v", err)
 	}
-	fi, _ := os.Stat(e.path)
-	if fi.Mode().Perm() != 0o600 {
-		t.Fatalf("mode = %v", fi.Mode().Perm())
-	}
+	mustMode0600(t, JournalName(e.path))
 
-	// A write that fails before the rename leaves the old file whole and
+	// A write that fails leaves the state file and its journal whole and
 	// no temporary file behind; the ban is still applied and kept.
 	before, _ := os.ReadFile(e.path)
+	beforeJournal, _ := os.ReadFile(JournalName(e.path))
 	setRenameHook(func(tmp string) error { return errors.New("disk full") })
 	_, err := ban(m, other, time.Hour, "x", "")
 	setRenameHook(nil)
@@ -701,8 +699,9 @@ func TestAtomicWrite(t *testing.T) {
 		t.Fatalf("Ban with failing write = %v", err)
 	}
 	after, _ := os.ReadFile(e.path)
-	if string(after) != string(before) {
-		t.Fatal("failed write changed the state file")
+	afterJournal, _ := os.ReadFile(JournalName(e.path))
+	if string(after) != string(before) || string(afterJournal) != string(beforeJournal) {
+		t.Fatal("failed write changed the state file or its journal")
 	}
 	ents, _ := os.ReadDir(filepath.Dir(e.path))
 	for _, en := range ents {
@@ -731,7 +730,7 @@ func TestUnbanOffline(t *testing.T) {
 	if err := m.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := UnbanOffline(ctx, e.path, e.fw, netip.AddrFrom16(attack.As16())); err != nil {
+	if _, err := UnbanOffline(ctx, e.path, e.fw, netip.AddrFrom16(attack.As16())); err != nil {
 		t.Fatal(err)
 	}
 	if got := addrsOf(mustState(t, e.path)); !slices.Equal(got, []netip.Addr{other}) {
@@ -744,10 +743,10 @@ func TestUnbanOffline(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Fatalf("mode = %v", fi.Mode().Perm())
 	}
-	if err := UnbanOffline(ctx, e.path, e.fw, attack); !errors.Is(err, ErrNotBanned) {
+	if _, err := UnbanOffline(ctx, e.path, e.fw, attack); !errors.Is(err, ErrNotBanned) {
 		t.Fatalf("second UnbanOffline = %v, want ErrNotBanned", err)
 	}
-	if err := UnbanOffline(ctx, filepath.Join(t.TempDir(), "none.json"), e.fw, attack); !errors.Is(err, ErrNotBanned) {
+	if _, err := UnbanOffline(ctx, filepath.Join(t.TempDir(), "none.json"), e.fw, attack); !errors.Is(err, ErrNotBanned) {
 		t.Fatalf("UnbanOffline without state file = %v", err)
 	}
 }
@@ -915,7 +914,7 @@ func TestRunReappliesAfterFlush(t *testing.T) {
 		ban(m, attack, time.Hour, "x", "")
 		ban(m, third, time.Hour, "y", "")
 		e.fw.flush() // iptables -F ASTGUARD
-		e.fw.set(func(f *fakeFW) { f.rules[other] = "stray" })
+		e.fw.put(other, "stray")
 
 		time.Sleep(30 * time.Second)
 		synctest.Wait()
@@ -1026,12 +1025,18 @@ func TestCloseStopsRun(t *testing.T) {
 	})
 }
 
+// setRenameHook makes every write of the state fail with what fn returns
+// (nil: none): the state file's before its rename, the journal's before
+// its append.
 func setRenameHook(fn func(tmp string) error) {
 	if fn == nil {
 		testHookBeforeRename.Store(nil)
+		testHookBeforeAppend.Store(nil)
 		return
 	}
+	appendHook := func() error { return fn("") }
 	testHookBeforeRename.Store(&fn)
+	testHookBeforeAppend.Store(&appendHook)
 }
 
 func TestStartMergesDuplicateAddresses(t *testing.T) {

@@ -84,8 +84,8 @@ func TestSIGKILLRestart(t *testing.T) {
 
 	// The kernel kept the rules the child applied (KeepRulesOnSetup).
 	fw := newFakeFW()
-	fw.rules[attack] = "astguard: kept (SIP/200)"
-	fw.rules[other] = "astguard: expires before the restart"
+	fw.put(attack, "astguard: kept (SIP/200)")
+	fw.put(other, "astguard: expires before the restart")
 	lb := &logBuf{t: t}
 	m, err := New(Options{Firewall: fw, StatePath: path, Logger: zerolog.New(lb)})
 	if err != nil {

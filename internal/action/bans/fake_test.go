@@ -13,10 +13,12 @@ import (
 	"github.com/astguard/astguard/internal/action/firewall"
 )
 
-// fakeFW is an in-memory firewall with injectable failures.
+// fakeFW is an in-memory firewall with injectable failures. It records a
+// call per entry: "block ADDR", "unblock ADDR" (a prefix is written as
+// one, 2001:db8::/64).
 type fakeFW struct {
 	mu         sync.Mutex
-	rules      map[netip.Addr]string
+	rules      map[netip.Prefix]firewall.Entry
 	calls      []string
 	blockErr   error
 	unblockErr error
@@ -25,12 +27,13 @@ type fakeFW struct {
 	onBlock    func(netip.Addr)
 	setups     int
 	teardowns  int
-	dryRun     bool // Real reports false: a stand-in for firewall.DryRun
+	batches    []int // the size of each Block
+	dryRun     bool  // Real reports false: a stand-in for firewall.DryRun
 }
 
 var _ firewall.Firewall = (*fakeFW)(nil)
 
-func newFakeFW() *fakeFW { return &fakeFW{rules: make(map[netip.Addr]string)} }
+func newFakeFW() *fakeFW { return &fakeFW{rules: make(map[netip.Prefix]firewall.Entry)} }
 
 func (f *fakeFW) Setup(ctx context.Context) error {
 	f.mu.Lock()
@@ -43,51 +46,61 @@ func (f *fakeFW) Setup(ctx context.Context) error {
 	return nil
 }
 
-func (f *fakeFW) Block(ctx context.Context, addr netip.Addr, comment string) error {
+func (f *fakeFW) Block(ctx context.Context, entries ...firewall.Entry) error {
 	f.mu.Lock()
 	hook := f.onBlock
+	f.batches = append(f.batches, len(entries))
 	f.mu.Unlock()
-	if hook != nil {
-		hook(addr)
+	for _, e := range entries {
+		if hook != nil {
+			hook(e.Prefix.Addr())
+		}
+		f.mu.Lock()
+		f.calls = append(f.calls, "block "+firewall.PrefixString(e.Prefix))
+		err := f.blockErr
+		if err == nil {
+			f.rules[e.Prefix] = e
+		}
+		f.mu.Unlock()
+		if err != nil {
+			return err
+		}
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls = append(f.calls, "block "+addr.String())
-	if f.blockErr != nil {
-		return f.blockErr
-	}
-	f.rules[addr] = comment
 	return nil
 }
 
-func (f *fakeFW) Unblock(ctx context.Context, addr netip.Addr) error {
+func (f *fakeFW) Unblock(ctx context.Context, prefixes ...netip.Prefix) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls = append(f.calls, "unblock "+addr.String())
-	if f.unblockErr != nil {
-		return f.unblockErr
+	for _, p := range prefixes {
+		f.calls = append(f.calls, "unblock "+firewall.PrefixString(p))
+		if f.unblockErr != nil {
+			return f.unblockErr
+		}
+		delete(f.rules, p)
 	}
-	delete(f.rules, addr)
 	return nil
 }
 
-func (f *fakeFW) Blocked(ctx context.Context) ([]netip.Addr, error) {
+func (f *fakeFW) Blocked(ctx context.Context) ([]firewall.Entry, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.blockedErr != nil {
 		return nil, f.blockedErr
 	}
-	return f.addrsLocked(), nil
+	out := slices.Collect(maps.Values(f.rules))
+	slices.SortFunc(out, func(a, b firewall.Entry) int { return firewall.ComparePrefix(a.Prefix, b.Prefix) })
+	return out, nil
 }
 
-func (f *fakeFW) Rules(ctx context.Context) ([]netip.Addr, error) {
+func (f *fakeFW) Rules(ctx context.Context) ([]netip.Prefix, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "rules")
 	if f.blockedErr != nil {
 		return nil, f.blockedErr
 	}
-	return f.addrsLocked(), nil
+	return f.prefixesLocked(), nil
 }
 
 func (f *fakeFW) Real() bool {
@@ -104,17 +117,45 @@ func (f *fakeFW) Teardown(ctx context.Context) error {
 	return nil
 }
 
-func (f *fakeFW) addrsLocked() []netip.Addr {
-	as := slices.Collect(maps.Keys(f.rules))
-	slices.SortFunc(as, func(a, b netip.Addr) int { return a.Compare(b) })
-	return as
+func (f *fakeFW) prefixesLocked() []netip.Prefix {
+	ps := slices.Collect(maps.Keys(f.rules))
+	slices.SortFunc(ps, firewall.ComparePrefix)
+	return ps
 }
 
-// addrs is what the firewall drops now.
+// addrs is the addresses of what the firewall drops now (a network's
+// address for a network).
 func (f *fakeFW) addrs() []netip.Addr {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.addrsLocked()
+	ps := f.prefixesLocked()
+	out := make([]netip.Addr, len(ps))
+	for i, p := range ps {
+		out[i] = p.Addr()
+	}
+	return out
+}
+
+// prefixes is what the firewall drops now.
+func (f *fakeFW) prefixes() []netip.Prefix {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.prefixesLocked()
+}
+
+// put puts an entry for a in the firewall, as someone (or an earlier run)
+// did.
+func (f *fakeFW) put(a netip.Addr, comment string) {
+	f.mu.Lock()
+	f.rules[single(a)] = firewall.Entry{Prefix: single(a), Comment: comment}
+	f.mu.Unlock()
+}
+
+// comment is the comment of a's entry.
+func (f *fakeFW) comment(a netip.Addr) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rules[single(a)].Comment
 }
 
 func (f *fakeFW) flush() {

@@ -91,6 +91,9 @@ func TestIncidentsAbsent(t *testing.T) {
 		t.Fatalf("Incidents() of a new state = %s, want nil", got)
 	}
 	ban(m, attack, time.Hour, "x", "")
+	if err := m.Close(ctx); err != nil { // writes the state file
+		t.Fatal(err)
+	}
 	raw, err := os.ReadFile(e.path)
 	if err != nil {
 		t.Fatal(err)
@@ -174,7 +177,7 @@ func TestUnbanOfflineKeepsIncidents(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	mustWrite(t, e.path, []byte(incidentsDoc), 0o600)
-	if err := UnbanOffline(ctx, e.path, e.fw, attack); err != nil {
+	if _, err := UnbanOffline(ctx, e.path, e.fw, attack); err != nil {
 		t.Fatal(err)
 	}
 	if st := mustRead(t, e.path); string(st.Incidents) != incidentsCompact || len(st.Bans) != 0 {
@@ -235,7 +238,11 @@ func TestEditIncidentsOffline(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A version 1 file, as an older guard left it: no journal.
 	v1 := `{"version":1,"bans":[{"addr":"203.0.113.7","since":"2026-03-01T11:00:00Z","until":"2026-03-01T14:00:00Z","reason":"r"}]}`
+	if err := os.Remove(JournalName(e.path)); err != nil {
+		t.Fatal(err)
+	}
 	mustWrite(t, e.path, []byte(v1), 0o600)
 	got = json.RawMessage("not called")
 	if err := EditIncidentsOffline(e.path, func(raw json.RawMessage) (json.RawMessage, error) { got = raw; return next, nil }); err == nil || got != nil {

@@ -29,7 +29,7 @@ func TestV1MigrationRealOnlyWithRuleInChain(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	mustWrite(t, e.path, []byte(v1Doc), 0o600)
-	e.fw.rules[attack] = "astguard: auth_failures critical: 5 failed authentications in 1m"
+	e.fw.put(attack, "astguard: auth_failures critical: 5 failed authentications in 1m")
 	m := e.start(e.opts())
 
 	kinds := map[netip.Addr]bool{}
@@ -85,7 +85,7 @@ func TestV1MigrationWithDryRunFirewall(t *testing.T) {
 	mustWrite(t, e.path, []byte(v1Doc), 0o600)
 	dry := newFakeFW()
 	dry.dryRun = true
-	dry.rules[attack] = "remembered by a dry run"
+	dry.put(attack, "remembered by a dry run")
 	o := e.opts()
 	o.Firewall = dry
 	m := e.start(o)
@@ -102,7 +102,7 @@ func TestV1MigrationObserveAndUnreadableChain(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	mustWrite(t, e.path, []byte(v1Doc), 0o600)
-	e.fw.rules[attack] = "x"
+	e.fw.put(attack, "x")
 	o := e.opts()
 	o.Observe = true
 	m := e.start(o)
@@ -134,8 +134,8 @@ func TestUnbanOfflineMigratesV1(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	mustWrite(t, e.path, []byte(v1Doc), 0o600)
-	e.fw.rules[attack] = "x"
-	if err := UnbanOffline(ctx, e.path, e.fw, other); err != nil {
+	e.fw.put(attack, "x")
+	if _, err := UnbanOffline(ctx, e.path, e.fw, other); err != nil {
 		t.Fatal(err)
 	}
 	st := mustState(t, e.path)

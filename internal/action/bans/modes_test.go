@@ -129,6 +129,9 @@ func TestObserveChangesNothingUntilEnforce(t *testing.T) {
 	if after, _ := os.Stat(e.path); !after.ModTime().Equal(before.ModTime()) || after.Size() != before.Size() {
 		t.Fatal("observe mode wrote the state file")
 	}
+	if _, err := os.Stat(JournalName(e.path)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("observe mode wrote a journal: %v", err)
+	}
 	if got := e.log.lines("address is protected but its ban stays: observe mode lifts nothing; it is lifted when the guard enforces, or now with guard unblock"); len(got) != 1 {
 		t.Fatalf("%d warnings that a protected address stays banned, want 1", len(got))
 	}
@@ -167,7 +170,7 @@ func TestObserveKeepsAppliedBans(t *testing.T) {
 		if len(e.log.lines("observe mode: the bans already applied stay in the firewall; nothing is applied, re-applied, expired or lifted until the guard enforces again (guard unblock still lifts a ban)")) != 1 {
 			t.Fatal("no log line saying the applied bans stay")
 		}
-		e.fw.set(func(f *fakeFW) { f.rules[other] = "stray" })
+		e.fw.put(other, "stray")
 		calls := e.fw.countCalls("")
 		time.Sleep(time.Hour) // the bubble's fake clock: an hour passes at once
 		synctest.Wait()

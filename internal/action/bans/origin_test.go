@@ -61,9 +61,9 @@ func TestOrigins(t *testing.T) {
 	}
 }
 
-// A range is recorded as a ban of the range, with a warning that this
-// firewall does not apply it; a range that holds a protected address is
-// refused.
+// A range (a CrowdSec Range decision) is banned and applied as the range;
+// a range that holds a protected address is refused; the decision's
+// deletion lifts it from the firewall too.
 func TestBanPrefix(t *testing.T) {
 	e := newEnv(t)
 	o := e.opts()
@@ -74,18 +74,16 @@ func TestBanPrefix(t *testing.T) {
 	if err != nil || b.Prefix != p.Masked() || b.Target() != "198.51.100.0/24" {
 		t.Fatalf("range ban %+v, %v", b, err)
 	}
-	// This firewall applies single addresses only: the range is not
-	// applied, and a warning says so.
-	if slices.Contains(e.fw.addrs(), p.Addr()) || slices.Contains(e.fw.addrs(), p.Masked().Addr()) {
-		t.Errorf("the firewall got a rule for the range's address: %v", e.fw.addrs())
-	}
-	if l := e.log.lines("ban of a range recorded but not applied: the firewall applies bans of single addresses"); len(l) != 1 || l[0]["level"] != "warn" {
-		t.Errorf("the range's warning: %v", l)
+	if got := e.fw.prefixes(); !slices.Equal(got, []netip.Prefix{p.Masked()}) {
+		t.Errorf("the firewall drops %v, want the range %v", got, p.Masked())
 	}
 	if _, err := m.Ban(ctx, Request{Prefix: netip.MustParsePrefix("192.0.2.0/24"), TTL: time.Hour, Origin: OriginCrowdSec}); !errors.Is(err, ErrProtected) {
 		t.Errorf("a range holding a protected address: %v, want ErrProtected", err)
 	}
 	if err := m.UnbanOrigin(ctx, p, OriginCrowdSec); err != nil || len(m.List()) != 0 {
 		t.Errorf("UnbanOrigin of the range: %v, bans %+v", err, m.List())
+	}
+	if got := e.fw.prefixes(); len(got) != 0 {
+		t.Errorf("the firewall still drops %v after the decision's deletion", got)
 	}
 }

@@ -55,15 +55,29 @@ type banV1 struct {
 // is written and synced and before it replaces the state file.
 var testHookBeforeRename atomic.Pointer[func(tmp string) error]
 
-// ReadState reads the state file at path; it never changes the file. A
-// missing file holds no bans. The file must be a regular file (a symlink is
+// ReadState reads the state file at path and applies its journal
+// (JournalName); it never changes either. A missing file holds no bans. The file must be a regular file (a symlink is
 // not followed) owned by the guard's user with mode 0600: otherwise the
 // error wraps fsafe.ErrUnsafe. Content that cannot be used is an error
 // wrapping ErrCorrupt.
 //
 // A version 1 file comes back with Version 1 and every ban marked DryRun:
-// version 1 did not record whether a ban was real. Upgrade decides.
+// version 1 did not record whether a ban was real. Upgrade decides. A
+// version 1 file has no journal (a guard that journals has rewritten it as
+// version 2 first): one next to it makes the state corrupt.
 func ReadState(path string) (State, error) {
+	st, err := readSnapshot(path)
+	if err != nil {
+		return State{}, err
+	}
+	if err := readJournal(JournalName(path), &st); err != nil {
+		return State{}, err
+	}
+	return st, nil
+}
+
+// readSnapshot reads the state file alone.
+func readSnapshot(path string) (State, error) {
 	f, err := fsafe.OpenPrivate(path, os.O_RDONLY)
 	if errors.Is(err, fs.ErrNotExist) {
 		return State{Version: StateVersion}, nil
@@ -119,7 +133,9 @@ func decodeState(data []byte) (State, error) {
 		return st, nil
 	case StateVersion:
 		st := State{Version: StateVersion}
-		if err := strictDecode(doc.Bans, &st.Bans); err != nil {
+		if bs, err := decodeBans(doc.Bans); err == nil {
+			st.Bans = bs
+		} else if err := strictDecode(doc.Bans, &st.Bans); err != nil {
 			return State{}, err
 		}
 		if doc.Incidents != nil && string(doc.Incidents) != "null" {
@@ -129,20 +145,28 @@ func decodeState(data []byte) (State, error) {
 			st.Incidents = compactJSON(doc.Incidents)
 		}
 		for i, b := range st.Bans {
-			switch {
-			case !b.Prefix.IsValid():
-				return State{}, fmt.Errorf("ban %d has no valid prefix", i)
-			case b.Prefix != b.Prefix.Masked():
-				return State{}, fmt.Errorf("ban %d: prefix %s has bits set after its length", i, b.Prefix)
-			case b.Since.IsZero():
-				return State{}, fmt.Errorf("ban %d (%s) has no since", i, b.Prefix)
-			case b.Origin == "":
-				return State{}, fmt.Errorf("ban %d (%s) has no origin", i, b.Prefix)
+			if err := checkBan(b); err != nil {
+				return State{}, fmt.Errorf("ban %d: %w", i, err)
 			}
 		}
 		return st, nil
 	}
 	return State{}, fmt.Errorf("version %d, want 1 or %d", doc.Version, StateVersion)
+}
+
+// checkBan checks what every ban of a version 2 file must have.
+func checkBan(b Ban) error {
+	switch {
+	case !b.Prefix.IsValid():
+		return errors.New("no valid prefix")
+	case b.Prefix != b.Prefix.Masked():
+		return fmt.Errorf("prefix %s has bits set after its length", b.Prefix)
+	case b.Since.IsZero():
+		return fmt.Errorf("%s has no since", b.Prefix)
+	case b.Origin == "":
+		return fmt.Errorf("%s has no origin", b.Prefix)
+	}
+	return nil
 }
 
 // isArray reports whether raw, valid JSON, is an array.
@@ -192,7 +216,7 @@ func (s *State) Upgrade(ctx context.Context, fw firewall.Firewall) (real, dry in
 	if s.Version != 1 {
 		return 0, 0, nil
 	}
-	var inChain []netip.Addr
+	var inChain []netip.Prefix
 	if fw.Real() {
 		if inChain, err = fw.Rules(ctx); err != nil {
 			return 0, 0, fmt.Errorf("cannot tell which bans of the version 1 state file were applied, reading the firewall's chain failed: %w", err)
@@ -200,7 +224,7 @@ func (s *State) Upgrade(ctx context.Context, fw firewall.Firewall) (real, dry in
 	}
 	for i := range s.Bans {
 		b := &s.Bans[i]
-		b.DryRun = !slices.Contains(inChain, b.Prefix.Addr().Unmap())
+		b.DryRun = !slices.Contains(inChain, single(b.Prefix.Addr().Unmap()))
 		if b.DryRun {
 			dry++
 		} else {
@@ -214,24 +238,33 @@ func (s *State) Upgrade(ctx context.Context, fw firewall.Firewall) (real, dry in
 // writeState replaces the state file at path with bans and incidents (nil:
 // none), atomically and privately (fsafe.WriteFileAtomic: a reader sees
 // the old or the new complete file, mode 0600, never written through a
-// symlink).
-func writeState(path string, bans []Ban, incidents json.RawMessage) error {
-	if bans == nil {
-		bans = []Ban{}
+// symlink), and returns its size. Each ban is on a line of its own: the
+// file stays readable and greppable, and costs half the time of indented
+// JSON at 100,000 bans.
+func writeState(path string, bans []Ban, incidents json.RawMessage) (int, error) {
+	buf := make([]byte, 0, len(bans)*256+len(incidents)+64)
+	buf = fmt.Appendf(buf, "{\n\"version\": %d,\n\"bans\": [", StateVersion)
+	for i := range bans {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, '\n')
+		buf = appendBan(buf, &bans[i])
 	}
-	data, err := json.MarshalIndent(State{Version: StateVersion, Bans: bans, Incidents: incidents}, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encode bans state: %w", err)
+	buf = append(buf, "\n]"...)
+	if len(incidents) > 0 {
+		buf = append(buf, ",\n\"incidents\": "...)
+		buf = append(buf, incidents...)
 	}
-	data = append(data, '\n')
+	buf = append(buf, "\n}\n"...)
 	var hook func(string) error
 	if h := testHookBeforeRename.Load(); h != nil {
 		hook = *h
 	}
-	if err := fsafe.WriteFileAtomic(path, data, hook); err != nil {
-		return fmt.Errorf("write bans state file %s: %w", path, err)
+	if err := fsafe.WriteFileAtomic(path, buf, hook); err != nil {
+		return 0, fmt.Errorf("write bans state file %s: %w", path, err)
 	}
-	return nil
+	return len(buf), nil
 }
 
 // corruptName is where a corrupt state file at path is moved at now:
@@ -242,18 +275,31 @@ func corruptName(path string, now time.Time) string {
 
 // moveAside renames the corrupt state file at path to corruptName (with a
 // counter when that name is taken), keeping it for a person to look at,
-// and returns the new name.
+// and its journal (if any) to the same name with ".journal" added; it
+// returns the new name of the state file. A missing state file with a
+// journal is no error: the journal alone held the state.
 func moveAside(path string, now time.Time) (string, error) {
 	base := corruptName(path, now)
 	dst := base
 	for i := 1; ; i++ {
-		if _, err := os.Lstat(dst); errors.Is(err, fs.ErrNotExist) {
+		_, err1 := os.Lstat(dst)
+		_, err2 := os.Lstat(JournalName(dst))
+		if errors.Is(err1, fs.ErrNotExist) && errors.Is(err2, fs.ErrNotExist) {
 			break
 		}
 		dst = fmt.Sprintf("%s.%d", base, i)
 	}
-	if err := os.Rename(path, dst); err != nil {
+	moved := false
+	if err := os.Rename(JournalName(path), JournalName(dst)); err == nil {
+		moved = true
+	} else if !errors.Is(err, fs.ErrNotExist) {
 		return "", err
+	}
+	if err := os.Rename(path, dst); err != nil {
+		if !moved || !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+		dst = JournalName(dst)
 	}
 	return dst, fsafe.SyncDir(filepath.Dir(path))
 }

@@ -307,11 +307,23 @@ func (b *Blocker) Ban(ctx context.Context, req Request, c Choice, s Settings) Re
 		res.Result, res.Err, res.Retryable = action.Failed, err, action.Retryable(err)
 		res.Detail = "the ban is recorded and re-applied until the firewall accepts it"
 	case !b.bans.Real():
-		res.Result, res.Detail = action.Would, "dry-run firewall: would drop "+addr.String()+" "+ttl
+		res.Result, res.Detail = action.Would, "dry-run firewall: would drop "+dropped(addr, res.Ban)+" "+ttl
 	default:
 		res.Result, res.Detail = action.Done, "dropped "+ttl
+		if t := res.Ban.Target(); t != addr.String() {
+			res.Detail = "dropped " + dropped(addr, res.Ban) + " " + ttl
+		}
 	}
 	return res
+}
+
+// dropped says what the ban of addr drops: the address, or the network
+// holding it (an IPv6 address's /64, response.ipv6_prefix).
+func dropped(addr netip.Addr, b bans.Ban) string {
+	if t := b.Target(); b.Prefix.IsValid() && t != addr.String() {
+		return t + " (the network of " + addr.String() + ")"
+	}
+	return addr.String()
 }
 
 // Protect keeps addrs, earlier addresses of the extension ext whose secret

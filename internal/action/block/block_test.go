@@ -148,12 +148,12 @@ type testFirewall struct {
 
 func (f *testFirewall) Real() bool { return f.real }
 
-func (f *testFirewall) Block(ctx context.Context, a netip.Addr, c string) error {
-	f.blocks.Add(1)
+func (f *testFirewall) Block(ctx context.Context, entries ...firewall.Entry) error {
+	f.blocks.Add(int32(len(entries)))
 	if f.fail != nil {
 		return f.fail
 	}
-	return f.DryRun.Block(ctx, a, c)
+	return f.DryRun.Block(ctx, entries...)
 }
 
 // manager starts a real ban manager over fw, with never as its protected
@@ -315,4 +315,29 @@ func TestChooseWaitsForTheSession(t *testing.T) {
 			t.Fatalf("a Getvar timing out: %+v in %d Getvars, want the source after 1", c.Target, calls)
 		}
 	})
+}
+
+// An IPv6 address is banned with its /64 (bans.Options.IPv6Prefix): the
+// outcome says what was dropped.
+func TestBanOutcomeNamesTheNetwork(t *testing.T) {
+	for _, real := range []bool{true, false} {
+		fw := &testFirewall{real: real, DryRun: firewall.NewDryRun(zerolog.Nop())}
+		m, err := bans.New(bans.Options{Firewall: fw, StatePath: filepath.Join(t.TempDir(), "bans.json"), IPv6Prefix: 64, Logger: zerolog.Nop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = m.Close(context.Background()) })
+		res := New(nil, m).Ban(t.Context(), Request{Addr: ip("2001:db8:1:2::5"), Rule: "auth_failures", Reason: "x", TTL: time.Hour},
+			Choice{Target: Target{Addr: ip("2001:db8:1:2::5"), From: FromAlert}}, Settings{})
+		want := "dropped 2001:db8:1:2::/64 (the network of 2001:db8:1:2::5) for 1h"
+		if !real {
+			want = "dry-run firewall: would drop 2001:db8:1:2::/64 (the network of 2001:db8:1:2::5) for 1h"
+		}
+		if res.Detail != want || res.Ban.Prefix != netip.MustParsePrefix("2001:db8:1:2::/64") {
+			t.Errorf("real %v: detail %q, ban %s; want %q", real, res.Detail, res.Ban.Prefix, want)
+		}
+	}
 }

@@ -10,12 +10,12 @@ import (
 )
 
 // DryRun is a Firewall that only logs what it would do. It remembers the
-// blocked addresses so Blocked reflects Block and Unblock. It validates
-// addresses like IPTables does. Safe for concurrent use.
+// blocked prefixes so Blocked reflects Block and Unblock. It validates
+// prefixes like IPSet and IPTables do. Safe for concurrent use.
 type DryRun struct {
 	log     zerolog.Logger
 	mu      sync.Mutex
-	blocked map[netip.Addr]string // address -> comment
+	blocked map[netip.Prefix]string // prefix -> comment
 }
 
 var _ Firewall = (*DryRun)(nil)
@@ -24,7 +24,7 @@ var _ Firewall = (*DryRun)(nil)
 func NewDryRun(log zerolog.Logger) *DryRun {
 	return &DryRun{
 		log:     log.With().Str("component", "firewall").Bool("dry_run", true).Logger(),
-		blocked: make(map[netip.Addr]string),
+		blocked: make(map[netip.Prefix]string),
 	}
 }
 
@@ -34,47 +34,63 @@ func (d *DryRun) Setup(ctx context.Context) error {
 	return nil
 }
 
-// Block remembers addr.
-func (d *DryRun) Block(ctx context.Context, addr netip.Addr, comment string) error {
-	a, err := NormalizeAddr(addr)
-	if err != nil {
-		return &Error{Op: "block", Err: err}
+// Block remembers the entries' prefixes; an invalid one refuses the whole
+// batch.
+func (d *DryRun) Block(ctx context.Context, entries ...Entry) error {
+	ps := make([]netip.Prefix, len(entries))
+	for i, e := range entries {
+		p, err := NormalizePrefix(e.Prefix)
+		if err != nil {
+			return &Error{Op: "block", Err: err}
+		}
+		ps[i] = p
 	}
-	comment = SanitizeComment(comment)
 	d.mu.Lock()
-	d.blocked[a] = comment
+	for i, e := range entries {
+		d.blocked[ps[i]] = SanitizeComment(e.Comment)
+	}
 	d.mu.Unlock()
-	d.log.Warn().Str("ip", a.String()).Str("comment", comment).Msg("would block address")
+	if len(entries) == 1 {
+		d.log.Warn().Str("ip", PrefixString(ps[0])).Str("comment", SanitizeComment(entries[0].Comment)).Msg("would block address")
+	} else if len(entries) > 1 {
+		d.log.Warn().Int("count", len(entries)).Msg("would block addresses")
+	}
 	return nil
 }
 
-// Unblock forgets addr.
-func (d *DryRun) Unblock(ctx context.Context, addr netip.Addr) error {
-	a, err := NormalizeAddr(addr)
-	if err != nil {
-		return &Error{Op: "unblock", Err: err}
+// Unblock forgets the prefixes.
+func (d *DryRun) Unblock(ctx context.Context, prefixes ...netip.Prefix) error {
+	for _, p := range prefixes {
+		n, err := NormalizePrefix(p)
+		if err != nil {
+			return &Error{Op: "unblock", Err: err}
+		}
+		d.mu.Lock()
+		delete(d.blocked, n)
+		d.mu.Unlock()
+		d.log.Info().Str("ip", PrefixString(n)).Msg("would unblock address")
 	}
-	d.mu.Lock()
-	delete(d.blocked, a)
-	d.mu.Unlock()
-	d.log.Info().Str("ip", a.String()).Msg("would unblock address")
 	return nil
 }
 
-// Blocked returns the remembered addresses, sorted.
-func (d *DryRun) Blocked(ctx context.Context) ([]netip.Addr, error) {
+// Blocked returns the remembered prefixes, sorted.
+func (d *DryRun) Blocked(ctx context.Context) ([]Entry, error) {
+	ps, _ := d.Rules(ctx)
+	return entriesOf(ps), nil
+}
+
+// Rules returns the remembered prefixes, sorted: a dry run has no chain,
+// only what it remembers.
+func (d *DryRun) Rules(ctx context.Context) ([]netip.Prefix, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]netip.Addr, 0, len(d.blocked))
-	for a := range d.blocked {
-		out = append(out, a)
+	out := make([]netip.Prefix, 0, len(d.blocked))
+	for p := range d.blocked {
+		out = append(out, p)
 	}
-	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
+	slices.SortFunc(out, ComparePrefix)
 	return out, nil
 }
-
-// Rules is Blocked: a dry run has no chain, only what it remembers.
-func (d *DryRun) Rules(ctx context.Context) ([]netip.Addr, error) { return d.Blocked(ctx) }
 
 // Real is false: a dry run drops nothing.
 func (d *DryRun) Real() bool { return false }

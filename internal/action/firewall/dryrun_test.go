@@ -14,18 +14,18 @@ func TestDryRun(t *testing.T) {
 	var buf bytes.Buffer
 	d := NewDryRun(zerolog.New(&buf))
 	mustNil(t, "setup", d.Setup(ctx))
-	mustNil(t, "block", d.Block(ctx, addr2, "x"))
-	mustNil(t, "block mapped", d.Block(ctx, netip.AddrFrom16(addr3.As16()), "y"))
+	mustNil(t, "block", d.Block(ctx, entry(addr2, "x")))
+	mustNil(t, "block mapped", d.Block(ctx, entry(netip.AddrFrom16(addr3.As16()), "y")))
 	got, _ := d.Blocked(ctx)
-	if !slices.Equal(got, []netip.Addr{addr2, addr3}) {
+	if !slices.Equal(addrsIn(got), []netip.Addr{addr2, addr3}) {
 		t.Fatalf("Blocked = %v", got)
 	}
-	mustNil(t, "unblock", d.Unblock(ctx, addr2))
+	mustNil(t, "unblock", d.Unblock(ctx, pfx(addr2)))
 	got, _ = d.Blocked(ctx)
-	if !slices.Equal(got, []netip.Addr{addr3}) {
+	if !slices.Equal(addrsIn(got), []netip.Addr{addr3}) {
 		t.Fatalf("Blocked = %v", got)
 	}
-	if err := d.Block(ctx, netip.Addr{}, "x"); err == nil {
+	if err := d.Block(ctx, entry(netip.Addr{}, "x")); err == nil {
 		t.Fatal("invalid address accepted")
 	}
 	mustNil(t, "teardown", d.Teardown(ctx))

@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -230,6 +231,52 @@ func (f *fakeTable) List(table, chain string) ([]string, error) {
 	return out, nil
 }
 
+// restore applies an iptables-restore --noflush input of -A and -D lines
+// in the filter table, all or nothing, as iptables-restore does.
+func (f *fakeTable) restore(input []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	lines := strings.Split(strings.TrimSpace(string(input)), "\n")
+	if len(lines) < 2 || lines[0] != "*filter" || lines[len(lines)-1] != "COMMIT" {
+		return fmt.Errorf("fake restore: bad input %q", input)
+	}
+	f.calls = append(f.calls, fmt.Sprintf("Restore %d", len(lines)-2))
+	if f.fail != nil {
+		if err := f.fail("Restore", lines); err != nil {
+			return err
+		}
+	}
+	next := map[string][][]string{}
+	for c, rules := range f.chains {
+		next[c] = slices.Clone(rules)
+	}
+	for _, l := range lines[1 : len(lines)-1] {
+		args, err := splitRule(l)
+		if err != nil || len(args) < 3 {
+			return fmt.Errorf("fake restore: bad line %q", l)
+		}
+		rules, ok := next[args[1]]
+		if !ok {
+			return &restoreError{err: errors.New("exit status 1"), out: "line: chain " + args[1] + " does not exist"}
+		}
+		switch args[0] {
+		case "-A":
+			next[args[1]] = append(rules, args[2:])
+		case "-D":
+			want := canonical(args[2:])
+			i := slices.IndexFunc(rules, func(r []string) bool { return slices.Equal(canonical(r), want) })
+			if i < 0 {
+				return &restoreError{err: errors.New("exit status 1"), out: "line: Bad rule (does a matching rule exist in that chain?)"}
+			}
+			next[args[1]] = slices.Delete(rules, i, i+1)
+		default:
+			return fmt.Errorf("fake restore: %q not supported", args[0])
+		}
+	}
+	f.chains = next
+	return nil
+}
+
 // rules returns the specs of chain joined by spaces, as iptables -S would.
 func (f *fakeTable) rules(chain string) []string {
 	f.mu.Lock()
@@ -275,18 +322,62 @@ func quoteArgs(args []string) string {
 // fakeFlows records conntrack deletions.
 type fakeFlows struct {
 	mu      sync.Mutex
-	deleted []netip.Addr
+	deleted []netip.Prefix
+	dumps   int
 	err     error
+	gate    chan struct{} // when set, a dump waits for it to close
+	entered chan struct{} // when set, a dump sends on it first
 }
 
-func (f *fakeFlows) DeleteFlows(ctx context.Context, addr netip.Addr) (int, error) {
+func (f *fakeFlows) DeleteFlows(ctx context.Context, prefixes []netip.Prefix) (int, error) {
+	f.mu.Lock()
+	gate, entered := f.gate, f.entered
+	f.mu.Unlock()
+	if entered != nil {
+		entered <- struct{}{}
+	}
+	if gate != nil {
+		<-gate
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.dumps++
 	if f.err != nil {
 		return 0, f.err
 	}
-	f.deleted = append(f.deleted, addr)
-	return 1, nil
+	f.deleted = append(f.deleted, prefixes...)
+	return len(prefixes), nil
+}
+
+// sorted returns the prefixes deleted, sorted.
+func (f *fakeFlows) sorted() []netip.Prefix {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.SortedFunc(slices.Values(f.deleted), ComparePrefix)
+}
+
+// pfx is the prefix of the single address a.
+func pfx(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
+
+// pfxs are the prefixes of the single addresses as.
+func pfxs(as ...netip.Addr) []netip.Prefix {
+	out := make([]netip.Prefix, len(as))
+	for i, a := range as {
+		out[i] = pfx(a)
+	}
+	return out
+}
+
+// entry is what Block gets to drop a with comment.
+func entry(a netip.Addr, comment string) Entry { return Entry{Prefix: pfx(a), Comment: comment} }
+
+// addrsIn returns the addresses of entries, in order.
+func addrsIn(es []Entry) []netip.Addr {
+	out := make([]netip.Addr, len(es))
+	for i, e := range es {
+		out[i] = e.Prefix.Addr()
+	}
+	return out
 }
 
 // fakeOpener hands out v4 and v6 tables, or errors.

@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -39,21 +40,29 @@ var _ ruleTable = (*iptables.IPTables)(nil)
 // flowTable deletes conntrack entries.
 type flowTable interface {
 	// DeleteFlows deletes the entries whose original source or reply
-	// destination is addr and returns how many it deleted.
-	DeleteFlows(ctx context.Context, addr netip.Addr) (int, error)
+	// destination is in one of prefixes and returns how many it deleted.
+	DeleteFlows(ctx context.Context, prefixes []netip.Prefix) (int, error)
 }
 
-// Options configures NewIPTables.
+// restoreFunc feeds input to iptables-restore --noflush (v6:
+// ip6tables-restore) of the same backend as the iptables command.
+type restoreFunc func(ctx context.Context, v6 bool, input []byte) error
+
+// Options configures New, NewIPSet and NewIPTables.
 type Options struct {
-	// Chain is our chain's name; default DefaultChain ("ASTGUARD").
+	// Match says how banned addresses are matched; New reads it (default
+	// MatchAuto).
+	Match Match
+	// Chain is our chain's name; default DefaultChain ("ASTGUARD"). The
+	// sets are named after it (SetNames).
 	Chain string
 	// DisableIPv6 leaves ip6tables alone. By default IPv6 is managed too;
 	// if ip6tables is unusable NewIPTables logs it and goes on IPv4-only.
 	DisableIPv6 bool
 	// DisableConntrack skips deleting conntrack entries in Block.
 	DisableConntrack bool
-	// KeepRulesOnSetup makes Setup keep the rules a previous run left in
-	// our chain instead of flushing them, so a restarting daemon never has
+	// KeepRulesOnSetup makes Setup keep the rules (and set entries) a
+	// previous run left instead of flushing them, so a restarting daemon never has
 	// a moment without its blocks; the caller then removes the rules it no
 	// longer wants (bans.Manager does this at Start).
 	KeepRulesOnSetup bool
@@ -82,7 +91,11 @@ type IPTables struct {
 	keep  bool
 	v4    *family
 	v6    *family // nil when IPv6 is not managed
-	ct    flowTable
+	cut   *flowCutter
+	// restore applies a batch; sets are the names of IPSet's sets, whose
+	// rules Setup removes (they are IPSet's, not ours).
+	restore restoreFunc
+	sets    []string
 
 	mu sync.Mutex // serializes rule changes of this process
 }
@@ -111,7 +124,12 @@ func NewIPTables(opts Options) (*IPTables, error) {
 	if !opts.DisableConntrack {
 		ct = netlinkConntrack{}
 	}
-	return newIPTables(opts, openTable, ct)
+	f, err := newIPTables(opts, openTable, ct)
+	if err != nil {
+		return nil, err
+	}
+	f.restore = runRestore
+	return f, nil
 }
 
 func newIPTables(opts Options, open tableFactory, ct flowTable) (*IPTables, error) {
@@ -128,10 +146,12 @@ func newIPTables(opts Options, open tableFactory, ct flowTable) (*IPTables, erro
 		log:   opts.Logger.With().Str("component", "firewall").Logger(),
 		chain: opts.Chain,
 		keep:  opts.KeepRulesOnSetup,
+		sets:  SetNames(opts.Chain).all(),
 	}
-	if !opts.DisableConntrack {
-		f.ct = ct
+	if opts.DisableConntrack {
+		ct = nil
 	}
+	f.cut = newFlowCutter(ct, f.log)
 
 	v4, err := openFamily(open, false, opts.LockWait)
 	if err != nil {
@@ -146,7 +166,7 @@ func newIPTables(opts Options, open tableFactory, ct flowTable) (*IPTables, erro
 			f.v6 = v6
 		}
 	}
-	f.log.Debug().Str("chain", f.chain).Bool("ipv6", f.v6 != nil).Bool("conntrack", f.ct != nil).
+	f.log.Debug().Str("chain", f.chain).Bool("ipv6", f.v6 != nil).Bool("conntrack", ct != nil).
 		Msg("firewall ready")
 	return f, nil
 }
@@ -167,7 +187,7 @@ func openFamily(open tableFactory, v6 bool, lockWait time.Duration) (*family, er
 	// A harmless read shows whether the command works here (root or
 	// CAP_NET_ADMIN, kernel support, a matching backend).
 	if _, err := t.ChainExists(tableFilter, chainInput); err != nil {
-		return nil, newError("init", netip.Addr{}, "list "+chainInput+" ("+fam.name+")", err)
+		return nil, newError("init", netip.Prefix{}, "list "+chainInput+" ("+fam.name+")", err)
 	}
 	return fam, nil
 }
@@ -179,8 +199,8 @@ func (f *IPTables) families() []*family {
 	return []*family{f.v4, f.v6}
 }
 
-func (f *IPTables) familyOf(addr netip.Addr) *family {
-	if addr.Is4() {
+func (f *IPTables) familyOf(p netip.Prefix) *family {
+	if p.Addr().Is4() {
 		return f.v4
 	}
 	return f.v6
@@ -209,25 +229,56 @@ func (f *IPTables) setupFamily(ctx context.Context, fam *family) error {
 	}
 	if exists && !f.keep {
 		if err := ctx.Err(); err != nil {
-			return newError("setup", netip.Addr{}, "", err)
+			return newError("setup", netip.Prefix{}, "", err)
 		}
 		if err := fam.t.ClearChain(tableFilter, f.chain); err != nil {
-			return newError("setup", netip.Addr{}, f.step("flush", fam), err)
+			return newError("setup", netip.Prefix{}, f.step("flush", fam), err)
 		}
 		f.log.Info().Str("chain", f.chain).Str("family", fam.name).Msg("flushed leftover rules")
 	}
+	if exists && f.keep {
+		if err := f.removeSetRules(ctx, fam); err != nil {
+			return err
+		}
+	}
 	return f.ensureJump(ctx, "setup", fam)
+}
+
+// removeSetRules deletes from our chain the rules matching our sets, which
+// a guard with kernel address sets left: this firewall keeps one rule per
+// ban, and a set nobody updates would go on dropping what was unbanned.
+// The bans are put back as rules right after Setup (bans.Manager).
+func (f *IPTables) removeSetRules(ctx context.Context, fam *family) error {
+	lines, err := fam.t.List(tableFilter, f.chain)
+	if err != nil {
+		return newError("setup", netip.Prefix{}, f.step("list", fam), err)
+	}
+	for _, l := range lines {
+		set := matchedSet(f.chain, l)
+		if set == "" || !slices.Contains(f.sets, set) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return newError("setup", netip.Prefix{}, "", err)
+		}
+		if err := fam.t.Delete(tableFilter, f.chain, setSpec(set)...); err != nil && !isNotExist(err) {
+			return newError("setup", netip.Prefix{}, "delete the rule matching set "+set+" from "+f.chain+" ("+fam.name+")", err)
+		}
+		f.log.Warn().Str("chain", f.chain).Str("set", set).Str("family", fam.name).
+			Msg("rule matching an address set of an earlier run removed: this firewall keeps one rule per ban; the bans are put back as rules (destroy the set with ipset destroy)")
+	}
+	return nil
 }
 
 // ensureChain creates our chain if it is missing; it reports whether the
 // chain was there already.
 func (f *IPTables) ensureChain(ctx context.Context, op string, fam *family) (bool, error) {
 	if err := ctx.Err(); err != nil {
-		return false, newError(op, netip.Addr{}, "", err)
+		return false, newError(op, netip.Prefix{}, "", err)
 	}
 	exists, err := fam.t.ChainExists(tableFilter, f.chain)
 	if err != nil {
-		return false, newError(op, netip.Addr{}, f.step("check chain", fam), err)
+		return false, newError(op, netip.Prefix{}, f.step("check chain", fam), err)
 	}
 	if exists {
 		return true, nil
@@ -236,7 +287,7 @@ func (f *IPTables) ensureChain(ctx context.Context, op string, fam *family) (boo
 		if exitStatus(err) == 1 && strings.Contains(err.Error(), "already exists") {
 			return true, nil // created meanwhile
 		}
-		return false, newError(op, netip.Addr{}, f.step("create chain", fam), err)
+		return false, newError(op, netip.Prefix{}, f.step("create chain", fam), err)
 	}
 	f.log.Info().Str("chain", f.chain).Str("family", fam.name).Msg("chain created")
 	return false, nil
@@ -250,17 +301,17 @@ func (f *IPTables) ensureJump(ctx context.Context, op string, fam *family) error
 	}
 	if n == 0 {
 		if err := fam.t.Insert(tableFilter, chainInput, 1, "-j", f.chain); err != nil {
-			return newError(op, netip.Addr{}, "insert jump to "+f.chain+" at the top of "+chainInput+" ("+fam.name+")", err)
+			return newError(op, netip.Prefix{}, "insert jump to "+f.chain+" at the top of "+chainInput+" ("+fam.name+")", err)
 		}
 		f.log.Info().Str("chain", f.chain).Str("family", fam.name).Msg("jump inserted at the top of INPUT")
 		return nil
 	}
 	for ; n > 1; n-- {
 		if err := ctx.Err(); err != nil {
-			return newError(op, netip.Addr{}, "", err)
+			return newError(op, netip.Prefix{}, "", err)
 		}
 		if err := fam.t.Delete(tableFilter, chainInput, "-j", f.chain); err != nil && !isNotExist(err) {
-			return newError(op, netip.Addr{}, "delete duplicate jump to "+f.chain+" ("+fam.name+")", err)
+			return newError(op, netip.Prefix{}, "delete duplicate jump to "+f.chain+" ("+fam.name+")", err)
 		}
 		f.log.Warn().Str("chain", f.chain).Str("family", fam.name).Msg("duplicate jump removed from INPUT")
 	}
@@ -269,11 +320,11 @@ func (f *IPTables) ensureJump(ctx context.Context, op string, fam *family) error
 
 func (f *IPTables) countJumps(ctx context.Context, op string, fam *family) (int, error) {
 	if err := ctx.Err(); err != nil {
-		return 0, newError(op, netip.Addr{}, "", err)
+		return 0, newError(op, netip.Prefix{}, "", err)
 	}
 	lines, err := fam.t.List(tableFilter, chainInput)
 	if err != nil {
-		return 0, newError(op, netip.Addr{}, "list "+chainInput+" ("+fam.name+")", err)
+		return 0, newError(op, netip.Prefix{}, "list "+chainInput+" ("+fam.name+")", err)
 	}
 	n := 0
 	for _, l := range lines {
@@ -285,15 +336,15 @@ func (f *IPTables) countJumps(ctx context.Context, op string, fam *family) (int,
 }
 
 // listDrops returns the DROP rules in our chain; a missing chain has none.
-func (f *IPTables) listDrops(ctx context.Context, op string, addr netip.Addr, fam *family) ([]dropRule, bool, error) {
+func (f *IPTables) listDrops(ctx context.Context, op string, fam *family) ([]dropRule, bool, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, false, newError(op, addr, "", err)
+		return nil, false, newError(op, netip.Prefix{}, "", err)
 	}
 	// Check first: iptables-nft reports a missing chain in -S with a
 	// misleading "incompatible" message.
 	exists, err := fam.t.ChainExists(tableFilter, f.chain)
 	if err != nil {
-		return nil, false, newError(op, addr, f.step("check chain", fam), err)
+		return nil, false, newError(op, netip.Prefix{}, f.step("check chain", fam), err)
 	}
 	if !exists {
 		return nil, false, nil
@@ -303,7 +354,7 @@ func (f *IPTables) listDrops(ctx context.Context, op string, addr netip.Addr, fa
 		if isNotExist(err) {
 			return nil, false, nil
 		}
-		return nil, false, newError(op, addr, f.step("list", fam), err)
+		return nil, false, newError(op, netip.Prefix{}, f.step("list", fam), err)
 	}
 	var out []dropRule
 	for _, l := range lines {
@@ -314,119 +365,204 @@ func (f *IPTables) listDrops(ctx context.Context, op string, addr netip.Addr, fa
 	return out, true, nil
 }
 
-// Block drops traffic from addr: it makes sure our chain and its jump exist
-// (someone may have deleted them), appends the DROP rule unless addr has one
-// already, then deletes addr's conntrack entries.
-//
-// If only the conntrack step fails the rule stays in place and the error
-// wraps ErrConntrack (and ErrTemporary): callers should log it, not treat the
-// block as failed. Block is idempotent, so retrying repeats the deletion.
-func (f *IPTables) Block(ctx context.Context, addr netip.Addr, comment string) error {
-	a, err := NormalizeAddr(addr)
-	if err != nil {
-		return &Error{Op: "block", Err: err}
-	}
-	fam := f.familyOf(a)
-	if fam == nil {
-		return &Error{Op: "block", Addr: a, Err: fmt.Errorf("%w: ip6tables is not managed (unusable or disabled)", ErrFamilyUnavailable)}
-	}
-	comment = SanitizeComment(comment)
-
-	if err := f.addDrop(ctx, fam, a, comment); err != nil {
-		return err
-	}
-	if f.ct == nil {
-		return nil
-	}
-	if err := ctx.Err(); err != nil {
-		return &Error{Op: "block", Addr: a, Step: "delete conntrack entries", Err: fmt.Errorf("%w: %w", ErrConntrack, err)}
-	}
-	n, err := f.ct.DeleteFlows(ctx, a)
-	if err != nil {
-		return &Error{Op: "block", Addr: a, Step: "delete conntrack entries", Err: fmt.Errorf("%w: %w", ErrConntrack, err), temporary: true}
-	}
-	if n > 0 {
-		f.log.Info().Str("ip", a.String()).Int("flows", n).Msg("conntrack entries deleted")
-	}
-	return nil
-}
-
-func (f *IPTables) addDrop(ctx context.Context, fam *family, a netip.Addr, comment string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if _, err := f.ensureChain(ctx, "block", fam); err != nil {
-		return withAddr(err, a)
-	}
-	if err := f.ensureJump(ctx, "block", fam); err != nil {
-		return withAddr(err, a)
-	}
-	rules, _, err := f.listDrops(ctx, "block", a, fam)
-	if err != nil {
-		return err
-	}
-	for _, r := range rules {
-		if r.addr == a {
-			return nil
+// checkEntries normalizes the entries of a Block and groups them by
+// family, the last of one prefix winning. An invalid prefix fails the
+// whole batch before anything changes.
+func (f *IPTables) checkEntries(entries []Entry) (v4, v6 []Entry, err error) {
+	seen := make(map[netip.Prefix]int, len(entries))
+	var all []Entry
+	for _, e := range entries {
+		p, err := NormalizePrefix(e.Prefix)
+		if err != nil {
+			return nil, nil, &Error{Op: "block", Err: err}
 		}
-	}
-	if err := ctx.Err(); err != nil {
-		return newError("block", a, "", err)
-	}
-	if err := fam.t.Append(tableFilter, f.chain, dropSpec(a, comment)...); err != nil {
-		return newError("block", a, f.step("append DROP rule to", fam), err)
-	}
-	f.log.Info().Str("ip", a.String()).Str("chain", f.chain).Str("comment", comment).Msg("address blocked")
-	return nil
-}
-
-// Unblock deletes every DROP rule for addr from our chain. A missing rule or
-// chain is success; so is an IPv6 address while IPv6 is not managed.
-func (f *IPTables) Unblock(ctx context.Context, addr netip.Addr) error {
-	a, err := NormalizeAddr(addr)
-	if err != nil {
-		return &Error{Op: "unblock", Err: err}
-	}
-	fam := f.familyOf(a)
-	if fam == nil {
-		return nil
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	rules, _, err := f.listDrops(ctx, "unblock", a, fam)
-	if err != nil {
-		return err
-	}
-	removed := 0
-	for _, r := range rules {
-		if r.addr != a {
+		if f.familyOf(p) == nil {
+			return nil, nil, &Error{Op: "block", Prefix: p, Err: fmt.Errorf("%w: ip6tables is not managed (unusable or disabled)", ErrFamilyUnavailable)}
+		}
+		e.Prefix, e.Comment = p, SanitizeComment(e.Comment)
+		if i, ok := seen[p]; ok {
+			all[i] = e
 			continue
 		}
-		if err := ctx.Err(); err != nil {
-			return newError("unblock", a, "", err)
-		}
-		if err := fam.t.Delete(tableFilter, f.chain, r.spec...); err != nil {
-			if isNotExist(err) {
-				continue
-			}
-			return newError("unblock", a, f.step("delete DROP rule from", fam), err)
-		}
-		removed++
+		seen[p] = len(all)
+		all = append(all, e)
 	}
-	if removed > 0 {
-		f.log.Info().Str("ip", a.String()).Str("chain", f.chain).Msg("address unblocked")
+	for _, e := range all {
+		if e.Prefix.Addr().Is4() {
+			v4 = append(v4, e)
+		} else {
+			v6 = append(v6, e)
+		}
+	}
+	return v4, v6, nil
+}
+
+// Block drops traffic from each entry's prefix: per family it makes sure
+// our chain and its jump exist (someone may have deleted them), lists the
+// chain once and adds a DROP rule for each prefix that has none: one
+// `iptables -A` for a single rule, one `iptables-restore --noflush` for
+// more. Entry timeouts are not used: a rule stays until Unblock. Right
+// after, in the background, the conntrack entries of all the prefixes are
+// deleted (see flowCutter).
+func (f *IPTables) Block(ctx context.Context, entries ...Entry) error {
+	v4, v6, err := f.checkEntries(entries)
+	if err != nil {
+		return err
+	}
+	for _, batch := range [][]Entry{v4, v6} {
+		if len(batch) == 0 {
+			continue
+		}
+		if err := f.addDrops(ctx, f.familyOf(batch[0].Prefix), batch); err != nil {
+			return err
+		}
+	}
+	f.cut.cut(append(v4, v6...))
+	return nil
+}
+
+func (f *IPTables) addDrops(ctx context.Context, fam *family, batch []Entry) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var one netip.Prefix
+	if len(batch) == 1 {
+		one = batch[0].Prefix
+	}
+	if _, err := f.ensureChain(ctx, "block", fam); err != nil {
+		return withPrefix(err, one)
+	}
+	if err := f.ensureJump(ctx, "block", fam); err != nil {
+		return withPrefix(err, one)
+	}
+	rules, _, err := f.listDrops(ctx, "block", fam)
+	if err != nil {
+		return withPrefix(err, one)
+	}
+	have := make(map[netip.Prefix]bool, len(rules))
+	for _, r := range rules {
+		have[r.prefix] = true
+	}
+	var missing []Entry
+	for _, e := range batch {
+		if !have[e.Prefix] {
+			missing = append(missing, e)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return newError("block", one, "", err)
+	}
+	switch {
+	case len(missing) == 0:
+		return nil
+	case len(missing) == 1:
+		e := missing[0]
+		if err := fam.t.Append(tableFilter, f.chain, dropSpec(e.Prefix, e.Comment)...); err != nil {
+			return newError("block", e.Prefix, f.step("append DROP rule to", fam), err)
+		}
+		f.log.Info().Str("ip", PrefixString(e.Prefix)).Str("chain", f.chain).Str("comment", e.Comment).Msg("address blocked")
+		return nil
+	}
+	var in bytes.Buffer
+	in.WriteString("*filter\n")
+	for _, e := range missing {
+		in.WriteString("-A " + f.chain + " " + quoteRule(dropSpec(e.Prefix, e.Comment)) + "\n")
+	}
+	in.WriteString("COMMIT\n")
+	if err := f.restore(ctx, fam.v6, in.Bytes()); err != nil {
+		return newError("block", one, fmt.Sprintf("append %d DROP rules to %s (%s-restore)", len(missing), f.chain, fam.name), err)
+	}
+	f.log.Info().Int("count", len(missing)).Str("chain", f.chain).Str("family", fam.name).Msg("addresses blocked")
+	return nil
+}
+
+// Unblock deletes every DROP rule for each of prefixes from our chain: one
+// `iptables -D` for one rule, one `iptables-restore --noflush` for more. A
+// missing rule or chain is success; so is an IPv6 prefix while IPv6 is not
+// managed.
+func (f *IPTables) Unblock(ctx context.Context, prefixes ...netip.Prefix) error {
+	want := map[*family]map[netip.Prefix]bool{}
+	var one netip.Prefix
+	for _, p := range prefixes {
+		n, err := NormalizePrefix(p)
+		if err != nil {
+			return &Error{Op: "unblock", Err: err}
+		}
+		one = n
+		fam := f.familyOf(n)
+		if fam == nil {
+			continue
+		}
+		if want[fam] == nil {
+			want[fam] = map[netip.Prefix]bool{}
+		}
+		want[fam][n] = true
+	}
+	if len(prefixes) != 1 {
+		one = netip.Prefix{}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, fam := range f.families() {
+		if len(want[fam]) == 0 {
+			continue
+		}
+		if err := f.deleteDrops(ctx, fam, want[fam], one); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-// Blocked returns the addresses with a DROP rule in our chain, sorted. A
+func (f *IPTables) deleteDrops(ctx context.Context, fam *family, want map[netip.Prefix]bool, one netip.Prefix) error {
+	rules, _, err := f.listDrops(ctx, "unblock", fam)
+	if err != nil {
+		return withPrefix(err, one)
+	}
+	var doomed []dropRule
+	for _, r := range rules {
+		if want[r.prefix] {
+			doomed = append(doomed, r)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return newError("unblock", one, "", err)
+	}
+	switch {
+	case len(doomed) == 0:
+		return nil
+	case len(doomed) == 1:
+		r := doomed[0]
+		if err := fam.t.Delete(tableFilter, f.chain, r.spec...); err != nil {
+			if isNotExist(err) {
+				return nil
+			}
+			return newError("unblock", r.prefix, f.step("delete DROP rule from", fam), err)
+		}
+		f.log.Info().Str("ip", PrefixString(r.prefix)).Str("chain", f.chain).Msg("address unblocked")
+		return nil
+	}
+	var in bytes.Buffer
+	in.WriteString("*filter\n")
+	for _, r := range doomed {
+		in.WriteString("-D " + f.chain + " " + quoteRule(r.spec) + "\n")
+	}
+	in.WriteString("COMMIT\n")
+	if err := f.restore(ctx, fam.v6, in.Bytes()); err != nil {
+		return newError("unblock", one, fmt.Sprintf("delete %d DROP rules from %s (%s-restore)", len(doomed), f.chain, fam.name), err)
+	}
+	f.log.Info().Int("count", len(doomed)).Str("chain", f.chain).Str("family", fam.name).Msg("addresses unblocked")
+	return nil
+}
+
+// Blocked returns the prefixes with a DROP rule in our chain, sorted. A
 // family whose chain is missing, or not hooked into INPUT, contributes none:
 // its rules drop nothing.
-func (f *IPTables) Blocked(ctx context.Context) ([]netip.Addr, error) {
+func (f *IPTables) Blocked(ctx context.Context) ([]Entry, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []netip.Addr
+	var out []netip.Prefix
 	for _, fam := range f.families() {
-		rules, exists, err := f.listDrops(ctx, "blocked", netip.Addr{}, fam)
+		rules, exists, err := f.listDrops(ctx, "blocked", fam)
 		if err != nil {
 			return nil, err
 		}
@@ -442,30 +578,51 @@ func (f *IPTables) Blocked(ctx context.Context) ([]netip.Addr, error) {
 			continue
 		}
 		for _, r := range rules {
-			out = append(out, r.addr)
+			out = append(out, r.prefix)
 		}
 	}
-	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
-	return slices.Compact(out), nil
+	return entriesOf(sortPrefixes(out)), nil
 }
 
-// Rules returns the addresses with a DROP rule in our chain, sorted,
+// Rules returns the prefixes with a DROP rule in our chain, sorted,
 // whether or not INPUT jumps to it. It changes nothing.
-func (f *IPTables) Rules(ctx context.Context) ([]netip.Addr, error) {
+func (f *IPTables) Rules(ctx context.Context) ([]netip.Prefix, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []netip.Addr
+	var out []netip.Prefix
 	for _, fam := range f.families() {
-		rules, _, err := f.listDrops(ctx, "rules", netip.Addr{}, fam)
+		rules, _, err := f.listDrops(ctx, "rules", fam)
 		if err != nil {
 			return nil, err
 		}
 		for _, r := range rules {
-			out = append(out, r.addr)
+			out = append(out, r.prefix)
 		}
 	}
-	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
-	return slices.Compact(out), nil
+	return sortPrefixes(out), nil
+}
+
+// ComparePrefix orders prefixes by address, then length.
+func ComparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// sortPrefixes sorts ps and drops duplicates.
+func sortPrefixes(ps []netip.Prefix) []netip.Prefix {
+	slices.SortFunc(ps, ComparePrefix)
+	return slices.Compact(ps)
+}
+
+// entriesOf returns entries of ps without timeouts.
+func entriesOf(ps []netip.Prefix) []Entry {
+	out := make([]Entry, len(ps))
+	for i, p := range ps {
+		out[i] = Entry{Prefix: p}
+	}
+	return out
 }
 
 // Real is true: iptables drops the traffic.
@@ -492,30 +649,30 @@ func (f *IPTables) teardownFamily(ctx context.Context, fam *family) error {
 	}
 	for ; n > 0; n-- {
 		if err := ctx.Err(); err != nil {
-			return newError("teardown", netip.Addr{}, "", err)
+			return newError("teardown", netip.Prefix{}, "", err)
 		}
 		if err := fam.t.Delete(tableFilter, chainInput, "-j", f.chain); err != nil {
 			if isNotExist(err) {
 				break
 			}
-			return newError("teardown", netip.Addr{}, "delete jump to "+f.chain+" from "+chainInput+" ("+fam.name+")", err)
+			return newError("teardown", netip.Prefix{}, "delete jump to "+f.chain+" from "+chainInput+" ("+fam.name+")", err)
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return newError("teardown", netip.Addr{}, "", err)
+		return newError("teardown", netip.Prefix{}, "", err)
 	}
 	exists, err := fam.t.ChainExists(tableFilter, f.chain)
 	if err != nil {
-		return newError("teardown", netip.Addr{}, f.step("check chain", fam), err)
+		return newError("teardown", netip.Prefix{}, f.step("check chain", fam), err)
 	}
 	if !exists {
 		return nil
 	}
 	if err := fam.t.ClearChain(tableFilter, f.chain); err != nil && !isNotExist(err) {
-		return newError("teardown", netip.Addr{}, f.step("flush", fam), err)
+		return newError("teardown", netip.Prefix{}, f.step("flush", fam), err)
 	}
 	if err := fam.t.DeleteChain(tableFilter, f.chain); err != nil && !isNotExist(err) {
-		return newError("teardown", netip.Addr{}, f.step("delete chain", fam), err)
+		return newError("teardown", netip.Prefix{}, f.step("delete chain", fam), err)
 	}
 	f.log.Info().Str("chain", f.chain).Str("family", fam.name).Msg("chain removed")
 	return nil
@@ -526,14 +683,14 @@ func (f *IPTables) step(what string, fam *family) string {
 }
 
 // newError wraps err from step, classifying it.
-func newError(op string, addr netip.Addr, step string, err error) error {
-	return &Error{Op: op, Addr: addr, Step: step, Err: err, temporary: temporary(err)}
+func newError(op string, p netip.Prefix, step string, err error) error {
+	return &Error{Op: op, Prefix: p, Step: step, Err: err, temporary: temporary(err)}
 }
 
-func withAddr(err error, a netip.Addr) error {
+func withPrefix(err error, p netip.Prefix) error {
 	var e *Error
-	if errors.As(err, &e) && !e.Addr.IsValid() {
-		e.Addr = a
+	if p.IsValid() && errors.As(err, &e) && !e.Prefix.IsValid() {
+		e.Prefix = p
 	}
 	return err
 }

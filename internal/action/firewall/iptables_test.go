@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/netip"
@@ -26,8 +27,17 @@ func newRig(t *testing.T, opts Options) *rig {
 	if err != nil {
 		t.Fatalf("newIPTables: %v", err)
 	}
+	fw.restore = r.restore
 	r.fw = fw
 	return r
+}
+
+// restore is the rig's iptables-restore.
+func (r *rig) restore(ctx context.Context, v6 bool, input []byte) error {
+	if v6 {
+		return r.v6.restore(input)
+	}
+	return r.v4.restore(input)
 }
 
 var (
@@ -80,7 +90,7 @@ func countOf(s []string, v string) int {
 func TestSetupFlushesLeftoversAndFixesDuplicateJumps(t *testing.T) {
 	r := newRig(t, Options{Chain: "AG-test_1"})
 	mustNil(t, "new chain", r.v4.NewChain("filter", "AG-test_1"))
-	mustNil(t, "leftover", r.v4.Append("filter", "AG-test_1", dropSpec(addr2, "old")...))
+	mustNil(t, "leftover", r.v4.Append("filter", "AG-test_1", dropSpec(pfx(addr2), "old")...))
 	mustNil(t, "accept", r.v4.Insert("filter", "INPUT", 1, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"))
 	mustNil(t, "jump1", r.v4.Append("filter", "INPUT", "-j", "AG-test_1"))
 	mustNil(t, "jump2", r.v4.Append("filter", "INPUT", "-j", "AG-test_1"))
@@ -102,11 +112,11 @@ func TestSetupFlushesLeftoversAndFixesDuplicateJumps(t *testing.T) {
 func TestSetupKeepRules(t *testing.T) {
 	r := newRig(t, Options{KeepRulesOnSetup: true})
 	mustNil(t, "new chain", r.v4.NewChain("filter", "ASTGUARD"))
-	mustNil(t, "leftover", r.v4.Append("filter", "ASTGUARD", dropSpec(addr2, "old")...))
+	mustNil(t, "leftover", r.v4.Append("filter", "ASTGUARD", dropSpec(pfx(addr2), "old")...))
 	mustNil(t, "setup", r.fw.Setup(ctx))
 	got, err := r.fw.Blocked(ctx)
 	mustNil(t, "blocked", err)
-	if !slices.Equal(got, []netip.Addr{addr2}) {
+	if !slices.Equal(addrsIn(got), []netip.Addr{addr2}) {
 		t.Fatalf("Blocked = %v, want kept %v", got, addr2)
 	}
 }
@@ -115,11 +125,11 @@ func TestBlockUnblock(t *testing.T) {
 	r := newRig(t, Options{})
 	mustNil(t, "setup", r.fw.Setup(ctx))
 
-	mustNil(t, "block v4", r.fw.Block(ctx, addr2, `auth_failures critical: 5 "failed" in 1m`))
-	mustNil(t, "block again, other comment", r.fw.Block(ctx, addr2, "again"))
+	mustNil(t, "block v4", r.fw.Block(ctx, entry(addr2, `auth_failures critical: 5 "failed" in 1m`)))
+	mustNil(t, "block again, other comment", r.fw.Block(ctx, entry(addr2, "again")))
 	mapped := netip.AddrFrom16(addr3.As16()) // ::ffff:192.0.2.3
-	mustNil(t, "block mapped", r.fw.Block(ctx, mapped, "mapped"))
-	mustNil(t, "block v6", r.fw.Block(ctx, addr6, "v6"))
+	mustNil(t, "block mapped", r.fw.Block(ctx, entry(mapped, "mapped")))
+	mustNil(t, "block v6", r.fw.Block(ctx, entry(addr6, "v6")))
 
 	want4 := []string{
 		"-s 192.0.2.2/32 -m comment --comment auth_failures critical: 5 _failed_ in 1m -j DROP",
@@ -133,17 +143,18 @@ func TestBlockUnblock(t *testing.T) {
 	}
 	got, err := r.fw.Blocked(ctx)
 	mustNil(t, "blocked", err)
-	if want := []netip.Addr{addr2, addr3, addr6}; !slices.Equal(got, want) {
+	if want := []netip.Addr{addr2, addr3, addr6}; !slices.Equal(addrsIn(got), want) {
 		t.Fatalf("Blocked = %v, want %v", got, want)
 	}
-	if want := []netip.Addr{addr2, addr2, addr3, addr6}; !slices.Equal(r.flows.deleted, want) {
+	r.fw.cut.wait()
+	if want := pfxs(addr2, addr2, addr3, addr6); !slices.Equal(r.flows.sorted(), want) {
 		t.Fatalf("conntrack deletions = %v, want %v", r.flows.deleted, want)
 	}
 
-	mustNil(t, "unblock", r.fw.Unblock(ctx, addr2))
-	mustNil(t, "unblock missing", r.fw.Unblock(ctx, addr2))
-	mustNil(t, "unblock mapped", r.fw.Unblock(ctx, mapped))
-	mustNil(t, "unblock v6", r.fw.Unblock(ctx, addr6))
+	mustNil(t, "unblock", r.fw.Unblock(ctx, pfx(addr2)))
+	mustNil(t, "unblock missing", r.fw.Unblock(ctx, pfx(addr2)))
+	mustNil(t, "unblock mapped", r.fw.Unblock(ctx, pfx(mapped)))
+	mustNil(t, "unblock v6", r.fw.Unblock(ctx, pfx(addr6)))
 	if got, _ := r.fw.Blocked(ctx); len(got) != 0 {
 		t.Fatalf("Blocked after unblock = %v", got)
 	}
@@ -154,10 +165,10 @@ func TestUnblockRemovesDuplicates(t *testing.T) {
 	mustNil(t, "setup", r.fw.Setup(ctx))
 	// Rules for the same address added by an older version, by hand, or
 	// with a comment holding quotes as iptables prints them.
-	mustNil(t, "a", r.v4.Append("filter", "ASTGUARD", dropSpec(addr2, "one")...))
-	mustNil(t, "b", r.v4.Append("filter", "ASTGUARD", dropSpec(addr2, `two "quoted" \ x`)...))
-	mustNil(t, "c", r.v4.Append("filter", "ASTGUARD", dropSpec(addr3, "keep")...))
-	mustNil(t, "unblock", r.fw.Unblock(ctx, addr2))
+	mustNil(t, "a", r.v4.Append("filter", "ASTGUARD", dropSpec(pfx(addr2), "one")...))
+	mustNil(t, "b", r.v4.Append("filter", "ASTGUARD", dropSpec(pfx(addr2), `two "quoted" \ x`)...))
+	mustNil(t, "c", r.v4.Append("filter", "ASTGUARD", dropSpec(pfx(addr3), "keep")...))
+	mustNil(t, "unblock", r.fw.Unblock(ctx, pfx(addr2)))
 	if got := r.v4.rules("ASTGUARD"); !slices.Equal(got, []string{"-s 192.0.2.3/32 -m comment --comment keep -j DROP"}) {
 		t.Fatalf("chain = %q", got)
 	}
@@ -165,7 +176,7 @@ func TestUnblockRemovesDuplicates(t *testing.T) {
 
 func TestUnblockWithoutChain(t *testing.T) {
 	r := newRig(t, Options{})
-	mustNil(t, "unblock before setup", r.fw.Unblock(ctx, addr2))
+	mustNil(t, "unblock before setup", r.fw.Unblock(ctx, pfx(addr2)))
 }
 
 func TestBlockRepairsDeletedChainAndJump(t *testing.T) {
@@ -174,11 +185,11 @@ func TestBlockRepairsDeletedChainAndJump(t *testing.T) {
 	// Someone runs iptables -F INPUT; iptables -X ASTGUARD.
 	mustNil(t, "delete jump", r.v4.Delete("filter", "INPUT", "-j", "ASTGUARD"))
 	mustNil(t, "delete chain", r.v4.DeleteChain("filter", "ASTGUARD"))
-	mustNil(t, "block", r.fw.Block(ctx, addr2, "x"))
+	mustNil(t, "block", r.fw.Block(ctx, entry(addr2, "x")))
 	if got := r.v4.rules("INPUT"); !slices.Equal(got, []string{"-j ASTGUARD"}) {
 		t.Fatalf("INPUT = %q", got)
 	}
-	if got, _ := r.fw.Blocked(ctx); !slices.Equal(got, []netip.Addr{addr2}) {
+	if got, _ := r.fw.Blocked(ctx); !slices.Equal(addrsIn(got), []netip.Addr{addr2}) {
 		t.Fatalf("Blocked = %v", got)
 	}
 }
@@ -186,18 +197,18 @@ func TestBlockRepairsDeletedChainAndJump(t *testing.T) {
 func TestBlockedDetectsFlushAndUnhook(t *testing.T) {
 	r := newRig(t, Options{})
 	mustNil(t, "setup", r.fw.Setup(ctx))
-	mustNil(t, "block", r.fw.Block(ctx, addr2, "x"))
+	mustNil(t, "block", r.fw.Block(ctx, entry(addr2, "x")))
 	mustNil(t, "flush", r.v4.ClearChain("filter", "ASTGUARD")) // iptables -F ASTGUARD
 	if got, _ := r.fw.Blocked(ctx); len(got) != 0 {
 		t.Fatalf("Blocked after flush = %v", got)
 	}
-	mustNil(t, "block", r.fw.Block(ctx, addr2, "x"))
+	mustNil(t, "block", r.fw.Block(ctx, entry(addr2, "x")))
 	mustNil(t, "unhook", r.v4.Delete("filter", "INPUT", "-j", "ASTGUARD")) // iptables -F INPUT
 	if got, _ := r.fw.Blocked(ctx); len(got) != 0 {
 		t.Fatalf("Blocked without jump = %v, want none: the rules drop nothing", got)
 	}
-	mustNil(t, "block", r.fw.Block(ctx, addr2, "x")) // re-hooks
-	if got, _ := r.fw.Blocked(ctx); !slices.Equal(got, []netip.Addr{addr2}) {
+	mustNil(t, "block", r.fw.Block(ctx, entry(addr2, "x"))) // re-hooks
+	if got, _ := r.fw.Blocked(ctx); !slices.Equal(addrsIn(got), []netip.Addr{addr2}) {
 		t.Fatalf("Blocked = %v", got)
 	}
 }
@@ -213,13 +224,13 @@ func TestRulesListsWithoutChanging(t *testing.T) {
 		t.Fatal("Rules created the chain")
 	}
 	mustNil(t, "new chain", r.v4.NewChain("filter", "ASTGUARD"))
-	mustNil(t, "rule v4", r.v4.Append("filter", "ASTGUARD", dropSpec(addr2, "left by a previous run")...))
+	mustNil(t, "rule v4", r.v4.Append("filter", "ASTGUARD", dropSpec(pfx(addr2), "left by a previous run")...))
 	mustNil(t, "new chain v6", r.v6.NewChain("filter", "ASTGUARD"))
-	mustNil(t, "rule v6", r.v6.Append("filter", "ASTGUARD", dropSpec(addr6, "left by a previous run")...))
+	mustNil(t, "rule v6", r.v6.Append("filter", "ASTGUARD", dropSpec(pfx(addr6), "left by a previous run")...))
 	n4, n6 := r.v4.callCount(), r.v6.callCount()
 	got, err := r.fw.Rules(ctx)
 	mustNil(t, "rules", err)
-	if want := []netip.Addr{addr2, addr6}; !slices.Equal(got, want) {
+	if want := pfxs(addr2, addr6); !slices.Equal(got, want) {
 		t.Fatalf("Rules of an unhooked chain = %v, want %v", got, want)
 	}
 	r.v4.mu.Lock()
@@ -247,7 +258,7 @@ func TestTeardown(t *testing.T) {
 	r := newRig(t, Options{})
 	mustNil(t, "canary", r.v4.Append("filter", "INPUT", "-s", "198.51.100.1", "-j", "ACCEPT"))
 	mustNil(t, "setup", r.fw.Setup(ctx))
-	mustNil(t, "block", r.fw.Block(ctx, addr2, "x"))
+	mustNil(t, "block", r.fw.Block(ctx, entry(addr2, "x")))
 	mustNil(t, "extra jump", r.v4.Append("filter", "INPUT", "-j", "ASTGUARD"))
 	mustNil(t, "teardown", r.fw.Teardown(ctx))
 	mustNil(t, "teardown again", r.fw.Teardown(ctx))
@@ -277,11 +288,11 @@ func TestInvalidAddressesArePermanentAndTouchNothing(t *testing.T) {
 		netip.MustParseAddr("fe80::1"),
 		netip.MustParseAddr("255.255.255.255"),
 	} {
-		err := r.fw.Block(ctx, a, "x")
+		err := r.fw.Block(ctx, entry(a, "x"))
 		if !errors.Is(err, ErrInvalidAddr) || !errors.Is(err, ErrPermanent) || IsTemporary(err) {
 			t.Errorf("Block(%v) = %v, want permanent ErrInvalidAddr", a, err)
 		}
-		if err := r.fw.Unblock(ctx, a); !errors.Is(err, ErrInvalidAddr) {
+		if err := r.fw.Unblock(ctx, pfx(a)); !errors.Is(err, ErrInvalidAddr) {
 			t.Errorf("Unblock(%v) = %v, want ErrInvalidAddr", a, err)
 		}
 	}
@@ -329,12 +340,12 @@ func TestIPv6UnusableFallsBackToIPv4(t *testing.T) {
 		(&fakeOpener{v4: v4, v6: v6broken}).open, nil)
 	mustNil(t, "new", err)
 	mustNil(t, "setup", fw.Setup(ctx))
-	mustNil(t, "block v4", fw.Block(ctx, addr2, "x"))
-	err = fw.Block(ctx, addr6, "x")
+	mustNil(t, "block v4", fw.Block(ctx, entry(addr2, "x")))
+	err = fw.Block(ctx, entry(addr6, "x"))
 	if !errors.Is(err, ErrFamilyUnavailable) || !errors.Is(err, ErrPermanent) {
 		t.Fatalf("Block v6 = %v, want permanent ErrFamilyUnavailable", err)
 	}
-	mustNil(t, "unblock v6", fw.Unblock(ctx, addr6))
+	mustNil(t, "unblock v6", fw.Unblock(ctx, pfx(addr6)))
 	mustNil(t, "teardown", fw.Teardown(ctx))
 
 	// Missing ip6tables binary: the same.
@@ -389,12 +400,12 @@ func TestInjectedFailures(t *testing.T) {
 					t.Fatalf("%s: cause lost: %v", op, err)
 				}
 			}
-			err := r.fw.Block(ctx, addr2, "x")
+			err := r.fw.Block(ctx, entry(addr2, "x"))
 			check("block", err)
 			if want := "firewall block 192.0.2.2: check chain ASTGUARD (iptables): "; !strings.HasPrefix(err.Error(), want) {
 				t.Fatalf("message %q does not start with %q", err, want)
 			}
-			check("unblock", r.fw.Unblock(ctx, addr2))
+			check("unblock", r.fw.Unblock(ctx, pfx(addr2)))
 			_, err = r.fw.Blocked(ctx)
 			check("blocked", err)
 			check("setup", r.fw.Setup(ctx))
@@ -415,30 +426,62 @@ func TestFailureAtAppendNamesTheStep(t *testing.T) {
 		}
 		return nil
 	})
-	err := r.fw.Block(ctx, addr2, "x")
+	err := r.fw.Block(ctx, entry(addr2, "x"))
 	want := "firewall block 192.0.2.2: append DROP rule to ASTGUARD (iptables): exit status 4: Another app is currently holding the xtables lock."
 	if err == nil || !strings.HasPrefix(err.Error(), want) || !IsTemporary(err) {
 		t.Fatalf("err = %v\nwant prefix %q, temporary", err, want)
 	}
 }
 
+// The conntrack entries are deleted after Block returned, one dump for
+// the prefixes blocked meanwhile; a failure there is logged and leaves the
+// block in place.
 func TestConntrackFailureKeepsTheBlock(t *testing.T) {
+	var logs bytes.Buffer
+	r := newRig(t, Options{})
+	r.fw.cut.log = zerolog.New(&logs)
+	mustNil(t, "setup", r.fw.Setup(ctx))
+	r.flows.mu.Lock()
+	r.flows.err = errors.New("netlink: permission denied")
+	r.flows.mu.Unlock()
+	mustNil(t, "block", r.fw.Block(ctx, entry(addr2, "x")))
+	r.fw.cut.wait()
+	if !strings.Contains(logs.String(), `"message":"address blocked, established flows not cut"`) ||
+		!strings.Contains(logs.String(), "netlink: permission denied") || !strings.Contains(logs.String(), `"ip":"192.0.2.2"`) {
+		t.Fatalf("conntrack failure not logged with its cause: %s", logs.String())
+	}
+	if got, _ := r.fw.Blocked(ctx); !slices.Equal(addrsIn(got), []netip.Addr{addr2}) {
+		t.Fatalf("block undone by conntrack failure: Blocked = %v", got)
+	}
+}
+
+// Blocks made while a dump runs wait for the next: one dump for them all.
+func TestConntrackOneDumpForABurst(t *testing.T) {
 	r := newRig(t, Options{})
 	mustNil(t, "setup", r.fw.Setup(ctx))
-	r.flows.err = errors.New("netlink: permission denied")
-	err := r.fw.Block(ctx, addr2, "x")
-	if !errors.Is(err, ErrConntrack) || !IsTemporary(err) {
-		t.Fatalf("err = %v, want temporary ErrConntrack", err)
+	gate, entered := make(chan struct{}), make(chan struct{}, 2)
+	r.flows.mu.Lock()
+	r.flows.gate, r.flows.entered = gate, entered
+	r.flows.mu.Unlock()
+	mustNil(t, "block", r.fw.Block(ctx, entry(addr2, "x")))
+	<-entered // its dump runs, held at the gate
+	for _, a := range []netip.Addr{addr3, addr6, netip.MustParseAddr("192.0.2.4")} {
+		mustNil(t, "block", r.fw.Block(ctx, entry(a, "x")))
 	}
-	if got, _ := r.fw.Blocked(ctx); !slices.Equal(got, []netip.Addr{addr2}) {
-		t.Fatalf("block undone by conntrack failure: Blocked = %v", got)
+	close(gate)
+	r.fw.cut.wait()
+	r.flows.mu.Lock()
+	defer r.flows.mu.Unlock()
+	if r.flows.dumps != 2 || len(r.flows.deleted) != 4 {
+		t.Fatalf("%d dumps deleting %v, want 2 for the 4 prefixes", r.flows.dumps, r.flows.deleted)
 	}
 }
 
 func TestConntrackDisabled(t *testing.T) {
 	r := newRig(t, Options{DisableConntrack: true})
 	mustNil(t, "setup", r.fw.Setup(ctx))
-	mustNil(t, "block", r.fw.Block(ctx, addr2, "x"))
+	mustNil(t, "block", r.fw.Block(ctx, entry(addr2, "x")))
+	r.fw.cut.wait()
 	if len(r.flows.deleted) != 0 {
 		t.Fatal("conntrack used although disabled")
 	}
@@ -451,8 +494,8 @@ func TestCanceledContext(t *testing.T) {
 	before := r.v4.callCount()
 	for name, err := range map[string]error{
 		"setup":    r.fw.Setup(c),
-		"block":    r.fw.Block(c, addr2, "x"),
-		"unblock":  r.fw.Unblock(c, addr2),
+		"block":    r.fw.Block(c, entry(addr2, "x")),
+		"unblock":  r.fw.Unblock(c, pfx(addr2)),
 		"teardown": r.fw.Teardown(c),
 	} {
 		if !errors.Is(err, context.Canceled) || IsTemporary(err) {
@@ -480,7 +523,7 @@ func TestConcurrentBlocks(t *testing.T) {
 	for i := range 20 {
 		go func() {
 			a := netip.AddrFrom4([4]byte{192, 0, 2, byte(i % 5)})
-			done <- r.fw.Block(ctx, a, "x")
+			done <- r.fw.Block(ctx, entry(a, "x"))
 		}()
 	}
 	for range 20 {

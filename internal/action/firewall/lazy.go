@@ -57,26 +57,26 @@ func (l *Lazy) Setup(ctx context.Context) error {
 	return fw.Setup(ctx)
 }
 
-// Block builds the firewall if needed, then blocks addr.
-func (l *Lazy) Block(ctx context.Context, addr netip.Addr, comment string) error {
+// Block builds the firewall if needed, then blocks the entries.
+func (l *Lazy) Block(ctx context.Context, entries ...Entry) error {
 	fw, err := l.get()
 	if err != nil {
 		return err
 	}
-	return fw.Block(ctx, addr, comment)
+	return fw.Block(ctx, entries...)
 }
 
-// Unblock builds the firewall if needed, then unblocks addr.
-func (l *Lazy) Unblock(ctx context.Context, addr netip.Addr) error {
+// Unblock builds the firewall if needed, then unblocks the prefixes.
+func (l *Lazy) Unblock(ctx context.Context, prefixes ...netip.Prefix) error {
 	fw, err := l.get()
 	if err != nil {
 		return err
 	}
-	return fw.Unblock(ctx, addr)
+	return fw.Unblock(ctx, prefixes...)
 }
 
 // Blocked builds the firewall if needed, then lists what it drops.
-func (l *Lazy) Blocked(ctx context.Context) ([]netip.Addr, error) {
+func (l *Lazy) Blocked(ctx context.Context) ([]Entry, error) {
 	fw, err := l.get()
 	if err != nil {
 		return nil, err
@@ -85,7 +85,7 @@ func (l *Lazy) Blocked(ctx context.Context) ([]netip.Addr, error) {
 }
 
 // Rules builds the firewall if needed, then lists our chain's rules.
-func (l *Lazy) Rules(ctx context.Context) ([]netip.Addr, error) {
+func (l *Lazy) Rules(ctx context.Context) ([]netip.Prefix, error) {
 	fw, err := l.get()
 	if err != nil {
 		return nil, err

@@ -32,13 +32,13 @@ func TestLazyBuildsOnUseUntilItWorks(t *testing.T) {
 		t.Fatalf("Teardown of a firewall never built: err %v, builds %d", err, builds)
 	}
 	addr := netip.MustParseAddr("192.0.2.7")
-	err := l.Block(ctx, addr, "test")
+	err := l.Block(ctx, entry(addr, "test"))
 	var fe *Error
 	if !errors.As(err, &fe) || fe.Op != "init" || !errors.Is(err, ErrNotInstalled) {
 		t.Fatalf("Block without iptables: %v, want an init *Error wrapping ErrNotInstalled", err)
 	}
 	missing = false
-	if err := l.Block(ctx, addr, "test"); err != nil {
+	if err := l.Block(ctx, entry(addr, "test")); err != nil {
 		t.Fatalf("Block once it can be built: %v", err)
 	}
 	if _, err := l.Blocked(ctx); err != nil {

@@ -128,10 +128,15 @@ func netnsIPTables(t *testing.T, backend, chain string) {
 		}
 	})
 	t.Run("conntrack", func(t *testing.T) {
+		noCT, err := firewall.NewIPTables(firewall.Options{Chain: chain, DisableConntrack: true, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
 		for _, f := range families {
-			t.Run(f.name, func(t *testing.T) { testConntrack(t, fw, f, chain) })
+			t.Run(f.name, func(t *testing.T) { testConntrack(t, fw, noCT, f, chain) })
 		}
 	})
+	t.Run("batch", func(t *testing.T) { testBatch(t, fw, chain) })
 	t.Run("flush_reapply_bans", func(t *testing.T) { testFlushReapply(t, fw, chain) })
 	t.Run("teardown", func(t *testing.T) {
 		if err := fw.Teardown(bg); err != nil {
@@ -250,12 +255,12 @@ func sendFrom(t *testing.T, src netip.Addr, dst netip.AddrPort, payload string) 
 	}
 }
 
-func testUDPDrop(t *testing.T, fw *firewall.IPTables, f ipt, chain string) {
+func testUDPDrop(t *testing.T, fw firewall.Firewall, f ipt, chain string) {
 	l := listen(t, f.dst)
 	sendFrom(t, f.blocked, l.addr(), "before")
 	l.expect(t, "before")
 
-	if err := fw.Block(bg, f.blocked, "astguard test: udp_drop "+f.name); err != nil {
+	if err := fw.Block(bg, entry(f.blocked, "astguard test: udp_drop "+f.name)); err != nil {
 		t.Fatalf("Block(%s): %v", f.blocked, err)
 	}
 	l.dropped(t, f, chain, "from-blocked", func() { sendFrom(t, f.blocked, l.addr(), "from-blocked") })
@@ -266,14 +271,14 @@ func testUDPDrop(t *testing.T, fw *firewall.IPTables, f ipt, chain string) {
 	t.Logf("after Block(%s): datagram from %s dropped, from %s delivered", f.blocked, f.blocked, f.passes)
 
 	blocked, err := fw.Blocked(bg)
-	if err != nil || !slices.Contains(blocked, f.blocked) {
+	if err != nil || !slices.Contains(addrsIn(blocked), f.blocked) {
 		t.Fatalf("Blocked = %v, %v", blocked, err)
 	}
 
-	if err := fw.Unblock(bg, f.blocked); err != nil {
+	if err := fw.Unblock(bg, pfx(f.blocked)); err != nil {
 		t.Fatalf("Unblock: %v", err)
 	}
-	if err := fw.Unblock(bg, f.blocked); err != nil {
+	if err := fw.Unblock(bg, pfx(f.blocked)); err != nil {
 		t.Fatalf("Unblock again: %v", err)
 	}
 	sendFrom(t, f.blocked, l.addr(), "after-unblock")
@@ -296,7 +301,9 @@ func flowsFrom(t *testing.T, a netip.Addr) []conntrack.Flow {
 	return slices.DeleteFunc(fl, func(f conntrack.Flow) bool { return f.TupleOrig.IP.SourceAddress != a })
 }
 
-func testConntrack(t *testing.T, fw *firewall.IPTables, f ipt, chain string) {
+// testConntrack: fw deletes the conntrack entries of what it blocks, noCT
+// (the same firewall without conntrack) does not.
+func testConntrack(t *testing.T, fw, noCT firewall.Firewall, f ipt, chain string) {
 	// An admin's rule before our jump: established flows bypass our chain.
 	accept := []string{"-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"}
 	run(t, f.bin, append([]string{"-I", "INPUT", "1"}, accept...)...)
@@ -332,11 +339,7 @@ func testConntrack(t *testing.T, fw *firewall.IPTables, f ipt, chain string) {
 	t.Logf("flow %s -> %s tracked, status %v", flows[0].TupleOrig.IP.SourceAddress, flows[0].TupleOrig.IP.DestinationAddress, flows[0].Status)
 
 	// Control: the DROP rule alone does not stop the established flow.
-	noCT, err := firewall.NewIPTables(firewall.Options{Chain: chain, DisableConntrack: true, Logger: zerolog.New(zerolog.NewTestWriter(t))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := noCT.Block(bg, f.blocked, "astguard test: conntrack "+f.name); err != nil {
+	if err := noCT.Block(bg, entry(f.blocked, "astguard test: conntrack "+f.name)); err != nil {
 		t.Fatalf("Block without conntrack: %v", err)
 	}
 	send("rule-only")
@@ -345,21 +348,54 @@ func testConntrack(t *testing.T, fw *firewall.IPTables, f ipt, chain string) {
 
 	// Block with conntrack deletion: the flow's entry goes, the next
 	// datagram is NEW, skips the accept and hits our DROP.
-	if err := fw.Block(bg, f.blocked, "astguard test: conntrack "+f.name); err != nil {
+	if err := fw.Block(bg, entry(f.blocked, "astguard test: conntrack "+f.name)); err != nil {
 		t.Fatalf("Block: %v", err)
 	}
-	if fl := flowsFrom(t, f.blocked); len(fl) != 0 {
-		t.Fatalf("conntrack entries of %s left after Block: %d", f.blocked, len(fl))
-	}
+	testenv.WaitFor(t, "the conntrack entries of "+f.blocked.String()+" deleted after Block", 10*time.Second, func() bool {
+		return len(flowsFrom(t, f.blocked)) == 0
+	})
 	l.dropped(t, f, chain, "after-block", func() { send("after-block") })
 	t.Logf("Block with conntrack deletion: entry deleted, next datagram of the flow dropped")
 
-	if err := fw.Unblock(bg, f.blocked); err != nil {
+	if err := fw.Unblock(bg, pfx(f.blocked)); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func testFlushReapply(t *testing.T, fw *firewall.IPTables, chain string) {
+// testBatch: several entries are blocked and unblocked in one
+// iptables-restore each, a network among them.
+func testBatch(t *testing.T, fw firewall.Firewall, chain string) {
+	net4 := netip.MustParsePrefix("198.51.100.0/24")
+	entries := []firewall.Entry{entry(netip.MustParseAddr("192.0.2.1"), "batch one"), entry(netip.MustParseAddr("192.0.2.2"), "batch two"),
+		{Prefix: net4, Comment: "batch network"}, entry(netip.MustParseAddr("2001:db8::1"), "batch v6"), entry(netip.MustParseAddr("2001:db8::2"), "batch v6")}
+	if err := fw.Block(bg, entries...); err != nil {
+		t.Fatalf("Block of a batch: %v", err)
+	}
+	rules := run(t, "iptables", "-S", chain)
+	for _, want := range []string{"-s 192.0.2.1/32 -m comment --comment \"batch one\" -j DROP", "-s 198.51.100.0/24 -m comment --comment \"batch network\" -j DROP"} {
+		if !strings.Contains(rules, want) {
+			t.Fatalf("chain after the batch:\n%s\nwant %s", rules, want)
+		}
+	}
+	if err := fw.Block(bg, entries...); err != nil {
+		t.Fatalf("Block of the batch again: %v", err)
+	}
+	got, err := fw.Blocked(bg)
+	if err != nil || len(got) != 5 {
+		t.Fatalf("Blocked = %v, %v; want the 5 entries once each", got, err)
+	}
+	if err := fw.Unblock(bg, net4, pfx(netip.MustParseAddr("192.0.2.1")), pfx(netip.MustParseAddr("2001:db8::1")), pfx(netip.MustParseAddr("2001:db8::2"))); err != nil {
+		t.Fatalf("Unblock of a batch: %v", err)
+	}
+	if got, _ := fw.Blocked(bg); !slices.Equal(addrsIn(got), []netip.Addr{netip.MustParseAddr("192.0.2.2")}) {
+		t.Fatalf("Blocked after the batch Unblock = %v", got)
+	}
+	if err := fw.Unblock(bg, pfx(netip.MustParseAddr("192.0.2.2"))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testFlushReapply(t *testing.T, fw firewall.Firewall, chain string) {
 	state := filepath.Join(t.TempDir(), "bans.json")
 	log := zerolog.New(zerolog.NewTestWriter(t))
 	m, err := bans.New(bans.Options{Firewall: fw, StatePath: state, Logger: log, ReapplyEvery: 200 * time.Millisecond})
@@ -375,7 +411,7 @@ func testFlushReapply(t *testing.T, fw *firewall.IPTables, chain string) {
 		}
 	}
 	want := []netip.Addr{families[0].blocked, families[1].blocked}
-	if got, err := fw.Blocked(bg); err != nil || !slices.Equal(got, want) {
+	if got, err := fw.Blocked(bg); err != nil || !slices.Equal(addrsIn(got), want) {
 		t.Fatalf("Blocked = %v, %v; want %v", got, err, want)
 	}
 
@@ -393,7 +429,7 @@ func testFlushReapply(t *testing.T, fw *firewall.IPTables, chain string) {
 	go func() { done <- m.Run(runCtx) }()
 	testenv.WaitFor(t, "the bans re-applied", 10*time.Second, func() bool {
 		got, err := fw.Blocked(bg)
-		return err == nil && slices.Equal(got, want)
+		return err == nil && slices.Equal(addrsIn(got), want)
 	})
 	cancel()
 	if err := <-done; err != nil {
@@ -410,7 +446,7 @@ func testFlushReapply(t *testing.T, fw *firewall.IPTables, chain string) {
 	if err := m.Close(bg); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := fw.Blocked(bg); !slices.Equal(got, want) {
+	if got, _ := fw.Blocked(bg); !slices.Equal(addrsIn(got), want) {
 		t.Fatalf("Close removed rules: %v", got)
 	}
 	m2, err := bans.New(bans.Options{Firewall: fw, StatePath: state, Logger: log})
@@ -420,7 +456,7 @@ func testFlushReapply(t *testing.T, fw *firewall.IPTables, chain string) {
 	if err := m2.Start(bg); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := fw.Blocked(bg); !slices.Equal(got, want) {
+	if got, _ := fw.Blocked(bg); !slices.Equal(addrsIn(got), want) {
 		t.Fatalf("after restart Blocked = %v", got)
 	}
 	for _, a := range want {
@@ -434,4 +470,21 @@ func testFlushReapply(t *testing.T, fw *firewall.IPTables, chain string) {
 	if err := m2.Close(bg); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// pfx is the prefix of the single address a.
+func pfx(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
+
+// entry is what Block gets to drop a with comment.
+func entry(a netip.Addr, comment string) firewall.Entry {
+	return firewall.Entry{Prefix: pfx(a), Comment: comment}
+}
+
+// addrsIn returns the addresses of entries, in order.
+func addrsIn(es []firewall.Entry) []netip.Addr {
+	out := make([]netip.Addr, len(es))
+	for i, e := range es {
+		out[i] = e.Prefix.Addr()
+	}
+	return out
 }

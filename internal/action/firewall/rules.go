@@ -50,13 +50,13 @@ func splitRule(line string) ([]string, error) {
 
 // dropRule is a DROP rule found in our chain.
 type dropRule struct {
-	addr netip.Addr
-	spec []string // arguments after "-A CHAIN", usable with Delete
+	prefix netip.Prefix
+	spec   []string // arguments after "-A CHAIN", usable with Delete
 }
 
 // parseDropRule reads a line of `iptables -S CHAIN`. ok is false for lines
-// that are not `-A CHAIN ... -s ADDR[/full] ... -j DROP` (the -N line, rules
-// with a source prefix wider than one address, other targets).
+// that are not `-A CHAIN ... -s PREFIX ... -j DROP` (the -N line, rules
+// matching a set, other targets).
 func parseDropRule(chain, line string) (dropRule, bool) {
 	args, err := splitRule(line)
 	if err != nil || len(args) < 2 || args[0] != "-A" || args[1] != chain {
@@ -69,31 +69,39 @@ func parseDropRule(chain, line string) (dropRule, bool) {
 			src = args[i+1]
 		case "-j", "--jump":
 			target = args[i+1]
+		case "--match-set":
+			return dropRule{}, false
 		}
 	}
 	if target != "DROP" || src == "" {
 		return dropRule{}, false
 	}
-	addr, ok := parseSource(src)
+	p, ok := parseSource(src)
 	if !ok {
 		return dropRule{}, false
 	}
-	return dropRule{addr: addr, spec: args[2:]}, true
+	return dropRule{prefix: p, spec: args[2:]}, true
 }
 
-func parseSource(s string) (netip.Addr, bool) {
+// parseSource reads the source of a rule: an address or a prefix, as
+// iptables prints it.
+func parseSource(s string) (netip.Prefix, bool) {
 	if strings.Contains(s, "/") {
 		p, err := netip.ParsePrefix(s)
-		if err != nil || p.Bits() != p.Addr().BitLen() {
-			return netip.Addr{}, false
+		if err != nil {
+			return netip.Prefix{}, false
 		}
-		return p.Addr().Unmap(), true
+		a, bits := p.Addr(), p.Bits()
+		if a.Is4In6() && bits >= 96 {
+			a, bits = a.Unmap(), bits-96
+		}
+		return netip.PrefixFrom(a, bits).Masked(), true
 	}
 	a, err := netip.ParseAddr(s)
 	if err != nil {
-		return netip.Addr{}, false
+		return netip.Prefix{}, false
 	}
-	return a.Unmap(), true
+	return Single(a.Unmap()), true
 }
 
 // isJump reports whether line is the plain jump `-A from -j chain`.
@@ -106,7 +114,31 @@ func isJump(from, chain, line string) bool {
 		(args[2] == "-j" || args[2] == "--jump") && args[3] == chain
 }
 
-// dropSpec is the rule Block appends.
-func dropSpec(addr netip.Addr, comment string) []string {
-	return []string{"-s", addr.String(), "-m", "comment", "--comment", comment, "-j", "DROP"}
+// dropSpec is the rule IPTables appends for an entry.
+func dropSpec(p netip.Prefix, comment string) []string {
+	return []string{"-s", PrefixString(p), "-m", "comment", "--comment", comment, "-j", "DROP"}
+}
+
+// setSpec is the rule that drops what set holds.
+func setSpec(set string) []string {
+	return []string{"-m", "set", "--match-set", set, "src", "-j", "DROP"}
+}
+
+// matchedSet returns the set a line of `iptables -S CHAIN` drops the
+// sources of (`-A CHAIN -m set --match-set NAME src -j DROP`), or "".
+func matchedSet(chain, line string) string {
+	args, err := splitRule(line)
+	if err != nil || len(args) < 2 || args[0] != "-A" || args[1] != chain {
+		return ""
+	}
+	want := append([]string{"-A", chain}, setSpec("")...)
+	if len(args) != len(want) {
+		return ""
+	}
+	for i := range args {
+		if i != 5 && args[i] != want[i] {
+			return ""
+		}
+	}
+	return args[5]
 }

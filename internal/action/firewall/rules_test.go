@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -45,34 +46,79 @@ func FuzzSplitRuleRoundTrip(f *testing.F) {
 			return
 		}
 		c := SanitizeComment(comment)
-		spec := canonical(dropSpec(a, c))
+		spec := canonical(dropSpec(pfx(a), c))
 		line := "-A CH " + quoteArgs(spec)
 		r, ok := parseDropRule("CH", line)
-		if !ok || r.addr != a || !slices.Equal(r.spec, spec) {
+		if !ok || r.prefix != pfx(a) || !slices.Equal(r.spec, spec) {
 			t.Fatalf("round trip of %q: %+v %v", line, r, ok)
 		}
 	})
 }
 
 func TestParseDropRule(t *testing.T) {
-	a := netip.MustParseAddr("127.0.0.2")
-	for line, want := range map[string]bool{
-		`-A CH -s 127.0.0.2/32 -m comment --comment "x y" -j DROP`: true,
-		`-A CH -s 127.0.0.2 -j DROP`:                               true,
-		`-A CH -s 127.0.0.0/8 -j DROP`:                             false, // a network, not ours
-		`-A CH -s 127.0.0.2/32 -j ACCEPT`:                          false,
-		`-A OTHER -s 127.0.0.2/32 -j DROP`:                         false,
-		`-N CH`:                                                    false,
-		`-A CH -j DROP`:                                            false,
+	for line, want := range map[string]string{
+		`-A CH -s 127.0.0.2/32 -m comment --comment "x y" -j DROP`:  "127.0.0.2/32",
+		`-A CH -s 127.0.0.2 -j DROP`:                                "127.0.0.2/32",
+		`-A CH -s 2001:db8:1:2::/64 -j DROP`:                        "2001:db8:1:2::/64",
+		`-A CH -s ::ffff:127.0.0.2/128 -j DROP`:                     "127.0.0.2/32", // unmapped
+		`-A CH -s 127.0.0.2/32 -j ACCEPT`:                           "",
+		`-A OTHER -s 127.0.0.2/32 -j DROP`:                          "",
+		`-N CH`:                                                     "",
+		`-A CH -j DROP`:                                             "",
+		`-A CH -s 10.0.0.1/32 -m set --match-set CH-a4 src -j DROP`: "",
 	} {
 		r, ok := parseDropRule("CH", line)
-		if ok != want || (ok && r.addr != a) {
-			t.Errorf("parseDropRule(%q) = %v, %v; want ok=%v", line, r.addr, ok, want)
+		got := ""
+		if ok {
+			got = r.prefix.String()
+		}
+		if got != want {
+			t.Errorf("parseDropRule(%q) = %q, want %q", line, got, want)
 		}
 	}
-	r, _ := parseDropRule("CH", `-A CH -s ::ffff:127.0.0.2/128 -j DROP`)
-	if r.addr != a {
-		t.Errorf("mapped address not unmapped: %v", r.addr)
+}
+
+func TestMatchedSet(t *testing.T) {
+	for line, want := range map[string]string{
+		`-A CH -m set --match-set CH-a4 src -j DROP`:    "CH-a4",
+		`-A CH -m set --match-set CH-n6 src -j DROP`:    "CH-n6",
+		`-A CH -m set --match-set CH-a4 dst -j DROP`:    "",
+		`-A CH -m set --match-set CH-a4 src -j ACCEPT`:  "",
+		`-A OTHER -m set --match-set CH-a4 src -j DROP`: "",
+		`-A CH -s 127.0.0.2/32 -j DROP`:                 "",
+	} {
+		if got := matchedSet("CH", line); got != want {
+			t.Errorf("matchedSet(%q) = %q, want %q", line, got, want)
+		}
+	}
+}
+
+func TestNormalizePrefix(t *testing.T) {
+	for in, want := range map[string]string{
+		"::ffff:203.0.113.9/128": "203.0.113.9/32",
+		"::ffff:203.0.113.0/120": "203.0.113.0/24",
+		"2001:db8:1:2::5/64":     "2001:db8:1:2::/64",
+		"203.0.113.0/24":         "203.0.113.0/24",
+		"0.0.0.0/0":              "",
+		"10.0.0.0/7":             "",
+		"::/0":                   "",
+		"2000::/15":              "",
+		"fe80::/64":              "",
+		"ff02::/16":              "",
+		"224.0.0.0/8":            "",
+		"0.0.0.0/32":             "",
+		"255.255.255.255/32":     "",
+	} {
+		got, err := NormalizePrefix(netip.MustParsePrefix(in))
+		switch {
+		case want == "" && !errors.Is(err, ErrInvalidAddr):
+			t.Errorf("NormalizePrefix(%s) = %v, %v; want ErrInvalidAddr", in, got, err)
+		case want != "" && (err != nil || got.String() != want):
+			t.Errorf("NormalizePrefix(%s) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	if _, err := NormalizePrefix(netip.Prefix{}); !errors.Is(err, ErrInvalidAddr) {
+		t.Errorf("zero prefix: %v", err)
 	}
 }
 
