@@ -584,7 +584,7 @@ func checkState(t *testing.T, d *Detector) {
 	checkList(t, "extensions", d.extQ.front, d.extQ.back, d.extQ.n, len(d.exts), func(e *extState) *link[extState] { return &e.link },
 		func(e *extState) bool { return d.exts[e.key] == e })
 	checkList(t, "addresses", d.addrQ.front, d.addrQ.back, d.addrQ.n, len(d.addrs), func(a *addrState) *link[addrState] { return &a.link },
-		func(a *addrState) bool { return d.addrs[a.addr.As16()] == a })
+		func(a *addrState) bool { return d.addrs[a.key()] == a })
 	has := map[*extState]map[string]bool{}
 	for _, e := range d.exts {
 		has[e] = map[string]bool{}
@@ -650,8 +650,8 @@ func checkState(t *testing.T, d *Detector) {
 	}
 	for k, s := range d.addrs {
 		a := s.addr
-		if a.As16() != k || !a.IsValid() || a != a.Unmap() || d.addrAllowed(a) {
-			t.Fatalf("address %v tracked as %v", a, s.addr)
+		if s.key() != k || !s.net().Contains(a) || !a.IsValid() || a != a.Unmap() || d.addrAllowed(a) {
+			t.Fatalf("address %v (network %v) tracked as %v", a, s.net(), netip.AddrFrom16(k))
 		}
 		if len(s.auth.ts) > ringSize(cfg.AuthFailures) || len(s.probes.ts) > ringSize(cfg.FailedProbes) ||
 			len(s.accounts.list()) > maxSample || len(s.numbers.list()) > maxSample {
