@@ -239,6 +239,7 @@ func newSetRig(t *testing.T, opts Options) *setRig {
 	if err != nil {
 		t.Fatalf("newIPSet: %v", err)
 	}
+	t.Cleanup(fw.cut.wait) // the background conntrack cuts log to t
 	return &setRig{fw: fw, v4: r.v4, v6: r.v6, sets: sets, flows: r.flows}
 }
 

@@ -29,6 +29,9 @@ func newRig(t *testing.T, opts Options) *rig {
 	}
 	fw.restore = r.restore
 	r.fw = fw
+	// The conntrack cuts run in the background and log to t: over before
+	// the test ends.
+	t.Cleanup(fw.cut.wait)
 	return r
 }
 
