@@ -19,6 +19,3 @@ func (g *Guard) sessionStats() sessionCounts {
 	}
 	return s
 }
-
-// queueLen is how many events wait for the detector loop now.
-func (g *Guard) queueLen() int { return len(g.queue) }

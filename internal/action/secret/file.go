@@ -49,7 +49,7 @@ type FileLine struct {
 // Record appends l to the file; it returns the file's path, also when it
 // fails.
 func (f *File) Record(l Line) (string, error) {
-	return f.path, f.append(FileLine{Time: l.Time, Extension: l.Extension, Secret: l.Secret, Status: l.Status})
+	return f.path, f.append(FileLine(l))
 }
 
 func (f *File) append(l FileLine) error {
