@@ -19,6 +19,7 @@ import (
 
 	"github.com/astguard/astguard/internal/ami"
 	"github.com/astguard/astguard/internal/config"
+	"github.com/astguard/astguard/internal/testenv"
 )
 
 // TestMain lets Run start this test binary again as the guard under test.
@@ -366,9 +367,7 @@ func TestShortRun(t *testing.T) {
 // TestStressStops starts stress-ng and stops it: none of its processes is
 // left behind.
 func TestStressStops(t *testing.T) {
-	if _, err := exec.LookPath("stress-ng"); err != nil {
-		t.Skip("stress-ng is not installed")
-	}
+	testenv.RequireCommand(t, "stress-ng")
 	sp := newSpawner()
 	defer sp.close()
 	cmd, err := startStress(sp, 1, time.Second)

@@ -72,6 +72,7 @@ var packages = map[string]string{
 	"crowdsec":                "crowdsec",
 	"cscli":                   "crowdsec",
 	"ipset":                   "ipset",
+	"stress-ng":               "stress-ng",
 }
 
 // RequireCommand skips t (fails it when strict) unless every one of names
