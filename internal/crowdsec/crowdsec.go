@@ -44,6 +44,7 @@ import (
 
 	"github.com/astguard/astguard/internal/action/bans"
 	"github.com/astguard/astguard/internal/detector"
+	"github.com/astguard/astguard/internal/hostaddr"
 )
 
 // ScenarioPrefix starts the scenario of every alert the guard pushes:
@@ -816,35 +817,12 @@ func (s *Service) resolveLAPI(ctx context.Context) {
 			port = "443"
 		}
 	}
-	var addrs []netip.Addr
-	if a, err := netip.ParseAddr(host); err == nil {
-		addrs = []netip.Addr{a}
-	} else {
-		lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		addrs, err = s.lookup(lctx, "ip", host)
-		cancel()
-		if err != nil {
-			s.log.Warn().Str("host", host).Err(err).Msg("the CrowdSec Local API's host does not resolve: its addresses are not protected from a pulled decision until it does")
-			return
-		}
-	}
-	var nets []netip.Prefix
-	add := func(a netip.Addr) {
-		a = a.Unmap().WithZone("")
-		if p := netip.PrefixFrom(a, a.BitLen()); p.IsValid() && !slices.Contains(nets, p) {
-			nets = append(nets, p)
-		}
-	}
-	for _, a := range addrs {
-		add(a)
-		if c, err := net.Dial("udp", net.JoinHostPort(a.String(), port)); err == nil {
-			if la, ok := c.LocalAddr().(*net.UDPAddr); ok {
-				if l, ok := netip.AddrFromSlice(la.IP); ok {
-					add(l)
-				}
-			}
-			c.Close()
-		}
+	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	nets, err := hostaddr.Protect(lctx, host, port, s.lookup)
+	cancel()
+	if err != nil {
+		s.log.Warn().Str("host", host).Err(err).Msg("the CrowdSec Local API's host does not resolve: its addresses are not protected from a pulled decision until it does")
+		return
 	}
 	s.lapiMu.Lock()
 	s.lapiNets, s.resolved = nets, true

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/astguard/astguard/internal/config"
+	"github.com/astguard/astguard/internal/hostaddr"
 )
 
 // lookupFunc resolves a host name, as net.Resolver.LookupNetIP does.
@@ -38,33 +39,11 @@ func amiAddresses(ctx context.Context, address string, lookup lookupFunc) ([]net
 	if err != nil {
 		return nil, fmt.Errorf("ami.address: %w", err)
 	}
-	var addrs []netip.Addr
-	if a, err := netip.ParseAddr(host); err == nil {
-		addrs = []netip.Addr{a}
-	} else {
-		ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
-		defer cancel()
-		if addrs, err = lookup(ctx, "ip", host); err != nil {
-			return nil, fmt.Errorf("ami.address: cannot resolve %s: %w", host, err)
-		}
-	}
-	var out []netip.Prefix
-	add := func(a netip.Addr) {
-		a = a.Unmap().WithZone("")
-		if p := netip.PrefixFrom(a, a.BitLen()); p.IsValid() && !slices.Contains(out, p) {
-			out = append(out, p)
-		}
-	}
-	for _, a := range addrs {
-		add(a)
-		if c, err := net.Dial("udp", net.JoinHostPort(a.String(), port)); err == nil {
-			if la, ok := c.LocalAddr().(*net.UDPAddr); ok {
-				if l, ok := netip.AddrFromSlice(la.IP); ok {
-					add(l)
-				}
-			}
-			c.Close()
-		}
+	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+	defer cancel()
+	out, err := hostaddr.Protect(ctx, host, port, hostaddr.Lookup(lookup))
+	if err != nil {
+		return nil, fmt.Errorf("ami.address: cannot resolve %s: %w", host, err)
 	}
 	return out, nil
 }
